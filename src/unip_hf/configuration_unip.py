@@ -1,0 +1,210 @@
+"""Configuration of UNIP vision transformers (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns for
+Infrared Semantic Segmentation", ICLR 2025): the ViT backbone distilled with NMI-HAD and its segmentation heads
+(LL-FPN / multi-level FPN + UPerNet, or a linear probe).
+
+This file imports only `transformers` so that it travels with saved checkpoints as remote code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import PreTrainedConfig
+
+# Named size presets. The width/depth/heads of the ViT-T/S/B/L family used by the paper.
+UNIP_PRESETS: dict[str, dict[str, Any]] = {
+    "unip-tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3},
+    "unip-small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "unip-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "unip-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+}
+
+DECODE_HEADS = ("ll_fpn", "multilevel_fpn", "linear_probe")
+POSITION_EMBEDDINGS = ("sincos", "learned")
+
+
+def default_out_indices(num_hidden_layers: int) -> list[int]:
+    """Blocks tapped by the multi-level FPN and the linear probe when `out_indices` is not given.
+
+    `[3, 5, 7, 11]` for 12 blocks (as in the paper), `[7, 11, 15, 23]` for 24 blocks (the usual choice for
+    ViT-L), otherwise four blocks evenly spaced and ending with the last one (0-based indices).
+    """
+    if num_hidden_layers == 12:
+        return [3, 5, 7, 11]
+    if num_hidden_layers == 24:
+        return [7, 11, 15, 23]
+    if num_hidden_layers < 4:
+        return list(range(num_hidden_layers))
+    return [round(num_hidden_layers * f) - 1 for f in (0.25, 0.5, 0.75, 1.0)]
+
+
+class UnipConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`UnipViTModel`] or a [`UnipForSemanticSegmentation`]. The defaults give a `unip-small`
+    backbone (ViT-S/16) with an LL-FPN + UPerNet segmentation head. Named sizes are available through
+    [`UnipConfig.from_preset`]. All layer indices are 0-based.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 224):
+            Resolution the position embeddings are built for. Other sizes that are multiples of `patch_size` work
+            through interpolation.
+        patch_size (`int`, *optional*, defaults to 16):
+            Side of the square patches.
+        num_channels (`int`, *optional*, defaults to 3):
+            Input channels, 1 (intensity) or 3 (intensity replicated, as the paper does).
+        hidden_size (`int`, *optional*, defaults to 384):
+            Width of the transformer (embedding dimension).
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of transformer blocks.
+        num_attention_heads (`int`, *optional*, defaults to 6):
+            Attention heads of every block except, possibly, the last.
+        last_layer_num_attention_heads (`int`, *optional*):
+            Attention heads of the last block. NMI-HAD distils a teacher layer into the student's last block head by
+            head, so that block has as many heads as the teacher. `None` means `num_attention_heads`. Must divide
+            `hidden_size`.
+        mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Hidden width of the MLP as a multiple of `hidden_size`.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            MLP activation.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Bias on the query/key/value projection.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the embeddings and after the attention and MLP projections.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention probabilities.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth rate, increasing linearly from 0 at the first block to this value at the last.
+        layer_scale_init_value (`float`, *optional*):
+            Initial value of per-channel layer scale on both residual branches; `None` disables layer scale.
+        position_embedding_type (`str`, *optional*, defaults to `"sincos"`):
+            `"sincos"`: fixed 2-D sine-cosine embeddings (not trained, as in MAE); `"learned"`: trained embeddings.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the layer norms.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation.
+        decode_head (`str`, *optional*, defaults to `"ll_fpn"`):
+            Segmentation head of [`UnipForSemanticSegmentation`]: `"ll_fpn"` (feature pyramid built from the last
+            block only), `"multilevel_fpn"` (the same four scale operations on the blocks in `out_indices`) or
+            `"linear_probe"` (frozen backbone, blocks in `out_indices` concatenated, one 1x1 convolution).
+        out_indices (`list[int]`, *optional*):
+            Blocks tapped by `multilevel_fpn` and `linear_probe`. `None` gives `[3, 5, 7, 11]` for 12 blocks.
+        decoder_hidden_size (`int`, *optional*):
+            Channels of the UPerNet head; `None` means `hidden_size`.
+        pool_scales (`list[int]`, *optional*, defaults to `[1, 2, 3, 6]`):
+            Pooling scales of the UPerNet pyramid pooling module.
+        decoder_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout before the classifier of the decode and auxiliary heads.
+        use_auxiliary_head (`bool`, *optional*, defaults to `True`):
+            Add an FCN head on the 1/16 map whose loss is weighted by `auxiliary_loss_weight` (training only).
+        auxiliary_channels (`int`, *optional*, defaults to 256):
+            Channels of the auxiliary FCN head.
+        auxiliary_loss_weight (`float`, *optional*, defaults to 0.4):
+            Weight of the auxiliary loss.
+        semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
+            Label value ignored by the loss.
+
+    Example:
+
+    ```python
+    >>> from unip_hf import UnipConfig, UnipViTModel
+
+    >>> config = UnipConfig.from_preset("unip-tiny", last_layer_num_attention_heads=6, num_channels=1)
+    >>> model = UnipViTModel(config)
+    >>> model.config.last_layer_num_attention_heads
+    6
+    ```"""
+
+    model_type = "unip"
+    presets: ClassVar[dict[str, dict[str, Any]]] = UNIP_PRESETS
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 384
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 6
+    last_layer_num_attention_heads: int | None = None
+    mlp_ratio: float = 4.0
+    hidden_act: str = "gelu"
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_scale_init_value: float | None = None
+    position_embedding_type: str = "sincos"
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    # segmentation
+    decode_head: str = "ll_fpn"
+    out_indices: list[int] | None = None
+    decoder_hidden_size: int | None = None
+    pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6)
+    decoder_dropout: float = 0.1
+    use_auxiliary_head: bool = True
+    auxiliary_channels: int = 256
+    auxiliary_loss_weight: float = 0.4
+    semantic_loss_ignore_index: int = 255
+
+    def __post_init__(self, **kwargs):
+        self.pool_scales = list(self.pool_scales)
+        if self.out_indices is not None:
+            self.out_indices = [int(i) for i in self.out_indices]
+        super().__post_init__(**kwargs)
+        self.validate_unip()
+
+    def validate_unip(self) -> None:
+        """Raise a `ValueError` naming the field when the configuration cannot build a model."""
+        if self.num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 or 3, got {self.num_channels}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_size % self.last_block_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by last_layer_num_attention_heads "
+                f"{self.last_layer_num_attention_heads}"
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")
+        if self.decode_head not in DECODE_HEADS:
+            raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
+        if self.out_indices is not None:
+            bad = [i for i in self.out_indices if not -self.num_hidden_layers <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"out_indices {bad} out of range for {self.num_hidden_layers} blocks")
+            if self.decode_head == "multilevel_fpn" and len(self.out_indices) != 4:
+                raise ValueError(f"multilevel_fpn needs 4 out_indices (one per scale), got {self.out_indices}")
+
+    @property
+    def last_block_heads(self) -> int:
+        """Number of attention heads of the last block (resolving `None`)."""
+        return self.last_layer_num_attention_heads or self.num_attention_heads
+
+    @property
+    def feature_indices(self) -> list[int]:
+        """The resolved, non-negative `out_indices`."""
+        indices = self.out_indices if self.out_indices is not None else default_out_indices(self.num_hidden_layers)
+        return [i % self.num_hidden_layers for i in indices]
+
+    def num_heads_of_layer(self, layer_idx: int) -> int:
+        """Attention heads of block `layer_idx` (0-based)."""
+        return self.last_block_heads if layer_idx == self.num_hidden_layers - 1 else self.num_attention_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "UnipConfig":
+        """Build a configuration from a named size (`unip-tiny`, `unip-small`, `unip-base`, `unip-large`).
+
+        Args:
+            name (`str`): preset name; the `unip-` prefix may be omitted (`"tiny"`).
+            **overrides: any other field, e.g. `num_channels=1` or `last_layer_num_attention_heads=16`.
+        """
+        key = name if name in cls.presets else f"unip-{name}"
+        if key not in cls.presets:
+            raise ValueError(f"Unknown UNIP preset {name!r}; available: {sorted(cls.presets)}")
+        return cls(**{**cls.presets[key], **overrides})
+
+
+__all__ = ["UnipConfig", "UNIP_PRESETS", "default_out_indices"]
