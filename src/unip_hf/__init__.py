@@ -3,12 +3,23 @@
 Importing the package registers the UNIP classes with the transformers Auto classes.
 """
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_unip import UNIP_PRESETS, UnipConfig
+from .modeling_unip import UnipForSemanticSegmentation, UnipModelOutput, UnipPreTrainedModel, UnipViTModel
 
 __version__ = "0.1.0"
 
 AutoConfig.register("unip", UnipConfig, exist_ok=True)
+AutoModel.register(UnipConfig, UnipViTModel, exist_ok=True)
+AutoModelForSemanticSegmentation.register(UnipConfig, UnipForSemanticSegmentation, exist_ok=True)
 
-__all__ = ["UnipConfig", "UNIP_PRESETS", "__version__"]
+__all__ = [
+    "UNIP_PRESETS",
+    "UnipConfig",
+    "UnipForSemanticSegmentation",
+    "UnipModelOutput",
+    "UnipPreTrainedModel",
+    "UnipViTModel",
+    "__version__",
+]

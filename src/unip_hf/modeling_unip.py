@@ -1,0 +1,792 @@
+"""UNIP vision transformers (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared Semantic
+Segmentation", ICLR 2025): the plain ViT backbone that NMI-HAD distils into (its last block may have as many heads
+as the teacher), with capture of pre-softmax attention logits of chosen layers and early exit, and the segmentation
+model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe.
+
+This file imports only torch, transformers and the configuration file next to it, so that it travels with saved
+checkpoints as remote code (`trust_remote_code=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_unip import UnipConfig
+
+# Files that make up the remote code of a checkpoint, and the Auto classes a checkpoint's `auto_map` names.
+REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_unip.UnipConfig",
+    "AutoModel": "modeling_unip.UnipViTModel",
+    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
+    "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
+}
+
+
+def sincos_position_embedding(embed_dim: int, grid_height: int, grid_width: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings (as in MAE), shape `(1, [1 +] grid_height * grid_width, embed_dim)`.
+
+    Half of the channels encode the row and half the column; within each half, sines then cosines of
+    geometrically spaced frequencies. The CLS position (when `cls_token`) is all zeros.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embeddings need hidden_size divisible by 4, got {embed_dim}")
+    quarter = embed_dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_height, dtype=torch.float64), torch.arange(grid_width, dtype=torch.float64), indexing="ij"
+    )
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    # MAE's convention: the first half of the channels encodes the column (w), the second half the row (h)
+    embedding = torch.cat([encode(cols), encode(rows)], dim=1)
+    if cls_token:
+        embedding = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), embedding], dim=0)
+    return embedding.unsqueeze(0).float()
+
+
+@dataclass
+class UnipModelOutput(BaseModelOutputWithPooling):
+    """Output of [`UnipViTModel`]: `BaseModelOutputWithPooling` plus pre-softmax attention logits.
+
+    Args:
+        attention_logits (`tuple(torch.Tensor)`, *optional*):
+            For each layer listed in `attention_logits_layers` (in that order), the scaled pre-softmax attention
+            scores `q k^T / sqrt(d)` of all heads, shape `(batch_size, num_heads, seq_len, seq_len)`, CLS first.
+        num_layers_run (`int`, *optional*):
+            How many blocks were computed (fewer than the configured depth when `stop_after_layer` was given).
+    """
+
+    attention_logits: tuple[torch.Tensor, ...] | None = None
+    num_layers_run: int | None = None
+
+
+class UnipPatchEmbeddings(nn.Module):
+    """Split an image into non-overlapping patches and project each to `hidden_size` (one strided convolution)."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.grid_size = config.image_size // config.patch_size
+        self.num_patches = self.grid_size**2
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        _, channels, height, width = pixel_values.shape
+        if channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values have {channels} channel(s) but the model is configured with num_channels="
+                f"{self.num_channels}; use UnipImageProcessor(num_channels={self.num_channels}) or a matching config."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Input size {height}x{width} is not a multiple of the patch size {self.patch_size}; "
+                "resize or pad the image first."
+            )
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class UnipEmbeddings(nn.Module):
+    """CLS token + patch embeddings + position embeddings (fixed sin-cos or learned), at any input size."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embeddings = UnipPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        learned = config.position_embedding_type == "learned"
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=learned
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """Position embeddings for a `grid_height x grid_width` patch grid.
+
+        The stored table is used as is when the grid matches; otherwise sin-cos embeddings are recomputed exactly
+        for the new grid, and learned ones are resized bicubically (in float32).
+        """
+        table = self.position_embeddings
+        grid = self.patch_embeddings.grid_size
+        if grid_height == grid and grid_width == grid:
+            return table
+        if self.config.position_embedding_type == "sincos":
+            return sincos_position_embedding(table.shape[-1], grid_height, grid_width).to(table.device, table.dtype)
+        cls_pos, patch_pos = table[:, :1], table[:, 1:]
+        dim = table.shape[-1]
+        patch_pos = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(
+            patch_pos.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False
+        ).to(table.dtype)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+        return torch.cat([cls_pos, patch_pos], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        embeddings = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat([cls_tokens, embeddings], dim=1)
+        patch = self.patch_embeddings.patch_size
+        embeddings = embeddings + self.interpolate_pos_encoding(height // patch, width // patch)
+        return self.dropout(embeddings)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit attention: softmax(q k^T * scaling) v with the softmax in float32.
+
+    Returns the output as `(batch, seq, heads, head_dim)` (the layout of transformers' attention functions) and the
+    attention probabilities `(batch, heads, seq, seq)`. If `module` has a `_logits_sink` list, the scaled pre-softmax
+    scores are appended to it (this is how [`UnipViTModel`] returns attention logits without computing them twice).
+    """
+    logits = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    sink = getattr(module, "_logits_sink", None)
+    if sink is not None:
+        sink.append(logits)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs_dropped = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs_dropped, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
+def head_count_error(where: str, saved: int, configured: int) -> str:
+    return (
+        f"Attention block '{where.rstrip('.')}' was saved with {saved} heads but the configuration builds it with "
+        f"{configured}. The weights would be silently reinterpreted; set num_attention_heads / "
+        f"last_layer_num_attention_heads to match the checkpoint (the distilled last block keeps the teacher's head "
+        f"count)."
+    )
+
+
+class UnipSelfAttention(nn.Module):
+    """Multi-head self-attention with a fused query/key/value projection (timm layout: `qkv`, `proj`).
+
+    Args:
+        config (`UnipConfig`): the model configuration.
+        num_heads (`int`): heads of this block (the last block may differ from the others).
+    """
+
+    def __init__(self, config: UnipConfig, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        # The head count is saved with the weights: the qkv/proj shapes do not depend on it, so without it a checkpoint
+        # distilled with (say) 16 heads in its last block would load silently into a 3-head block.
+        self.register_buffer("head_count", torch.tensor(num_heads, dtype=torch.long), persistent=True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "head_count")
+        if saved is not None and int(saved) != self.num_heads:
+            raise ValueError(head_count_error(prefix, int(saved), self.num_heads))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(
+        self, hidden_states: torch.Tensor, need_weights: bool = False, need_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns `(output, probabilities or None, logits or None)`.
+
+        The explicit (eager) path runs when the configured implementation is eager or when probabilities or logits
+        are requested; otherwise the configured fused kernel (SDPA by default) runs and no `N x N` matrix is stored.
+        """
+        batch, seq_len, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        implementation = self.config._attn_implementation or "sdpa"
+        explicit = need_weights or need_logits or implementation == "eager"
+        attention: Callable = (
+            eager_attention_forward if explicit else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        )
+        logits = None
+        if need_logits:
+            self._logits_sink = []
+        try:
+            output, probs = attention(
+                self,
+                query,
+                key,
+                value,
+                None,
+                scaling=self.scaling,
+                dropout=self.dropout_prob if self.training else 0.0,
+            )
+            if need_logits:
+                logits = self._logits_sink[0]
+        finally:
+            self._logits_sink = None
+        output = self.proj_dropout(self.proj(output.reshape(batch, seq_len, -1)))
+        return output, (probs if need_weights else None), logits
+
+
+class UnipMLP(nn.Module):
+    """Two-layer MLP of the transformer block."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        hidden = int(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.act(self.fc1(hidden_states))))
+
+
+class UnipLayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch (CaiT / DINOv2 layer scale)."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.lambda1 = nn.Parameter(torch.full((config.hidden_size,), float(config.layer_scale_init_value)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.lambda1
+
+
+class UnipDropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep = 1.0 - self.drop_prob
+        mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)).bernoulli_(keep)
+        return hidden_states * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class UnipLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), with optional layer scale and
+    stochastic depth."""
+
+    def __init__(self, config: UnipConfig, num_heads: int, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = UnipSelfAttention(config, num_heads)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = UnipMLP(config)
+        use_scale = config.layer_scale_init_value is not None
+        self.layer_scale1 = UnipLayerScale(config) if use_scale else nn.Identity()
+        self.layer_scale2 = UnipLayerScale(config) if use_scale else nn.Identity()
+        self.drop_path = UnipDropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, hidden_states: torch.Tensor, need_weights: bool = False, need_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attended, probs, logits = self.attention(self.norm1(hidden_states), need_weights, need_logits)
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(attended))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
+        return hidden_states, probs, logits
+
+
+class UnipEncoder(nn.Module):
+    """The stack of blocks. Block `i` has `config.num_heads_of_layer(i)` heads; drop path grows linearly."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.config = config
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layer = nn.ModuleList(
+            [UnipLayer(config, config.num_heads_of_layer(i), rates[i]) for i in range(depth)]
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        attention_logits_layers: Sequence[int] = (),
+        stop_after_layer: int | None = None,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None, dict[int, torch.Tensor], int]:
+        last = self.config.num_hidden_layers - 1 if stop_after_layer is None else stop_after_layer
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        logits_by_layer: dict[int, torch.Tensor] = {}
+        wanted = set(attention_logits_layers)
+        for index in range(last + 1):
+            hidden_states, probs, logits = self.layer[index](hidden_states, output_attentions, index in wanted)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+            if output_attentions:
+                all_attentions = all_attentions + (probs,)
+            if logits is not None:
+                logits_by_layer[index] = logits
+        return hidden_states, all_hidden, all_attentions, logits_by_layer, last + 1
+
+
+class UnipPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, remote-code saving and loading conventions shared by the UNIP models."""
+
+    config_class = UnipConfig
+    config: UnipConfig
+    base_model_prefix = "unip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["UnipEmbeddings", "UnipLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal linear/conv weights, zero biases, unit norms, sin-cos or truncated-normal positions."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+        elif isinstance(module, UnipEmbeddings):
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if self.config.position_embedding_type == "sincos":
+                grid = module.patch_embeddings.grid_size
+                init.copy_(module.position_embeddings, sincos_position_embedding(self.config.hidden_size, grid, grid))
+            else:
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+        elif isinstance(module, UnipLayerScale):
+            init.constant_(module.lambda1, self.config.layer_scale_init_value)
+        elif isinstance(module, UnipSelfAttention):
+            init.constant_(module.head_count, module.num_heads)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then a check that every attention block has the head count it was
+        saved with (a mismatch is an error, never a silent reinterpretation of the weights)."""
+        model = super().from_pretrained(*args, **kwargs)
+        result = model[0] if isinstance(model, tuple) else model
+        for name, module in result.named_modules():
+            if isinstance(module, UnipSelfAttention) and int(module.head_count) != module.num_heads:
+                raise ValueError(head_count_error(name, int(module.head_count), module.num_heads))
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the remote code: the three UNIP files are copied next to the
+        weights and `config.json` gets an `auto_map` naming all four Auto classes, so the checkpoint loads with
+        `trust_remote_code=True` where `unip_hf` is not installed."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+        return result
+
+
+def write_remote_code(save_directory: str | os.PathLike) -> None:
+    """Copy the UNIP modeling files into `save_directory` and add the full `auto_map` to its `config.json`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in REMOTE_CODE_FILES:
+        source = os.path.join(here, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(save_directory, name))
+    auto_map = {k: v for k, v in AUTO_MAP.items() if os.path.isfile(os.path.join(save_directory, v.split(".")[0] + ".py"))}
+    config_path = os.path.join(save_directory, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        data["auto_map"] = auto_map
+        with open(config_path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+
+class UnipViTModel(UnipPreTrainedModel):
+    """The UNIP ViT backbone: CLS token, patch embeddings, pre-norm blocks, final layer norm.
+
+    Beyond the usual outputs it can return the pre-softmax attention logits of chosen layers
+    (`attention_logits_layers`) and stop after a given block (`stop_after_layer`); only the requested layers build
+    an explicit attention matrix, the others run the configured fused kernel (SDPA by default).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from unip_hf import UnipConfig, UnipViTModel
+    >>> model = UnipViTModel(UnipConfig.from_preset("unip-tiny", last_layer_num_attention_heads=6)).eval()
+    >>> out = model(torch.randn(1, 3, 224, 224), attention_logits_layers=[11])
+    >>> out.attention_logits[0].shape
+    torch.Size([1, 6, 197, 197])
+    ```
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decode_head\.", r"^neck\.", r"^auxiliary_head\."]
+
+    def __init__(self, config: UnipConfig):
+        super().__init__(config)
+        self.embeddings = UnipEmbeddings(config)
+        self.encoder = UnipEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> UnipPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def _resolve_layer(self, index: int, what: str) -> int:
+        depth = self.config.num_hidden_layers
+        if not -depth <= index < depth:
+            raise ValueError(f"{what}={index} is out of range for a model with {depth} blocks (0-based indices)")
+        return index % depth
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        attention_logits_layers: Sequence[int] | None = None,
+        stop_after_layer: int | None = None,
+        **kwargs,
+    ) -> UnipModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; height and width must be multiples of the patch size.
+            output_attentions (`bool`, *optional*):
+                Return the attention probabilities of every computed layer (computed explicitly, whatever the
+                attention implementation).
+            output_hidden_states (`bool`, *optional*):
+                Return the embeddings and the output of every computed block.
+            return_dict (`bool`, *optional*):
+                Return a [`UnipModelOutput`] instead of a tuple.
+            attention_logits_layers (`Sequence[int]`, *optional*):
+                0-based blocks whose pre-softmax attention logits (all heads) are returned in `attention_logits`.
+                Negative indices count from the end.
+            stop_after_layer (`int`, *optional*):
+                Run blocks `0..stop_after_layer` only. `last_hidden_state` is then that block's raw output (no final
+                norm) and `pooler_output` is `None`.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        logits_layers = [self._resolve_layer(i, "attention_logits_layers") for i in (attention_logits_layers or ())]
+        stop = None if stop_after_layer is None else self._resolve_layer(stop_after_layer, "stop_after_layer")
+        if stop is not None and any(i > stop for i in logits_layers):
+            raise ValueError(f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={stop}")
+
+        hidden = self.embeddings(pixel_values)
+        hidden, all_hidden, all_attentions, logits_by_layer, num_run = self.encoder(
+            hidden, bool(output_attentions), bool(output_hidden_states), logits_layers, stop
+        )
+        if stop is None:
+            sequence_output = self.layernorm(hidden)
+            pooled = sequence_output[:, 0]
+        else:
+            sequence_output, pooled = hidden, None
+        attention_logits = tuple(logits_by_layer[i] for i in logits_layers) if logits_layers else None
+        if not return_dict:
+            extras = (all_hidden, all_attentions, attention_logits)
+            return (sequence_output, pooled) + tuple(x for x in extras if x is not None)
+        return UnipModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            attention_logits=attention_logits,
+            num_layers_run=num_run,
+        )
+
+    def get_feature_maps(self, pixel_values: torch.Tensor, layer_indices: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of the given blocks (no final norm, CLS dropped) as `(batch, hidden, H/p, W/p)` maps.
+
+        Blocks after the deepest requested one are not computed.
+        """
+        indices = [self._resolve_layer(i, "layer_indices") for i in layer_indices]
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        hidden = self.embeddings(pixel_values)
+        maps: dict[int, torch.Tensor] = {}
+        for index in range(max(indices) + 1):
+            hidden = self.encoder.layer[index](hidden)[0]
+            if index in indices:
+                tokens = hidden[:, 1:]
+                maps[index] = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height // patch, width // patch)
+        return [maps[i] for i in indices]
+
+
+class UnipConvModule(nn.Sequential):
+    """Convolution + BatchNorm + ReLU (mmseg's ConvModule)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UnipFeaturePyramid(nn.Module):
+    """The four scale operations of the ViT feature pyramid, applied to four maps at 1/p resolution.
+
+    Scale 0: x4 upsampling (ConvT 2x2 s2, BN, GELU, ConvT 2x2 s2); scale 1: x2 (ConvT 2x2 s2); scale 2: identity;
+    scale 3: /2 (max-pool 2). LL-FPN feeds the last block's map to all four; the multi-level FPN feeds four blocks.
+    """
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        dim = config.hidden_size
+        self.fpn1 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+            nn.BatchNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+        )
+        self.fpn2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.fpn3 = nn.Identity()
+        self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [op(x) for op, x in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps)]
+
+
+class UnipPyramidPooling(nn.Module):
+    """Pyramid pooling module of UPerNet: adaptive average pooling at several scales, 1x1 conv, upsampling."""
+
+    def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            [nn.Sequential(nn.AdaptiveAvgPool2d(scale), UnipConvModule(in_channels, channels)) for scale in pool_scales]
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        size = x.shape[-2:]
+        return [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False) for stage in self.stages]
+
+
+class UnipUperHead(nn.Module):
+    """UPerNet decode head (pyramid pooling on the coarsest map + top-down FPN fusion), logits at the finest scale."""
+
+    def __init__(self, config: UnipConfig, in_channels: int):
+        super().__init__()
+        channels = config.decoder_hidden_size or config.hidden_size
+        self.psp = UnipPyramidPooling(config.pool_scales, in_channels, channels)
+        self.bottleneck = UnipConvModule(in_channels + len(config.pool_scales) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList([UnipConvModule(in_channels, channels) for _ in range(3)])
+        self.fpn_convs = nn.ModuleList([UnipConvModule(channels, channels, 3) for _ in range(3)])
+        self.fpn_bottleneck = UnipConvModule(4 * channels, channels, 3)
+        self.dropout = nn.Dropout2d(config.decoder_dropout)
+        self.classifier = nn.Conv2d(channels, config.num_labels, kernel_size=1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        top = features[3]
+        laterals = [conv(x) for conv, x in zip(self.lateral_convs, features[:3])]
+        laterals.append(self.bottleneck(torch.cat([top, *self.psp(top)], dim=1)))
+        for i in range(3, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+        outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:3])] + [laterals[3]]
+        size = outs[0].shape[-2:]
+        outs = [outs[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in outs[1:]]
+        return self.classifier(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
+
+
+class UnipFCNHead(nn.Module):
+    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.conv = UnipConvModule(config.hidden_size, config.auxiliary_channels, 3)
+        self.dropout = nn.Dropout2d(config.decoder_dropout)
+        self.classifier = nn.Conv2d(config.auxiliary_channels, config.num_labels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(x)))
+
+
+class UnipLinearProbeHead(nn.Module):
+    """Linear probe: the tapped blocks' maps concatenated along channels, one 1x1 convolution."""
+
+    def __init__(self, config: UnipConfig):
+        super().__init__()
+        self.classifier = nn.Conv2d(config.hidden_size * len(config.feature_indices), config.num_labels, 1)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(torch.cat(list(maps), dim=1))
+
+
+class UnipForSemanticSegmentation(UnipPreTrainedModel):
+    """UNIP backbone with a segmentation head chosen by `config.decode_head`:
+
+    - `"ll_fpn"`: LL-FPN, the four-scale pyramid built from the last block alone, UPerNet head, optional auxiliary
+      FCN head on the 1/p map;
+    - `"multilevel_fpn"`: the same pyramid operations on blocks `config.out_indices` (default `[3, 5, 7, 11]`);
+    - `"linear_probe"`: the backbone frozen, blocks `config.out_indices` concatenated, one 1x1 convolution.
+
+    `logits` come at the resolution of the finest pyramid level (1/4 for patch 16) or 1/p for the probe; the loss is
+    computed after bilinear upsampling to the label size, with `config.semantic_loss_ignore_index` ignored.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from unip_hf import UnipConfig, UnipForSemanticSegmentation
+    >>> config = UnipConfig.from_preset("unip-tiny", num_labels=2, image_size=64)
+    >>> model = UnipForSemanticSegmentation(config)
+    >>> out = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 2, (2, 64, 64)))
+    >>> out.logits.shape
+    torch.Size([2, 2, 16, 16])
+    ```
+    """
+
+    def __init__(self, config: UnipConfig):
+        super().__init__(config)
+        self.unip = UnipViTModel(config)
+        self.neck = None
+        self.auxiliary_head = None
+        if config.decode_head == "linear_probe":
+            self.decode_head = UnipLinearProbeHead(config)
+            self.unip.requires_grad_(False)
+        else:
+            self.neck = UnipFeaturePyramid(config)
+            self.decode_head = UnipUperHead(config, config.hidden_size)
+            if config.use_auxiliary_head:
+                self.auxiliary_head = UnipFCNHead(config)
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.decode_head == "linear_probe":
+            self.unip.eval()  # frozen backbone: no dropout or drop path
+        return self
+
+    def _tapped_layers(self) -> list[int]:
+        if self.config.decode_head == "ll_fpn":
+            return [self.config.num_hidden_layers - 1]
+        return self.config.feature_indices
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images (height and width multiples of the patch size).
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Class indices; `config.semantic_loss_ignore_index` (255) is ignored by the loss.
+            output_attentions (`bool`, *optional*): also return the backbone's attention probabilities.
+            output_hidden_states (`bool`, *optional*): also return the backbone's hidden states.
+            return_dict (`bool`, *optional*): return a `SemanticSegmenterOutput` instead of a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and self.config.num_labels < 1:
+            raise ValueError("num_labels must be at least 1 to compute a segmentation loss")
+        backbone_outputs = None
+        if output_attentions or output_hidden_states:
+            backbone_outputs = self.unip(
+                pixel_values, output_attentions=output_attentions, output_hidden_states=True, return_dict=True
+            )
+            maps = self._maps_from_hidden(backbone_outputs.hidden_states, pixel_values.shape[-2:])
+        elif self.config.decode_head == "linear_probe":
+            with torch.no_grad():
+                maps = self.unip.get_feature_maps(pixel_values, self._tapped_layers())
+        else:
+            maps = self.unip.get_feature_maps(pixel_values, self._tapped_layers())
+
+        if self.config.decode_head == "linear_probe":
+            logits = self.decode_head(maps)
+            aux_input = None
+        else:
+            if self.config.decode_head == "ll_fpn":
+                maps = maps * 4
+            logits = self.decode_head(self.neck(maps))
+            aux_input = maps[-1] if self.config.decode_head == "ll_fpn" else maps[2]
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(logits, labels)
+            if self.auxiliary_head is not None and aux_input is not None:
+                aux_logits = self.auxiliary_head(aux_input)
+                loss = loss + self.config.auxiliary_loss_weight * self.compute_loss(aux_logits, labels)
+
+        hidden_states = backbone_outputs.hidden_states if (backbone_outputs is not None and output_hidden_states) else None
+        attentions = backbone_outputs.attentions if backbone_outputs is not None else None
+        if not return_dict:
+            output = (logits,) + tuple(x for x in (hidden_states, attentions) if x is not None)
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+
+    def _maps_from_hidden(self, hidden_states: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
+        patch = self.config.patch_size
+        maps = []
+        for index in self._tapped_layers():
+            tokens = hidden_states[index + 1][:, 1:]
+            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, size[0] // patch, size[1] // patch))
+        return maps
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of `logits` upsampled (bilinear) to the label size, ignoring the configured index."""
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(upsampled.float(), labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+
+
+__all__ = [
+    "UnipPreTrainedModel",
+    "UnipViTModel",
+    "UnipForSemanticSegmentation",
+    "UnipModelOutput",
+    "sincos_position_embedding",
+    "eager_attention_forward",
+]
