@@ -1,0 +1,380 @@
+"""InfMix, the UNIP pre-training mix (Lu et al., "UNIP", ICLR 2025), as a `datasets` builder.
+
+Many infrared sources plus grayscale-converted RGB images, with configurable composition. This file is
+self-contained (datasets, PIL, numpy and the standard library only; PyYAML, a dependency of `datasets`
+itself, is imported lazily for YAML manifests) so that it also works as a classic loading script.
+
+Usage (datasets 5 refuses loading scripts, so use the class directly)::
+
+    builder = InfMix(config_name="full", data_dir="/data/infmix_root", cache_dir="/tmp/hf")
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split="train")
+    print(builder.report["sources"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+from typing import Any, Iterator, Optional
+
+import datasets
+from PIL import Image
+
+__all__ = [
+    "InfMix",
+    "InfMixConfig",
+    "IMAGE_EXTENSIONS",
+    "REPORT_MARKER",
+    "discover_sources",
+    "derive_config_name",
+    "format_report_table",
+    "read_report",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes picked up when scanning a folder (case-insensitive).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: Line that precedes the JSON build report inside ``DatasetInfo.description``.
+REPORT_MARKER = "InfMix build report (JSON):"
+MODALITIES: tuple[str, ...] = ("infrared", "rgb")
+
+_DESCRIPTION = (
+    "InfMix: the UNIP pre-training mix of infrared images and grayscale-converted RGB images "
+    "(Lu et al., ICLR 2025). Each row is one image stored as bytes with its source, modality, original "
+    "mode and size and the SHA-256 of the original file; exact duplicates across sources are dropped."
+)
+
+
+@dataclasses.dataclass
+class InfMixConfig(datasets.BuilderConfig):
+    """Composition of an InfMix build.
+
+    Args:
+        grayscale (`bool`, defaults to `True`): convert RGB-modality images to single-channel luma
+            (ITU-R 601, PIL ``convert("L")``) and store them as PNG, as in the paper. Infrared images
+            are always stored unchanged.
+        modalities (`tuple[str, ...]`, defaults to `("infrared", "rgb")`): modalities to include.
+        include_sources (`tuple[str, ...]`, *optional*): keep only these sources; a name matches
+            ``"<source>"`` (any modality) or ``"<modality>/<source>"``; shell wildcards allowed.
+        exclude_sources (`tuple[str, ...]`, *optional*): drop these sources (same matching).
+    """
+
+    grayscale: bool = True
+    modalities: tuple = MODALITIES
+    include_sources: Optional[tuple] = None
+    exclude_sources: Optional[tuple] = None
+
+
+def derive_config_name(
+    base: str, include_sources: Optional[list[str]] = None, exclude_sources: Optional[list[str]] = None
+) -> str:
+    """Config name for a source subset, e.g. ``full.include-hit-uav+msrs`` or ``full.exclude-llvip``.
+
+    Args:
+        base: name of the base configuration (``full``, ``no_grayscale``, ``infrared_only``).
+        include_sources: sources kept.
+        exclude_sources: sources dropped.
+
+    Returns:
+        The derived name (``/`` in ``modality/source`` becomes ``~``); ``base`` when both are empty.
+    """
+    name = base
+    if include_sources:
+        name += ".include-" + "+".join(sorted(s.replace("/", "~") for s in include_sources))
+    if exclude_sources:
+        name += ".exclude-" + "+".join(sorted(s.replace("/", "~") for s in exclude_sources))
+    return name
+
+
+def _matches(source: str, modality: str, patterns: Optional[tuple]) -> bool:
+    return any(fnmatch.fnmatch(source, p) or fnmatch.fnmatch(f"{modality}/{source}", p) for p in patterns or ())
+
+
+def _walk_images(root: str) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
+                found.append(os.path.join(dirpath, fname))
+    return found
+
+
+def _load_manifest(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.lower().endswith(".json"):
+        return json.loads(text)
+    try:
+        import yaml  # lazily: PyYAML is a dependency of `datasets`
+    except ImportError as err:  # pragma: no cover - datasets always installs it
+        raise ImportError(f"reading the YAML manifest {path} needs PyYAML; use a .json manifest instead") from err
+    return yaml.safe_load(text)
+
+
+def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
+    """List the sources of an InfMix root folder or manifest, with their files.
+
+    A root folder holds ``infrared/<source>/**`` and ``rgb/<source>/**`` (any depth, symbolic links
+    followed, jpg/jpeg/png/bmp/tif). A manifest (``.yaml``/``.yml``/``.json``) holds::
+
+        sources:
+          - name: hit-uav              # required
+            modality: infrared         # infrared | rgb
+            paths: [hit-uav/, "more/*.png"]  # folders (recursive) or globs, relative to the manifest
+            every: 5                   # optional: every k-th file of the sorted list
+            max: 1000                  # optional: at most n files (after `every`)
+
+    Args:
+        root_or_manifest: folder or manifest file.
+
+    Returns:
+        One dict per source: ``name``, ``modality``, ``root`` (for relative file names) and ``files``
+        (sorted absolute paths after sampling), ordered by modality then name.
+    """
+    if not os.path.exists(root_or_manifest):
+        raise FileNotFoundError(f"InfMix root or manifest not found: {root_or_manifest}")
+    sources: list[dict[str, Any]] = []
+    if os.path.isdir(root_or_manifest):
+        for modality in MODALITIES:
+            mdir = os.path.join(root_or_manifest, modality)
+            if not os.path.isdir(mdir):
+                continue
+            for name in sorted(os.listdir(mdir)):
+                sdir = os.path.join(mdir, name)
+                if os.path.isdir(sdir) and not name.startswith("."):
+                    sources.append({"name": name, "modality": modality, "root": sdir, "files": _walk_images(sdir)})
+        if not sources:
+            raise ValueError(
+                f"{root_or_manifest} has no sources: expected infrared/<source>/ or rgb/<source>/ sub-folders"
+            )
+        return sources
+    manifest = _load_manifest(root_or_manifest) or {}
+    base = os.path.dirname(os.path.abspath(root_or_manifest))
+    entries = manifest.get("sources") if isinstance(manifest, dict) else None
+    if not entries:
+        raise ValueError(f"manifest {root_or_manifest} has no 'sources' list")
+    seen = set()
+    for i, entry in enumerate(entries):
+        name, modality = entry.get("name"), entry.get("modality", "infrared")
+        if not name:
+            raise ValueError(f"manifest {root_or_manifest}: source #{i} has no 'name'")
+        if modality not in MODALITIES:
+            raise ValueError(f"manifest {root_or_manifest}: source {name!r} has modality {modality!r}, not one of {MODALITIES}")
+        if (modality, name) in seen:
+            raise ValueError(f"manifest {root_or_manifest}: source {modality}/{name} is listed twice")
+        seen.add((modality, name))
+        paths = entry.get("paths", entry.get("path"))
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        if not paths:
+            raise ValueError(f"manifest {root_or_manifest}: source {name!r} has no 'paths'")
+        files: list[str] = []
+        for p in paths:
+            p = os.path.expanduser(p)
+            p = p if os.path.isabs(p) else os.path.join(base, p)
+            if os.path.isdir(p):
+                files.extend(_walk_images(p))
+            else:
+                files.extend(sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f)))
+        files = sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+        every, limit = int(entry.get("every", 1) or 1), entry.get("max")
+        files = files[::every]
+        if limit is not None:
+            files = files[: int(limit)]
+        first = paths[0] if os.path.isabs(paths[0]) else os.path.join(base, paths[0])
+        root = first if os.path.isdir(first) else base
+        sources.append({"name": name, "modality": modality, "root": root, "files": files})
+    sources.sort(key=lambda s: (MODALITIES.index(s["modality"]), s["name"]))
+    return sources
+
+
+def format_report_table(report: dict) -> str:
+    """Per-source count table (plain text) of a build report.
+
+    Args:
+        report: the dict in ``InfMix.report`` or returned by `read_report`.
+
+    Returns:
+        A fixed-width table with columns source, modality, files, kept, duplicates, unreadable and a total row.
+    """
+    rows = report.get("sources", [])
+    header = ("source", "modality", "files", "kept", "duplicates", "unreadable")
+    lines = [f"{header[0]:<24}{header[1]:<10}{header[2]:>8}{header[3]:>8}{header[4]:>12}{header[5]:>12}"]
+    tot = [0, 0, 0, 0]
+    for r in rows:
+        vals = (r["files"], r["kept"], r["duplicates"], r["unreadable"])
+        tot = [a + b for a, b in zip(tot, vals)]
+        lines.append(f"{r['source']:<24}{r['modality']:<10}{vals[0]:>8}{vals[1]:>8}{vals[2]:>12}{vals[3]:>12}")
+    lines.append(f"{'total':<24}{'':<10}{tot[0]:>8}{tot[1]:>8}{tot[2]:>12}{tot[3]:>12}")
+    return "\n".join(lines)
+
+
+def read_report(info_or_dataset: Any) -> Optional[dict]:
+    """Recover the build report stored in a data set's info (``None`` when there is none).
+
+    Args:
+        info_or_dataset: a `datasets.DatasetInfo`, `Dataset`, `IterableDataset` or a description string.
+    """
+    text = info_or_dataset
+    if not isinstance(text, str):
+        info = getattr(info_or_dataset, "info", info_or_dataset)
+        text = getattr(info, "description", "") or ""
+    if REPORT_MARKER not in text:
+        return None
+    return json.loads(text.split(REPORT_MARKER, 1)[1].strip())
+
+
+class InfMix(datasets.GeneratorBasedBuilder):
+    """InfMix builder over a root folder of sources or a manifest (see `discover_sources`).
+
+    Configurations: ``full`` (all sources, RGB converted to grayscale, as in the paper),
+    ``no_grayscale`` (RGB kept in colour) and ``infrared_only``. Any source subset through
+    ``include_sources=[...]`` / ``exclude_sources=[...]`` gets a derived name (`derive_config_name`).
+
+    Example::
+
+        b = InfMix(config_name="full", exclude_sources=["llvip"], data_dir=root, cache_dir=tmp)
+        b.download_and_prepare(); ds = b.as_dataset("train")   # b.config.name == "full.exclude-llvip"
+
+    Features: ``image`` (bytes), ``source``, ``modality``, ``file`` (path relative to the source folder),
+    ``mode``, ``width``, ``height`` (of the original file) and ``content_hash`` (SHA-256 of the original
+    file bytes). Files that cannot be decoded are skipped and listed in ``report["unreadable"]``.
+    """
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = InfMixConfig
+    BUILDER_CONFIGS = [
+        InfMixConfig(name="full", grayscale=True, description="all sources, RGB converted to grayscale (paper)"),
+        InfMixConfig(name="no_grayscale", grayscale=False, description="all sources, RGB kept in colour"),
+        InfMixConfig(name="infrared_only", grayscale=True, modalities=("infrared",), description="infrared sources only"),
+    ]
+    DEFAULT_CONFIG_NAME = "full"
+    DEFAULT_WRITER_BATCH_SIZE = 100
+
+    def __init__(self, *args, include_sources=None, exclude_sources=None, **kwargs):
+        if include_sources or exclude_sources:
+            base_name = kwargs.pop("config_name", None) or (args[1] if len(args) > 1 else None) or "full"
+            base = {c.name: c for c in self.BUILDER_CONFIGS}.get(base_name)
+            if base is None:
+                raise ValueError(f"unknown InfMix configuration {base_name!r}; choose from {[c.name for c in self.BUILDER_CONFIGS]}")
+            include = tuple(sorted(include_sources)) if include_sources else None
+            exclude = tuple(sorted(exclude_sources)) if exclude_sources else None
+            kwargs.update(
+                name=derive_config_name(base_name, include, exclude),
+                grayscale=base.grayscale,
+                modalities=base.modalities,
+                include_sources=include,
+                exclude_sources=exclude,
+            )
+        super().__init__(*args, **kwargs)
+        self.report: dict[str, Any] = {}
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "image": datasets.Image(),
+                    "source": datasets.Value("string"),
+                    "modality": datasets.Value("string"),
+                    "file": datasets.Value("string"),
+                    "mode": datasets.Value("string"),
+                    "width": datasets.Value("int32"),
+                    "height": datasets.Value("int32"),
+                    "content_hash": datasets.Value("string"),
+                }
+            ),
+            homepage="https://github.com/casiatao/UNIP",
+            citation="@inproceedings{lu2025unip, title={UNIP: Rethinking Pre-trained Attention Patterns for "
+            "Infrared Semantic Segmentation}, booktitle={ICLR}, year={2025}}",
+        )
+
+    def _selected_sources(self) -> list[dict[str, Any]]:
+        data_dir = self.config.data_dir
+        if not data_dir:
+            raise ValueError("InfMix needs data_dir=<root folder or manifest file>")
+        cfg = self.config
+        chosen = []
+        for s in discover_sources(data_dir):
+            if s["modality"] not in cfg.modalities:
+                continue
+            if cfg.include_sources and not _matches(s["name"], s["modality"], cfg.include_sources):
+                continue
+            if cfg.exclude_sources and _matches(s["name"], s["modality"], cfg.exclude_sources):
+                continue
+            chosen.append(s)
+        if not chosen:
+            raise ValueError(f"configuration {cfg.name!r} selects no source under {data_dir}")
+        return chosen
+
+    def _split_generators(self, dl_manager):
+        # No lists in gen_kwargs: the sources must be read by one generator for cross-source de-duplication.
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"split": "train"})]
+
+    def _encode(self, data: bytes, modality: str) -> tuple[bytes, str, tuple[int, int]]:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # full decode: truncated or corrupt files raise here
+            mode, size = im.mode, im.size
+            if modality == "rgb" and self.config.grayscale and mode not in ("L", "I;16", "I;16B", "I", "F", "1"):
+                buf = io.BytesIO()
+                im.convert("L").save(buf, format="PNG", compress_level=1)
+                return buf.getvalue(), mode, size
+        return data, mode, size
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        sources = self._selected_sources()
+        seen: dict[bytes, str] = {}
+        rows, unreadable = [], []
+        for s in sources:
+            row = {"source": s["name"], "modality": s["modality"], "files": len(s["files"]), "kept": 0, "duplicates": 0, "unreadable": 0}
+            rows.append(row)
+            for path in s["files"]:
+                rel = os.path.relpath(path, s["root"])
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    digest = hashlib.sha256(data).digest()
+                    if digest in seen:
+                        row["duplicates"] += 1
+                        logger.debug("duplicate %s (same bytes as %s)", path, seen[digest])
+                        continue
+                    payload, mode, (w, h) = self._encode(data, s["modality"])
+                except Exception as err:  # noqa: BLE001 - any decode failure is reported, never fatal
+                    row["unreadable"] += 1
+                    unreadable.append({"file": path, "error": f"{type(err).__name__}: {err}"})
+                    logger.warning("InfMix: skipping unreadable %s (%s: %s)", path, type(err).__name__, err)
+                    continue
+                seen[digest] = f"{s['modality']}/{s['name']}/{rel}"
+                row["kept"] += 1
+                yield seen[digest], {
+                    "image": {"bytes": payload, "path": None},
+                    "source": s["name"],
+                    "modality": s["modality"],
+                    "file": rel,
+                    "mode": mode,
+                    "width": w,
+                    "height": h,
+                    "content_hash": digest.hex(),
+                }
+        self.report = {
+            "config": self.config.name,
+            "grayscale": bool(self.config.grayscale),
+            "sources": rows,
+            "total_kept": sum(r["kept"] for r in rows),
+            "total_duplicates": sum(r["duplicates"] for r in rows),
+            "unreadable": unreadable,
+        }
+        logger.info("InfMix %s per-source counts:\n%s", self.config.name, format_report_table(self.report))
+        self.info.description = f"{_DESCRIPTION}\n\n{REPORT_MARKER}\n{json.dumps(self.report, indent=1)}"
+
+    def load_report(self) -> Optional[dict]:
+        """The build report: from this run, else from the info of the prepared data set."""
+        return self.report or read_report(self.info)
