@@ -3,9 +3,10 @@
 Importing the package registers the UNIP classes with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_unip import UNIP_PRESETS, UnipConfig
+from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipForSemanticSegmentation, UnipModelOutput, UnipPreTrainedModel, UnipViTModel
 
 __version__ = "0.1.0"
@@ -13,11 +14,13 @@ __version__ = "0.1.0"
 AutoConfig.register("unip", UnipConfig, exist_ok=True)
 AutoModel.register(UnipConfig, UnipViTModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(UnipConfig, UnipForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(UnipConfig, image_processor_classes={"pil": UnipImageProcessor}, exist_ok=True)
 
 __all__ = [
     "UNIP_PRESETS",
     "UnipConfig",
     "UnipForSemanticSegmentation",
+    "UnipImageProcessor",
     "UnipModelOutput",
     "UnipPreTrainedModel",
     "UnipViTModel",
