@@ -1,0 +1,374 @@
+"""Weight conversion into `UnipViTModel` (UNIP, Lu et al., ICLR 2025): from the official UNIP checkpoints and timm
+ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...) and from transformers `ViTModel`, `ViTMAEModel`
+and `DeiTModel` checkpoints. Loading is strict: every key must be used and every parameter filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from .configuration_unip import UnipConfig
+from .modeling_unip import UnipViTModel
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("unip", "timm", "transformers")
+# Heads of the standard ViT widths, used when a timm-layout state dict does not say (heads are not visible in shapes).
+DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# Keys of timm / official checkpoints that are not part of the backbone (classifier heads, pooled norms, ...).
+TIMM_NON_BACKBONE = ("head.", "head_dist.", "fc_norm.", "pre_logits.", "decoder", "mask_token")
+TRANSFORMERS_NON_BACKBONE = ("pooler.", "classifier.", "decoder.", "embeddings.mask_token")
+
+
+class ConversionError(ValueError):
+    """A state dict does not map onto the UNIP backbone (missing, unexpected or mis-shaped keys)."""
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a `.pth`/`.bin`/`.pt` (torch pickle, weights only) or `.safetensors` file; unwrap `model`/`state_dict`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - re-raised with the file name
+            raise ConversionError(f"{path}: cannot read as a torch checkpoint ({error})") from error
+    return unwrap_state_dict(state, str(path))
+
+
+def unwrap_state_dict(state: Mapping, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Return the tensor dict inside a checkpoint (under `model`, `state_dict`, `module` or at the top level)."""
+    for key in ("model", "state_dict", "module", "student"):
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ConversionError(f"{where}: no tensors found (top-level keys: {sorted(state)[:10]})")
+    # strip a DistributedDataParallel prefix
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def infer_config_from_timm(state: Mapping[str, torch.Tensor], **overrides) -> UnipConfig:
+    """Build a `UnipConfig` from the shapes of a timm-layout ViT state dict.
+
+    Width, depth, patch size, channels, image size, MLP ratio, qkv bias and layer scale are read from the shapes.
+    Head counts are not visible in shapes: `num_attention_heads` defaults to the standard value for the width
+    (192: 3, 384: 6, 768: 12, 1024: 16) and `last_layer_num_attention_heads` to `None`; pass them for a UNIP
+    student whose last block has the teacher's head count.
+    """
+    required = ("patch_embed.proj.weight", "pos_embed", "cls_token")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ConversionError(f"not a timm-layout ViT state dict: missing {missing}")
+    kernel = state["patch_embed.proj.weight"]
+    hidden, channels, patch = kernel.shape[0], kernel.shape[1], kernel.shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
+    mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    values = {
+        "hidden_size": hidden,
+        "num_hidden_layers": depth,
+        "num_attention_heads": DEFAULT_HEADS.get(hidden, max(1, hidden // 64)),
+        "patch_size": patch,
+        "num_channels": channels,
+        "image_size": grid * patch,
+        "mlp_ratio": mlp_hidden / hidden,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "position_embedding_type": "learned",
+    }
+    if "blocks.0.ls1.gamma" in state:
+        values["layer_scale_init_value"] = 1.0
+    values.update(overrides)
+    return UnipConfig(**values)
+
+
+def _timm_to_unip_keys(state: Mapping[str, torch.Tensor], ignore_prefixes: Iterable[str]) -> tuple[dict, list[str]]:
+    """Rename timm keys to UNIP keys; returns (renamed, dropped keys)."""
+    renamed: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    block_map = {
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attn.qkv": "attention.qkv",
+        "attn.proj": "attention.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
+    for key, value in state.items():
+        if any(key.startswith(p) for p in ignore_prefixes):
+            dropped.append(key)
+            continue
+        if key == "cls_token":
+            renamed["embeddings.cls_token"] = value
+        elif key == "pos_embed":
+            renamed["embeddings.position_embeddings"] = value
+        elif key.startswith("patch_embed.proj."):
+            renamed["embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("norm."):
+            renamed["layernorm." + key.split(".", 1)[1]] = value
+        elif (m := re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", key)) and (
+            m.group(2) in block_map or m.group(2) in ("ls1", "ls2")
+        ):
+            index, module, kind = m.groups()
+            if module in ("ls1", "ls2"):
+                renamed[f"encoder.layer.{index}.layer_scale{module[-1]}.lambda1"] = value
+            else:
+                renamed[f"encoder.layer.{index}.{block_map[module]}.{kind}"] = value
+        else:
+            renamed[key] = value  # left as is: reported as unexpected by the strict load
+    return renamed, dropped
+
+
+def _transformers_to_unip_keys(
+    state: Mapping[str, torch.Tensor], ignore_prefixes: Iterable[str], num_special_tokens: int
+) -> tuple[dict, list[str]]:
+    """Rename transformers ViT/ViTMAE/DeiT keys to UNIP keys, fusing query/key/value into one qkv projection."""
+    prefixes = ("vit.", "deit.", "model.")
+    state = {next((k[len(p):] for p in prefixes if k.startswith(p)), k): v for k, v in state.items()}
+    renamed: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    # transformers 5 names (`layers.N.attention.q_proj`, `mlp.fc1`) and the on-disk names of older checkpoints
+    # (`encoder.layer.N.attention.attention.query`, `intermediate.dense`) are both accepted
+    qkv_names = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "query": "query", "key": "key", "value": "value"}
+    layer_map = {
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+        "attention.o_proj": "attention.proj",
+        "attention.output.dense": "attention.proj",
+        "mlp.fc1": "mlp.fc1",
+        "intermediate.dense": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+        "output.dense": "mlp.fc2",
+    }
+    for key, value in state.items():
+        if any(key.startswith(p) for p in ignore_prefixes) or key == "embeddings.distillation_token":
+            dropped.append(key)
+            continue
+        block = re.match(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if key == "embeddings.position_embeddings":
+            if num_special_tokens > 1:  # DeiT: keep the CLS position, drop the distillation token's
+                value = torch.cat([value[:, :1], value[:, num_special_tokens:]], dim=1)
+            renamed[key] = value
+        elif key == "embeddings.cls_token" or key.startswith(("embeddings.patch_embeddings.projection.", "layernorm.")):
+            renamed[key] = value
+        elif block and (qkv := re.fullmatch(r"attention\.(?:attention\.)?(q_proj|k_proj|v_proj|query|key|value)", block.group(2))):
+            index, kind = block.group(1), block.group(3)
+            qkv_parts.setdefault((index, kind), {})[qkv_names[qkv.group(1)]] = value
+        elif block and block.group(2) in layer_map:
+            index, module, kind = block.groups()
+            renamed[f"encoder.layer.{index}.{layer_map[module]}.{kind}"] = value
+        else:
+            renamed[key] = value
+    for (index, kind), parts in qkv_parts.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ConversionError(f"layer {index}: incomplete query/key/value {kind} (found {sorted(parts)})")
+        renamed[f"encoder.layer.{index}.attention.qkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
+    return renamed, dropped
+
+
+def load_into_unip(model: UnipViTModel, state: Mapping[str, torch.Tensor]) -> UnipViTModel:
+    """Strictly load a UNIP-keyed state dict into `model`.
+
+    Adapts what has an unambiguous meaning (a 3-channel patch kernel into a 1-channel model: summed over the colour
+    axis, as timm does) and raises `ConversionError` listing every missing, unexpected or mis-shaped key otherwise.
+    """
+    state = dict(state)
+    target = model.state_dict()
+    kernel_key = "embeddings.patch_embeddings.projection.weight"
+    if kernel_key in state and state[kernel_key].shape[1] == 3 and target[kernel_key].shape[1] == 1:
+        state[kernel_key] = state[kernel_key].sum(dim=1, keepdim=True)
+    # the saved head counts are ours to fill: the source format has none
+    for key in target:
+        if key.endswith(".head_count") and key not in state:
+            state[key] = target[key]
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in set(state) & set(target)
+        if state[k].shape != target[k].shape
+    )
+    if missing or unexpected or mismatched:
+        lines = []
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if mismatched:
+            lines.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+        raise ConversionError("State dict does not match the UNIP backbone:\n  " + "\n  ".join(lines))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def convert_timm_state_dict(
+    state: Mapping[str, torch.Tensor],
+    config: UnipConfig | None = None,
+    ignore_prefixes: Iterable[str] = TIMM_NON_BACKBONE,
+    **config_overrides,
+) -> UnipViTModel:
+    """Convert an official UNIP or timm ViT state dict (timm key layout) into a `UnipViTModel`.
+
+    Args:
+        state (`Mapping[str, torch.Tensor]`): the state dict (already unwrapped from `model`/`state_dict`).
+        config (`UnipConfig`, *optional*): target configuration; inferred from the shapes when omitted.
+        ignore_prefixes (`Iterable[str]`): key prefixes that are not part of the backbone and are dropped on purpose
+            (classifier heads, MAE decoders, ...). Anything else that does not map is an error.
+        **config_overrides: fields for the inferred configuration, typically `num_attention_heads`,
+            `last_layer_num_attention_heads` (a UNIP student's last block has the teacher's head count) or
+            `num_channels=1`.
+    """
+    state = unwrap_state_dict(state)
+    config = config or infer_config_from_timm(state, **config_overrides)
+    renamed, dropped = _timm_to_unip_keys(state, tuple(ignore_prefixes))
+    if dropped:
+        logger.info("Dropped %d non-backbone keys: %s", len(dropped), sorted(dropped)[:20])
+    return load_into_unip(UnipViTModel(config), renamed).eval()
+
+
+def convert_transformers_model(
+    source: str | os.PathLike | torch.nn.Module,
+    num_channels: int | None = None,
+    ignore_prefixes: Iterable[str] = TRANSFORMERS_NON_BACKBONE,
+) -> UnipViTModel:
+    """Convert a transformers `ViTModel`, `ViTMAEModel` or `DeiTModel` (instance or checkpoint directory/id).
+
+    The converted model computes the same `last_hidden_state` as the source (for ViTMAE: with masking disabled;
+    for DeiT: without the distillation token, which UNIP has no slot for).
+    """
+    if isinstance(source, torch.nn.Module):
+        model = source
+    else:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(source))
+    cfg = model.config
+    model_type = getattr(cfg, "model_type", "")
+    if model_type not in ("vit", "vit_mae", "deit"):
+        raise ConversionError(f"convert_transformers_model supports vit, vit_mae and deit; got model_type={model_type!r}")
+    image_size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+    patch_size = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+    config = UnipConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels or cfg.num_channels,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        mlp_ratio=cfg.intermediate_size / cfg.hidden_size,
+        hidden_act=cfg.hidden_act,
+        qkv_bias=cfg.qkv_bias,
+        layer_norm_eps=cfg.layer_norm_eps,
+        position_embedding_type="learned",
+    )
+    special = 2 if model_type == "deit" else 1
+    state = model.state_dict()
+    renamed, dropped = _transformers_to_unip_keys(state, tuple(ignore_prefixes), special)
+    if dropped:
+        logger.info("Dropped %d non-backbone keys: %s", len(dropped), sorted(dropped)[:20])
+    return load_into_unip(UnipViTModel(config), renamed).eval()
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    source_format: str,
+    ignore_prefixes: Iterable[str] | None = None,
+    **config_overrides,
+) -> UnipViTModel:
+    """Convert `source` (a file for `unip`/`timm`, a directory or Hub id for `transformers`) and save the
+    `UnipViTModel` with an image processor (when available) to `output_dir`."""
+    if source_format not in SOURCES:
+        raise ValueError(f"source format must be one of {SOURCES}, got {source_format!r}")
+    if source_format == "transformers":
+        kwargs = {"ignore_prefixes": ignore_prefixes} if ignore_prefixes is not None else {}
+        model = convert_transformers_model(source, num_channels=config_overrides.get("num_channels"), **kwargs)
+    else:
+        state = load_state_dict_file(source)
+        prefixes = tuple(TIMM_NON_BACKBONE) + tuple(ignore_prefixes or ())
+        model = convert_timm_state_dict(state, ignore_prefixes=prefixes, **config_overrides)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    try:
+        from .image_processing_unip import UnipImageProcessor
+    except ImportError:  # the image processor module is optional for conversion
+        UnipImageProcessor = None
+    if UnipImageProcessor is not None:
+        size = model.config.image_size
+        UnipImageProcessor(
+            num_channels=model.config.num_channels, size={"height": size, "width": size}
+        ).save_pretrained(output_dir)
+    return model
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {
+        key: value
+        for key, value in {
+            "num_attention_heads": args.num_heads,
+            "last_layer_num_attention_heads": args.last_layer_heads,
+            "num_channels": args.num_channels,
+        }.items()
+        if value is not None
+    }
+    model = convert_checkpoint(args.source, args.output, args.source_format, args.ignore_prefix, **overrides)
+    config = model.config
+    print(
+        f"Converted {args.source} ({args.source_format}) -> {args.output}: width {config.hidden_size}, "
+        f"{config.num_hidden_layers} blocks, {config.num_attention_heads} heads "
+        f"(last block {config.last_block_heads}), patch {config.patch_size}, {config.num_channels} channel(s), "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `unip convert` to the CLI."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert official UNIP / timm / transformers ViT weights into a UnipViTModel checkpoint",
+        description="Convert weights into a UnipViTModel checkpoint (strict: every key must map).",
+    )
+    parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors) or transformers directory / Hub id")
+    parser.add_argument("output", help="output directory (save_pretrained layout)")
+    parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="source layout")
+    parser.add_argument("--num-heads", type=int, help="heads of every block (default: standard for the width)")
+    parser.add_argument(
+        "--last-layer-heads", type=int, help="heads of the last block (a UNIP student: the teacher's head count)"
+    )
+    parser.add_argument("--num-channels", type=int, choices=(1, 3), help="input channels of the converted model")
+    parser.add_argument(
+        "--ignore-prefix", action="append", default=None, help="extra key prefix to drop on purpose (repeatable)"
+    )
+    parser.set_defaults(func=_run)
+
+
+__all__ = [
+    "ConversionError",
+    "convert_checkpoint",
+    "convert_timm_state_dict",
+    "convert_transformers_model",
+    "infer_config_from_timm",
+    "load_into_unip",
+    "load_state_dict_file",
+    "unwrap_state_dict",
+]
