@@ -99,7 +99,7 @@ def load_infrared_image(path: str | os.PathLike) -> PIL.Image.Image:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"Image file not found: {path!r}; {_ACCEPTED_IMAGES}.")
+        raise ValueError(f"Received the path {path!r}, but no such image file was found; {_ACCEPTED_IMAGES}.")
     with PIL.Image.open(path) as image:
         image.load()
         transposed = PIL.ImageOps.exif_transpose(image)
@@ -702,7 +702,13 @@ class UnipImageProcessor(PilBackend):
     ) -> list[np.ndarray]:
         maps = _flatten_inputs(self.fetch_images(segmentation_maps), batch_ndim=3, what="segmentation maps")
         if len(maps) != len(image_sizes):
-            raise ValueError(f"Received {len(maps)} segmentation maps for {len(image_sizes)} images; give one per image.")
+            batch_note = ""
+            if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+                batch_note = f" ({_describe(segmentation_maps)} counts as a batch of 2-D maps)"
+            raise ValueError(
+                f"Received {len(maps)} segmentation maps{batch_note} for {len(image_sizes)} images; give one 2-D map "
+                f"per image; {_ACCEPTED_MAPS}."
+            )
         processed = []
         for index, (raw_map, image_size) in enumerate(zip(maps, image_sizes)):
             label_map = self._decode_segmentation_map(raw_map)
