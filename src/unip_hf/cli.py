@@ -10,6 +10,7 @@ import sys
 # Modules that define `register(subparsers)`; each adds one or more sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.convert",
+    "unip_hf.analysis_commands",
 )
 
 

@@ -1,0 +1,118 @@
+"""`unip analyze-attention`: the attention-pattern analysis of UNIP (Lu et al., ICLR 2025) from the command line.
+
+Loads a checkpoint (local folder or Hub id) with `AutoModel`, measures NMI, attention distance and entropy per layer on
+a set of images, labels each layer local / hybrid / global, chooses the NMI-HAD teacher layer and writes
+`report.json`, `nmi_by_layer.png` and `attention_maps.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+__all__ = ["register", "run_analyze_attention"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `analyze-attention` sub-command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
+    p = subparsers.add_parser(
+        "analyze-attention",
+        help="layer-wise attention patterns (NMI, distance, local/hybrid/global) and the NMI-HAD teacher layer",
+        description="Measure the attention patterns of every layer of a ViT on a set of images. Layers are 0-based.",
+    )
+    p.add_argument("model", metavar="MODEL", help="local checkpoint folder or Hub id (loaded with AutoModel)")
+    p.add_argument("--images", nargs="+", required=True, metavar="DIR_OR_FILES",
+                   help="image files and/or folders (searched recursively, following symbolic links)")
+    p.add_argument("--num-images", type=int, default=64, help="images to use, spread over the list (default 64)")
+    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default 224)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--map-layers", type=int, nargs="*", default=None,
+                   help="0-based layers for attention_maps.png (default: first local, teacher, last)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow remote code when loading MODEL")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_analyze_attention)
+
+
+def _load_model(name: str, trust_remote_code: bool):
+    import unip_hf  # noqa: F401,PLC0415  (registers the UNIP classes with the Auto classes)
+    from transformers import AutoImageProcessor, AutoModel  # noqa: PLC0415
+
+    model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001  (no preprocessor_config.json: the analysis uses its default)
+        processor = None
+    return model, processor
+
+
+def run_analyze_attention(args: argparse.Namespace) -> int:
+    """Run the analysis described by parsed `analyze-attention` arguments; returns the exit status."""
+    import torch  # noqa: PLC0415
+
+    from .attention_analysis import (  # noqa: PLC0415
+        analyze_attention,
+        default_map_layers,
+        default_queries,
+        find_images,
+        open_image,
+        plot_attention_maps,
+        plot_layer_curves,
+        query_attention_maps,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = _load_model(args.model, args.trust_remote_code)
+    model.to(device)
+    paths = find_images(args.images)
+    if not paths:
+        raise SystemExit(f"error: no image files found in {' '.join(args.images)}")
+    try:
+        report = analyze_attention(
+            model, paths, image_size=args.image_size, num_images=args.num_images, batch_size=args.batch_size,
+            image_processor=processor, progress=not args.no_progress, model_name=args.model,
+        )
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    report.save(out / "report.json")
+    print(report.format_table())
+    if report.skipped_images:
+        print(f"skipped {len(report.skipped_images)} unreadable image(s):")
+        for item in report.skipped_images:
+            print(f"  {item}")
+    plot_layer_curves(report, out / "nmi_by_layer.png", names=[Path(args.model).name or args.model])
+    layers = args.map_layers if args.map_layers else default_map_layers(report)
+    bad = [i for i in layers if not 0 <= i < report.num_layers]
+    if bad:
+        raise SystemExit(f"error: --map-layers {bad} out of range 0..{report.num_layers - 1}")
+    queries = default_queries(report.grid_size)
+    example = _first_readable(paths, open_image)
+    maps, intensity = query_attention_maps(model, example, layers, queries, image_size=args.image_size,
+                                           image_processor=processor)
+    plot_attention_maps(maps, intensity, layers, queries, labels=[report.labels[i] for i in layers],
+                        path=out / "attention_maps.png", teacher_layer=report.teacher_layer,
+                        title=f"{Path(args.model).name or args.model}: per-query attention on {Path(str(example.filename or 'image')).name}")
+    print(f"teacher layer (0-based): {report.teacher_layer} ({report.teacher_layer + 1} of {report.num_layers}, "
+          f"1-based) - {report.teacher_reason}")
+    print(f"wrote {out / 'report.json'}, {out / 'nmi_by_layer.png'}, {out / 'attention_maps.png'}")
+    return 0
+
+
+def _first_readable(paths, opener):
+    for path in paths:
+        try:
+            image = opener(path)
+        except Exception:  # noqa: BLE001
+            continue
+        image.filename = str(path)
+        return image
+    raise SystemExit("error: none of the images could be read")
