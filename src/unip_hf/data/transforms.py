@@ -1,0 +1,393 @@
+"""Data transforms for UNIP (Lu et al., ICLR 2025) pre-training and infrared segmentation, without torchvision.
+
+Pre-training view (RandomResizedCrop 224, scale 0.2-1, flip, RGB->L->3 channels, normalise), segmentation
+training (random resize 0.5-2.0, crop with a max single-class ratio, flip, photometric distortion, pad with
+ignore 255), evaluation (resize, sliding windows). Randomness comes from a generator per (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "UNIP_MEAN",
+    "UNIP_STD",
+    "IGNORE_INDEX",
+    "sample_rng",
+    "open_image",
+    "random_resized_crop_box",
+    "PretrainTransform",
+    "SegmentationTrainTransform",
+    "SegmentationEvalTransform",
+    "IndexedTransformDataset",
+    "sliding_window_positions",
+    "merge_window_logits",
+    "sliding_window_inference",
+]
+
+#: Mean and standard deviation of the UNIP pre-training normalisation (intensity in [0, 1]).
+UNIP_MEAN = 0.3801
+UNIP_STD = 0.1871
+IGNORE_INDEX = 255
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Generator for one sample, identical in any worker process: derived from (seed, epoch, index)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch), int(index)])))
+
+
+def open_image(image: Any) -> Image.Image:
+    """A lazily decoded PIL image from a PIL image, bytes, a path or a `datasets` image dict."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        return Image.open(io.BytesIO(image))
+    return Image.open(image)
+
+
+def _intensity_array(image: Image.Image) -> np.ndarray:
+    """Float32 intensity in [0, 1] (8-bit / 255, 16-bit / 65535; colour -> ITU-R 601 luma)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _to_tensor(arr: np.ndarray, mean: float, std: float, channels: int) -> torch.Tensor:
+    """(arr - mean) / std as a ``channels x H x W`` float32 tensor (channels > 1: an expanded, read-only view)."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr *= 1.0 / std
+    arr -= mean / std
+    t = torch.from_numpy(arr).unsqueeze(0)
+    return t.expand(channels, -1, -1) if channels > 1 else t
+
+
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """Crop box (left, top, right, bottom) with the RandomResizedCrop rule (10 tries, then a centre crop).
+
+    Args:
+        width: image width.
+        height: image height.
+        rng: the sample's generator.
+        scale: range of the crop area relative to the image area.
+        ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+class PretrainTransform:
+    """The UNIP pre-training view: RandomResizedCrop, flip, grayscale to 3 channels, normalise.
+
+    JPEGs are decoded at reduced scale with PIL ``draft()`` when the crop is at least twice the output
+    size, and only the crop box is resampled. Teacher and student see the same view.
+
+    Args:
+        size (`int`, defaults to 224): output side.
+        scale (`tuple`, defaults to `(0.2, 1.0)`): crop area range.
+        ratio (`tuple`, defaults to `(3/4, 4/3)`): crop aspect range.
+        flip_prob (`float`, defaults to 0.5): horizontal flip probability.
+        mean (`float`, defaults to 0.3801) / std (`float`, defaults to 0.1871): normalisation.
+        num_channels (`int`, defaults to 3): 3 repeats the intensity (RGB->L->3 channels), 1 keeps one.
+        seed (`int`, defaults to 0): base seed; the view of sample ``i`` in epoch ``e`` depends only on (seed, e, i).
+
+    Example::
+
+        t = PretrainTransform(seed=0)
+        x = t(example["image"], index=7)          # float32 tensor 3x224x224
+    """
+
+    def __init__(self, size: int = 224, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
+                 mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3, seed: int = 0):
+        self.size, self.scale, self.ratio, self.flip_prob = size, scale, ratio, flip_prob
+        self.mean, self.std, self.num_channels, self.seed = mean, std, num_channels, seed
+        self.epoch = 0
+        self._counter = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the epoch component of the per-sample seeds."""
+        self.epoch = int(epoch)
+
+    def __call__(self, image: Any, index: Optional[int] = None) -> torch.Tensor:
+        """Transform one image.
+
+        Args:
+            image: PIL image, bytes, path or `datasets` image dict.
+            index: the sample index (reproducible views); without it an internal counter is used.
+        """
+        if index is None:
+            index, self._counter = self._counter, self._counter + 1
+        rng = sample_rng(self.seed, self.epoch, index)
+        im = open_image(image)
+        width, height = im.size
+        box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+        flip = rng.random() < self.flip_prob
+        cw, ch = box[2] - box[0], box[3] - box[1]
+        if im.format == "JPEG":  # decode straight to luma, at reduced scale when the crop allows it
+            factor = max(1.0, min(cw, ch) / self.size)
+            im.draft("L", (int(width / factor), int(height / factor)))
+            sx, sy = im.size[0] / width, im.size[1] / height
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
+            im = im.convert("L")
+        elif im.mode in ("I", "I;16B", "I;16L"):
+            im = im.convert("F") if im.mode == "I" else Image.fromarray(np.asarray(im).astype(np.float32))
+        im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
+        if flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = _intensity_array(im) if im.mode != "F" else np.asarray(im, dtype=np.float32) / 65535.0
+        return _to_tensor(arr, self.mean, self.std, self.num_channels)
+
+    def batch(self, examples: dict[str, list], image_key: str = "image") -> dict[str, list]:
+        """`datasets.Dataset.set_transform` hook: adds ``pixel_values`` (uses an internal counter for seeds)."""
+        return {"pixel_values": [self(img) for img in examples[image_key]]}
+
+
+def _resize_pair(image: Image.Image, mask: Optional[Image.Image], size: tuple[int, int], box=None):
+    image = image.resize(size, Image.BILINEAR, box=box)
+    if mask is not None:
+        mask = mask.resize(size, Image.NEAREST, box=box)
+    return image, mask
+
+
+class SegmentationTrainTransform:
+    """Segmentation training augmentation (mmseg-style), returning ``pixel_values`` and ``labels``.
+
+    Random resize of the image into ``base_size * r`` (keep ratio, r in ``ratio_range``), random crop of
+    ``crop_size`` retried up to 10 times until no class covers more than ``cat_max_ratio`` of it (ignore
+    excluded, like mmseg's ``cat_max_ratio``), horizontal flip, photometric distortion (brightness and
+    contrast; hue/saturation do not apply to intensity images), pad to the crop size with 0 / ``ignore_index``,
+    normalise. The crop is chosen in resized coordinates but only the crop region is resampled.
+
+    Args:
+        crop_size (`int` or `tuple`, defaults to 512): (height, width) of the output.
+        base_size (`tuple`, defaults to `(2048, 512)`): long and short side targets before the random ratio.
+        ratio_range (`tuple`, defaults to `(0.5, 2.0)`): random resize range.
+        cat_max_ratio (`float`, defaults to 0.75): max share of one class in the crop.
+        flip_prob (`float`, defaults to 0.5): horizontal flip probability.
+        photometric (`bool`, defaults to `True`): brightness delta 32, contrast 0.5-1.5, each with p=0.5.
+        mean / std (`float`): normalisation; num_channels (`int`, defaults to 3); ignore_index (`int`, 255).
+        seed (`int`, defaults to 0): base seed, combined with the epoch and the sample index.
+    """
+
+    def __init__(self, crop_size=512, base_size=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
+                 flip_prob: float = 0.5, photometric: bool = True, mean: float = UNIP_MEAN, std: float = UNIP_STD,
+                 num_channels: int = 3, ignore_index: int = IGNORE_INDEX, seed: int = 0):
+        self.crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+        self.base_size, self.ratio_range, self.cat_max_ratio = base_size, ratio_range, cat_max_ratio
+        self.flip_prob, self.photometric = flip_prob, photometric
+        self.mean, self.std, self.num_channels, self.ignore_index, self.seed = mean, std, num_channels, ignore_index, seed
+        self.epoch = 0
+        self._counter = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, image: Any, label: Any, index: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """Transform one (image, label) pair into ``{"pixel_values": 3xHxW float32, "labels": HxW int64}``."""
+        if index is None:
+            index, self._counter = self._counter, self._counter + 1
+        rng = sample_rng(self.seed, self.epoch, index)
+        im, mask = open_image(image), open_image(label)
+        w, h = im.size
+        if mask.size != (w, h):
+            raise ValueError(f"label size {mask.size} differs from image size {(w, h)}")
+        r = rng.uniform(*self.ratio_range)
+        long_t, short_t = max(self.base_size) * r, min(self.base_size) * r
+        s = min(long_t / max(w, h), short_t / min(w, h))
+        rw, rh = max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
+        ch, cw = min(self.crop[0], rh), min(self.crop[1], rw)
+        mask_arr = np.asarray(mask)
+        for attempt in range(10):
+            top, left = int(rng.integers(0, rh - ch + 1)), int(rng.integers(0, rw - cw + 1))
+            if self.cat_max_ratio >= 1.0:
+                break
+            y0, y1 = int(top / s), max(int(top / s) + 1, int((top + ch) / s))
+            x0, x1 = int(left / s), max(int(left / s) + 1, int((left + cw) / s))
+            region = mask_arr[y0:y1, x0:x1]
+            _, counts = np.unique(region[region != self.ignore_index], return_counts=True)
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        box = (left / s, top / s, (left + cw) / s, (top + ch) / s)
+        if im.mode not in ("L", "I;16", "F"):
+            im = im.convert("L") if im.mode not in ("I", "I;16B", "I;16L") else Image.fromarray(
+                np.asarray(im).astype(np.float32))
+        if im.mode == "I;16":
+            im = Image.fromarray(np.asarray(im).astype(np.float32))
+        im, mask = _resize_pair(im, mask, (cw, ch), box)
+        scale = 65535.0 if im.mode == "F" else 255.0
+        arr = np.asarray(im, dtype=np.float32)
+        lab = np.asarray(mask, dtype=np.int64)
+        if rng.random() < self.flip_prob:
+            arr, lab = arr[:, ::-1], lab[:, ::-1]
+        if self.photometric:
+            arr = arr * (255.0 / scale)
+            if rng.random() < 0.5:
+                arr = arr + rng.uniform(-32, 32)
+            if rng.random() < 0.5:
+                arr = arr * rng.uniform(0.5, 1.5)
+            arr = np.clip(arr, 0, 255) / 255.0
+        else:
+            arr = arr / scale
+        pad_h, pad_w = self.crop[0] - arr.shape[0], self.crop[1] - arr.shape[1]
+        if pad_h > 0 or pad_w > 0:
+            arr = np.pad(arr, ((0, pad_h), (0, pad_w)), constant_values=0.0)
+            lab = np.pad(lab, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
+        return {
+            "pixel_values": _to_tensor(arr.astype(np.float32), self.mean, self.std, self.num_channels),
+            "labels": torch.from_numpy(np.ascontiguousarray(lab)),
+        }
+
+
+class SegmentationEvalTransform:
+    """Evaluation preprocessing: optional resize of the image (labels stay at full resolution), normalise.
+
+    Args:
+        size (`int` or `tuple`, *optional*): ``(height, width)``, or an int for the short side (keep ratio);
+            ``None`` keeps the original size (use with `sliding_window_inference`).
+        mean / std / num_channels: as in training.
+    """
+
+    def __init__(self, size=None, mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3):
+        self.size, self.mean, self.std, self.num_channels = size, mean, std, num_channels
+
+    def __call__(self, image: Any, label: Any = None) -> dict[str, torch.Tensor]:
+        im = open_image(image)
+        if self.size is not None:
+            w, h = im.size
+            if isinstance(self.size, int):
+                s = self.size / min(w, h)
+                target = (max(1, round(w * s)), max(1, round(h * s)))
+            else:
+                target = (self.size[1], self.size[0])
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                im = Image.fromarray(np.asarray(im).astype(np.float32))
+            elif im.mode not in ("L", "F"):
+                im = im.convert("L")
+            im = im.resize(target, Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 65535.0 if im.mode == "F" else _intensity_array(im)
+        out = {"pixel_values": _to_tensor(arr, self.mean, self.std, self.num_channels)}
+        if label is not None:
+            out["labels"] = torch.from_numpy(np.asarray(open_image(label), dtype=np.int64).copy())
+        return out
+
+
+class IndexedTransformDataset(torch.utils.data.Dataset):
+    """A map-style dataset applying a seeded transform with the sample index, so that views are
+    reproducible whatever the number of DataLoader workers.
+
+    Args:
+        dataset: a `datasets.Dataset` (or any indexable of dicts).
+        transform: `PretrainTransform` (uses ``image_key``) or a segmentation transform (also ``label_key``).
+        image_key (`str`, defaults to "image") / label_key (`str`, *optional*): columns to read.
+    """
+
+    def __init__(self, dataset, transform: Callable, image_key: str = "image", label_key: Optional[str] = None):
+        self.dataset, self.transform, self.image_key, self.label_key = dataset, transform, image_key, label_key
+        self._raw = hasattr(dataset, "cast_column") and hasattr(dataset, "features")
+        if self._raw:  # read the undecoded bytes: the transform decodes (with draft) itself
+            import datasets
+
+            cols = {k: datasets.Image(decode=False) for k in (image_key, label_key) if k}
+            for k, feat in cols.items():
+                self.dataset = self.dataset.cast_column(k, feat)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.transform.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        ex = self.dataset[int(index)]
+        if self.label_key:
+            return self.transform(ex[self.image_key], ex[self.label_key], index=int(index))
+        return {"pixel_values": self.transform(ex[self.image_key], index=int(index))}
+
+
+def sliding_window_positions(height: int, width: int, window: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Window boxes ``(top, left, bottom, right)`` covering an image (mmseg "slide" rule; last window flush).
+
+    Args:
+        height / width: image size.
+        window: ``(h, w)`` of a window; stride: ``(h, w)`` step.
+    """
+    wh, ww = window
+    sh, sw = stride
+    rows = max(height - wh + sh - 1, 0) // sh + 1
+    cols = max(width - ww + sw - 1, 0) // sw + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + wh, height), min(c * sw + ww, width)
+            y0, x0 = max(y1 - wh, 0), max(x1 - ww, 0)
+            boxes.append((y0, x0, y1, x1))
+    return boxes
+
+
+def merge_window_logits(window_logits: Sequence[torch.Tensor], boxes: Sequence[tuple], height: int, width: int) -> torch.Tensor:
+    """Average overlapping window logits (each ``(B, K, h, w)``) into ``(B, K, height, width)``."""
+    first = window_logits[0]
+    total = first.new_zeros(first.shape[0], first.shape[1], height, width)
+    count = first.new_zeros(1, 1, height, width)
+    for logit, (y0, x0, y1, x1) in zip(window_logits, boxes):
+        total[:, :, y0:y1, x0:x1] += logit
+        count[:, :, y0:y1, x0:x1] += 1
+    if (count == 0).any():
+        raise ValueError("the windows do not cover the whole image")
+    return total / count
+
+
+@torch.no_grad()
+def sliding_window_inference(model_fn: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor,
+                             window=(512, 512), stride=(341, 341)) -> torch.Tensor:
+    """Logits of a whole image by sliding windows.
+
+    Args:
+        model_fn: maps ``(B, C, h, w)`` to logits ``(B, K, h', w')`` (upsampled here to ``h, w`` if needed).
+        pixel_values: ``(B, C, H, W)``; images smaller than the window are padded with 0 and cropped back.
+        window / stride: ``(h, w)``.
+
+    Returns:
+        ``(B, K, H, W)`` averaged logits.
+    """
+    _, _, height, width = pixel_values.shape
+    ph, pw = max(window[0] - height, 0), max(window[1] - width, 0)
+    x = torch.nn.functional.pad(pixel_values, (0, pw, 0, ph)) if ph or pw else pixel_values
+    boxes = sliding_window_positions(x.shape[2], x.shape[3], window, stride)
+    outs = []
+    for y0, x0, y1, x1 in boxes:
+        logit = model_fn(x[:, :, y0:y1, x0:x1])
+        if logit.shape[-2:] != (y1 - y0, x1 - x0):
+            logit = torch.nn.functional.interpolate(logit, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+        outs.append(logit)
+    return merge_window_logits(outs, boxes, x.shape[2], x.shape[3])[:, :, :height, :width]
