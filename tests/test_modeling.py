@@ -1,0 +1,433 @@
+"""Tests of UnipConfig, UnipViTModel and UnipForSemanticSegmentation on tiny configurations."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+import unip_hf
+from unip_hf import UnipConfig, UnipForSemanticSegmentation, UnipViTModel
+from unip_hf import modeling_unip
+from unip_hf.modeling_unip import sincos_position_embedding
+
+
+class UnipModelTester:
+    """Builds tiny configurations and inputs (hidden 32, 4 blocks, 32 px images, patch 8)."""
+
+    def __init__(self, batch_size=2, image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, heads=2):
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.heads = heads
+        self.seq_len = (image_size // patch_size) ** 2 + 1
+
+    def get_config(self, **overrides):
+        values = dict(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.heads,
+            num_labels=3,
+            auxiliary_channels=16,
+        )
+        values.update(overrides)
+        return UnipConfig(**values)
+
+    def pixel_values(self, channels=3, size=None):
+        size = size or self.image_size
+        return torch.randn(self.batch_size, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+    def labels(self, size=None, num_labels=3):
+        size = size or self.image_size
+        return torch.randint(0, num_labels, (self.batch_size, size, size), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def tester():
+    torch.manual_seed(0)
+    return UnipModelTester()
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,width,depth,heads",
+    [("unip-tiny", 192, 12, 3), ("unip-small", 384, 12, 6), ("unip-base", 768, 12, 12), ("unip-large", 1024, 24, 16)],
+)
+def test_presets(name, width, depth, heads):
+    config = UnipConfig.from_preset(name)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (width, depth, heads)
+    assert config.last_block_heads == heads
+    assert config.model_type == "unip"
+
+
+def test_preset_overrides_and_short_name():
+    config = UnipConfig.from_preset("tiny", last_layer_num_attention_heads=16, num_channels=1)
+    assert config.hidden_size == 192 and config.last_block_heads == 16 and config.num_channels == 1
+    assert config.num_heads_of_layer(0) == 3 and config.num_heads_of_layer(11) == 16
+    with pytest.raises(ValueError, match="Unknown UNIP preset"):
+        UnipConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"num_channels": 5}, "num_channels must be 1 or 3"),
+        ({"image_size": 30}, "not a multiple of patch_size"),
+        ({"num_attention_heads": 5}, "not divisible by num_attention_heads"),
+        ({"last_layer_num_attention_heads": 5}, "last_layer_num_attention_heads"),
+        ({"decode_head": "segformer"}, "decode_head must be one of"),
+        ({"position_embedding_type": "rope"}, "position_embedding_type"),
+        ({"out_indices": [0, 9]}, "out of range"),
+    ],
+)
+def test_config_validation(tester, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tester.get_config(**overrides)
+
+
+def test_config_round_trip(tmp_path, tester):
+    config = tester.get_config(last_layer_num_attention_heads=4, layer_scale_init_value=0.1, out_indices=[0, 1, 2, 3])
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, UnipConfig)
+    for field in ("last_layer_num_attention_heads", "layer_scale_init_value", "out_indices", "pool_scales"):
+        assert getattr(loaded, field) == getattr(config, field)
+
+
+def test_default_out_indices():
+    assert UnipConfig().feature_indices == [3, 5, 7, 11]
+    assert UnipConfig.from_preset("large").feature_indices == [7, 11, 15, 23]
+    assert UnipConfig(num_hidden_layers=8).feature_indices == [1, 3, 5, 7]
+
+
+# --- backbone -------------------------------------------------------------------------------------------------
+
+
+def test_backbone_outputs(tester):
+    model = UnipViTModel(tester.get_config()).eval()
+    out = model(tester.pixel_values(), output_hidden_states=True, output_attentions=True)
+    assert out.last_hidden_state.shape == (2, tester.seq_len, 32)
+    assert out.pooler_output.shape == (2, 32)
+    assert len(out.hidden_states) == tester.num_hidden_layers + 1
+    assert len(out.attentions) == tester.num_hidden_layers
+    assert out.attentions[0].shape == (2, 2, tester.seq_len, tester.seq_len)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 2, tester.seq_len))
+    as_tuple = model(tester.pixel_values(), return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+
+
+def test_sdpa_and_eager_identical(tester):
+    model = UnipViTModel(tester.get_config(num_hidden_layers=3)).eval()
+    pixels = tester.pixel_values()
+    assert model.config._attn_implementation == "sdpa"
+    sdpa = model(pixels).last_hidden_state
+    model.set_attn_implementation("eager")
+    eager = model(pixels).last_hidden_state
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_requested_at_load(tmp_path, tester):
+    model = UnipViTModel(tester.get_config()).eval()
+    model.save_pretrained(tmp_path)
+    eager = UnipViTModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    pixels = tester.pixel_values()
+    torch.testing.assert_close(model(pixels).last_hidden_state, eager(pixels).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_logits_match_probabilities(tester):
+    model = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4)).eval()
+    out = model(tester.pixel_values(), output_attentions=True, attention_logits_layers=[-1, 1])
+    last, second = out.attention_logits
+    assert last.shape == (2, 4, tester.seq_len, tester.seq_len)
+    assert second.shape == (2, 2, tester.seq_len, tester.seq_len)
+    torch.testing.assert_close(last.softmax(-1), out.attentions[-1])
+    torch.testing.assert_close(second.softmax(-1), out.attentions[1])
+
+
+def test_explicit_attention_only_for_requested_layers(tester, monkeypatch):
+    calls = []
+    original = modeling_unip.eager_attention_forward
+
+    def counting(module, *args, **kwargs):
+        calls.append(module)
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_unip, "eager_attention_forward", counting)
+    model = UnipViTModel(tester.get_config()).eval()
+    out = model(tester.pixel_values(), attention_logits_layers=[3])
+    assert calls == [model.encoder.layer[3].attention]
+    assert out.attention_logits[0].requires_grad  # logits carry gradients (distillation trains through them)
+
+
+def test_stop_after_layer_runs_fewer_blocks(tester):
+    model = UnipViTModel(tester.get_config()).eval()
+    seen = []
+    for index, layer in enumerate(model.encoder.layer):
+        layer.register_forward_hook(lambda *_, i=index: seen.append(i))
+    pixels = tester.pixel_values()
+    full = model(pixels, output_hidden_states=True)
+    seen.clear()
+    early = model(pixels, stop_after_layer=1, attention_logits_layers=[1])
+    assert seen == [0, 1]
+    assert early.num_layers_run == 2 and early.pooler_output is None
+    torch.testing.assert_close(early.last_hidden_state, full.hidden_states[2])
+    with pytest.raises(ValueError, match="after stop_after_layer"):
+        model(pixels, stop_after_layer=1, attention_logits_layers=[2])
+    with pytest.raises(ValueError, match="out of range"):
+        model(pixels, stop_after_layer=7)
+
+
+def test_interpolate_position_embeddings(tester):
+    config = tester.get_config()
+    model = UnipViTModel(config).eval()
+    table = model.embeddings.position_embeddings
+    torch.testing.assert_close(table, sincos_position_embedding(32, 4, 4))
+    assert not table.requires_grad
+    # sin-cos: recomputed exactly for a new grid
+    torch.testing.assert_close(model.embeddings.interpolate_pos_encoding(6, 8), sincos_position_embedding(32, 6, 8))
+    out = model(torch.randn(1, 3, 48, 64))
+    assert out.last_hidden_state.shape == (1, 1 + 6 * 8, 32)
+    learned = UnipViTModel(tester.get_config(position_embedding_type="learned")).eval()
+    assert learned.embeddings.position_embeddings.requires_grad
+    assert learned(torch.randn(1, 3, 40, 24)).last_hidden_state.shape == (1, 1 + 5 * 3, 32)
+
+
+def test_input_errors(tester):
+    model = UnipViTModel(tester.get_config()).eval()
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="num_channels=3"):
+        model(torch.randn(1, 1, 32, 32))
+    one_channel = UnipViTModel(tester.get_config(num_channels=1)).eval()
+    assert one_channel(torch.randn(1, 1, 32, 32)).last_hidden_state.shape[1] == tester.seq_len
+
+
+def test_layer_scale_and_drop_path(tester):
+    model = UnipViTModel(tester.get_config(layer_scale_init_value=1e-5, drop_path_rate=0.2))
+    assert torch.allclose(model.encoder.layer[0].layer_scale1.lambda1, torch.full((32,), 1e-5))
+    rates = [layer.drop_path.drop_prob for layer in model.encoder.layer[1:]]
+    assert rates == pytest.approx([0.2 / 3, 0.4 / 3, 0.2])
+    model.train()
+    model(tester.pixel_values()).last_hidden_state.sum().backward()
+    model.eval()
+    first = model(tester.pixel_values()).last_hidden_state
+    torch.testing.assert_close(first, model(tester.pixel_values()).last_hidden_state)
+
+
+def test_gradient_checkpointing(tester):
+    model = UnipViTModel(tester.get_config())
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(tester.pixel_values()).last_hidden_state.mean().backward()
+    assert model.encoder.layer[0].attention.qkv.weight.grad is not None
+
+
+# --- head counts of the distilled last block ---------------------------------------------------------------------
+
+
+def test_last_block_head_count_survives_save_load_and_finetune(tmp_path, tester):
+    backbone = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4, num_labels=2))
+    assert backbone.encoder.layer[-1].attention.num_heads == 4
+    assert backbone.encoder.layer[0].attention.num_heads == 2
+    backbone.save_pretrained(tmp_path / "backbone")
+    loaded = AutoModel.from_pretrained(tmp_path / "backbone")
+    assert loaded.encoder.layer[-1].attention.num_heads == 4
+    segmenter = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "backbone")
+    assert segmenter.unip.encoder.layer[-1].attention.num_heads == 4
+    torch.testing.assert_close(
+        segmenter.unip.encoder.layer[-1].attention.qkv.weight, backbone.encoder.layer[-1].attention.qkv.weight
+    )
+
+
+def test_head_count_mismatch_is_an_error(tmp_path, tester):
+    backbone = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4))
+    backbone.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="saved with 4 heads but the configuration builds it with 2"):
+        AutoModel.from_pretrained(tmp_path, last_layer_num_attention_heads=2)
+    other = UnipViTModel(tester.get_config(last_layer_num_attention_heads=2))
+    with pytest.raises(ValueError, match="saved with 4 heads"):
+        other.load_state_dict(backbone.state_dict())
+
+
+# --- segmentation ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head,logit_size", [("ll_fpn", 16), ("multilevel_fpn", 16), ("linear_probe", 4)])
+def test_segmentation_heads(tester, head, logit_size):
+    config = tester.get_config(decode_head=head)
+    model = UnipForSemanticSegmentation(config)
+    pixels, labels = tester.pixel_values(), tester.labels()
+    out = model(pixels, labels=labels)
+    assert isinstance(out, SemanticSegmenterOutput)
+    # patch 8: the pyramid's finest level is 4x the 1/8 map
+    assert out.logits.shape == (2, 3, logit_size, logit_size)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.decode_head.classifier.weight.grad is not None
+
+
+def test_ll_fpn_uses_only_last_block(tester):
+    model = UnipForSemanticSegmentation(tester.get_config(decode_head="ll_fpn")).eval()
+    pixels = tester.pixel_values()
+    base = model(pixels).logits
+    # perturbing the final norm (unused by LL-FPN) changes nothing
+    with torch.no_grad():
+        model.unip.layernorm.weight.mul_(3.0)
+    torch.testing.assert_close(model(pixels).logits, base)
+
+
+def test_multilevel_fpn_taps_configured_blocks(tester):
+    model = UnipForSemanticSegmentation(tester.get_config(decode_head="multilevel_fpn", out_indices=[0, 1, 2, 3]))
+    assert model._tapped_layers() == [0, 1, 2, 3]
+
+
+def test_auxiliary_loss_weight(tester):
+    config = tester.get_config(decoder_dropout=0.0)
+    model = UnipForSemanticSegmentation(config).eval()
+    pixels, labels = tester.pixel_values(), tester.labels()
+    total = model(pixels, labels=labels).loss
+    main = model.compute_loss(model(pixels).logits, labels)
+    maps = model.unip.get_feature_maps(pixels, [-1])
+    aux = model.compute_loss(model.auxiliary_head(maps[0]), labels)
+    torch.testing.assert_close(total, main + 0.4 * aux)
+    no_aux = UnipForSemanticSegmentation(tester.get_config(use_auxiliary_head=False))
+    assert no_aux.auxiliary_head is None
+
+
+def test_ignore_index(tester):
+    model = UnipForSemanticSegmentation(tester.get_config(use_auxiliary_head=False)).eval()
+    pixels, labels = tester.pixel_values(), tester.labels()
+    logits = model(pixels).logits
+    ignored = labels.clone()
+    ignored[:, :16] = 255
+    loss = model(pixels, labels=ignored).loss
+    up = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.cross_entropy(up[:, :, 16:], labels[:, 16:])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_linear_probe_freezes_backbone(tester):
+    model = UnipForSemanticSegmentation(tester.get_config(decode_head="linear_probe", drop_path_rate=0.5))
+    assert not any(p.requires_grad for p in model.unip.parameters())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
+    model.train()
+    assert not model.unip.training  # no drop path in the frozen backbone
+    before = {k: v.clone() for k, v in model.unip.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model(tester.pixel_values(), labels=tester.labels()).loss.backward()
+    optimizer.step()
+    for key, value in model.unip.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def test_segmentation_outputs_hidden_states_and_attentions(tester):
+    model = UnipForSemanticSegmentation(tester.get_config()).eval()
+    pixels = tester.pixel_values()
+    plain = model(pixels).logits
+    out = model(pixels, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 5 and len(out.attentions) == 4
+    torch.testing.assert_close(out.logits, plain, atol=1e-5, rtol=1e-5)
+    loss, logits = model(pixels, labels=tester.labels(), return_dict=False)[:2]
+    assert loss.ndim == 0 and logits.shape == plain.shape
+
+
+# --- Auto classes and remote code ----------------------------------------------------------------------------------
+
+
+def test_auto_classes_resolve(tmp_path, tester):
+    model = UnipForSemanticSegmentation(tester.get_config())
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), UnipConfig)
+    assert isinstance(AutoModelForSemanticSegmentation.from_pretrained(tmp_path), UnipForSemanticSegmentation)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), UnipViTModel)
+    assert isinstance(AutoModel.from_config(tester.get_config()), UnipViTModel)
+
+
+def test_checkpoint_carries_remote_code(tmp_path, tester):
+    model = UnipForSemanticSegmentation(tester.get_config())
+    model.save_pretrained(tmp_path)
+    for name in ("configuration_unip.py", "modeling_unip.py"):
+        assert (tmp_path / name).is_file()
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_unip.UnipViTModel"
+    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip.UnipForSemanticSegmentation"
+    assert auto_map["AutoConfig"] == "configuration_unip.UnipConfig"
+    # remote code imports only torch, transformers and its siblings
+    for name in ("configuration_unip.py", "modeling_unip.py"):
+        imports = re.findall(r"^(?:from|import)\s+([\w.]+)", (tmp_path / name).read_text(), flags=re.M)
+        assert {module.split(".")[0] for module in imports if module} <= {"__future__", "json", "os", "shutil",
+                                                                           "collections", "dataclasses", "typing",
+                                                                           "torch", "transformers"}
+
+
+HIDDEN_PACKAGE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys, json
+    class HideUnip(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "unip_hf" or name.startswith("unip_hf."):
+                raise ImportError("unip_hf is hidden for this test")
+            return None
+    sys.meta_path.insert(0, HideUnip())
+    try:
+        import unip_hf  # noqa: F401
+        raise SystemExit("unip_hf should not be importable here")
+    except ImportError:
+        pass
+    import torch
+    from transformers import AutoModel, AutoModelForSemanticSegmentation
+    ckpt = sys.argv[1]
+    seg = AutoModelForSemanticSegmentation.from_pretrained(ckpt, trust_remote_code=True).eval()
+    backbone = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
+    pixels = torch.load(sys.argv[2])
+    with torch.no_grad():
+        logits = seg(pixels).logits
+    print(json.dumps({
+        "seg": type(seg).__name__, "backbone": type(backbone).__name__,
+        "module": type(seg).__module__, "heads": backbone.encoder.layer[-1].attention.num_heads,
+        "logits_sum": float(logits.double().sum()),
+    }))
+    """
+)
+
+
+def test_remote_code_loads_without_package(tmp_path, tester):
+    model = UnipForSemanticSegmentation(tester.get_config(last_layer_num_attention_heads=4)).eval()
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    pixels = tester.pixel_values()
+    torch.save(pixels, tmp_path / "pixels.pt")
+    script = tmp_path / "load.py"
+    script.write_text(HIDDEN_PACKAGE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, str(script), str(ckpt), str(tmp_path / "pixels.pt")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["seg"] == "UnipForSemanticSegmentation" and info["backbone"] == "UnipViTModel"
+    assert info["module"].startswith("transformers_modules")
+    assert info["heads"] == 4
+    with torch.no_grad():
+        expected = float(model(pixels).logits.double().sum())
+    assert info["logits_sum"] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+
+
+def test_package_exports():
+    for name in ("UnipConfig", "UnipViTModel", "UnipForSemanticSegmentation"):
+        assert hasattr(unip_hf, name)
