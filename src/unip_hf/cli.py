@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.convert",
     "unip_hf.analysis_commands",
+    "unip_hf.data.commands",
 )
 
 

@@ -1,0 +1,50 @@
+"""Data layer of unip_hf for UNIP (Lu et al., ICLR 2025): InfMix, infrared segmentation sets, transforms.
+
+`InfMix` is a `datasets` builder over a folder or manifest of infrared and RGB sources; the segmentation builders
+read SODA, MFNet, SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, split folders, MassMIND and generic layouts.
+"""
+
+from .export import export_parquet, push_to_hub, write_dataset_readme
+from .infmix import InfMix, InfMixConfig, derive_config_name, discover_sources, format_report_table, read_report
+from .segmentation import (
+    IGNORE_INDEX,
+    SEGMENTATION_BUILDERS,
+    SEGMENTATION_SPECS,
+    GenericFolderBuilder,
+    IrstdBuilder,
+    MassMindBuilder,
+    MFNetBuilder,
+    ScutSegBuilder,
+    SegmentationBuilder,
+    SegmentationSpec,
+    SirstBuilder,
+    SodaBuilder,
+    SplitFolderBuilder,
+    load_segmentation_dataset,
+    segmentation_metadata,
+    to_intensity,
+)
+from .synthetic import SYNTHETIC_CLASSES, make_thermal_scene, write_synthetic_dataset
+from .transforms import (
+    UNIP_MEAN,
+    UNIP_STD,
+    IndexedTransformDataset,
+    PretrainTransform,
+    SegmentationEvalTransform,
+    SegmentationTrainTransform,
+    merge_window_logits,
+    sample_rng,
+    sliding_window_inference,
+    sliding_window_positions,
+)
+
+__all__ = [
+    "InfMix", "InfMixConfig", "derive_config_name", "discover_sources", "format_report_table", "read_report",
+    "export_parquet", "push_to_hub", "write_dataset_readme",
+    "IGNORE_INDEX", "SEGMENTATION_BUILDERS", "SEGMENTATION_SPECS", "SegmentationSpec", "SegmentationBuilder",
+    "SodaBuilder", "MFNetBuilder", "ScutSegBuilder", "SirstBuilder", "IrstdBuilder", "SplitFolderBuilder",
+    "MassMindBuilder", "GenericFolderBuilder", "load_segmentation_dataset", "segmentation_metadata", "to_intensity",
+    "SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset",
+    "UNIP_MEAN", "UNIP_STD", "PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform",
+    "IndexedTransformDataset", "sample_rng", "sliding_window_positions", "merge_window_logits", "sliding_window_inference",
+]

@@ -1,0 +1,190 @@
+"""CLI for the UNIP (Lu et al., ICLR 2025) data layer: ``unip infmix build`` and ``unip data inspect``.
+
+``infmix build`` builds an InfMix configuration, prints the per-source table and the skipped-file count, saves
+it (arrow via ``save_to_disk`` or parquet with a README) and optionally pushes it; ``data inspect`` summarises a data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["register", "infmix_build", "data_inspect", "contact_sheet"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``infmix`` and ``data`` sub-commands to the ``unip`` parser."""
+    inf = subparsers.add_parser("infmix", help="InfMix pre-training mix")
+    inf_sub = inf.add_subparsers(dest="infmix_command", metavar="ACTION")
+    b = inf_sub.add_parser("build", help="build an InfMix configuration from a root folder or a manifest")
+    b.add_argument("root_or_manifest", help="ROOT with infrared/<source>/ and rgb/<source>/, or a .yaml/.json manifest")
+    b.add_argument("--config", default="full", help="full | no_grayscale | infrared_only (default: full)")
+    b.add_argument("--include-sources", default=None, help="comma-separated sources to keep")
+    b.add_argument("--exclude-sources", default=None, help="comma-separated sources to drop")
+    b.add_argument("--output", required=True, help="output folder")
+    b.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
+                   help="arrow: save_to_disk (load_from_disk); parquet: DIR/<config>/*.parquet + README (load_dataset)")
+    b.add_argument("--cache-dir", default=None, help="datasets cache for the build (default: a temporary folder)")
+    b.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload to this dataset repo (implies the parquet export)")
+    b.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    b.set_defaults(func=infmix_build)
+
+    data = subparsers.add_parser("data", help="segmentation / image data sets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    i = data_sub.add_parser("inspect", help="class histogram, size/mode summary and a contact sheet")
+    i.add_argument("dataset", help="a layout name (sirst, irstd-1k, buffalo-udder, massmind, soda, mfnet, scut-seg, "
+                                    "nudt-sirst, folder) with --data_dir, or a save_to_disk folder")
+    i.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None)
+    i.add_argument("--split", default="train")
+    i.add_argument("--out", default="inspect_out", help="folder for summary.json and contact_sheet.png")
+    i.add_argument("--max-images", type=int, default=16, help="images on the contact sheet")
+    i.add_argument("--cache-dir", default=None)
+    i.set_defaults(func=data_inspect)
+
+
+def infmix_build(args: argparse.Namespace) -> int:
+    """Run ``unip infmix build``."""
+    from .infmix import InfMix, format_report_table
+
+    split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    tmp = None if args.cache_dir else tempfile.TemporaryDirectory(prefix="infmix-cache-")
+    cache = args.cache_dir or tmp.name
+    try:
+        builder = InfMix(config_name=args.config, data_dir=os.path.abspath(args.root_or_manifest), cache_dir=cache,
+                         include_sources=split_list(args.include_sources), exclude_sources=split_list(args.exclude_sources))
+        builder.download_and_prepare()
+        report = builder.load_report() or {}
+        ds = builder.as_dataset(split="train")
+        name = builder.config.name
+        print(f"InfMix configuration {name}: {len(ds)} images")
+        print(format_report_table(report))
+        skipped = report.get("unreadable", [])
+        print(f"skipped (unreadable): {len(skipped)}")
+        for item in skipped:
+            print(f"  {item['file']}: {item['error']}")
+        print(f"duplicates dropped: {report.get('total_duplicates', 0)}")
+        if args.format == "parquet" or args.push_to_hub:
+            from .export import export_parquet, push_to_hub
+
+            out = args.output
+            export_parquet(ds, out, name, report=report)
+            print(f"parquet export: {out}/{name}/ (load with datasets.load_dataset({out!r}, {name!r}))")
+            if args.push_to_hub:
+                url = push_to_hub(out, args.push_to_hub, private=args.private)
+                print(f"pushed to {args.push_to_hub}: {url}")
+        else:
+            ds.save_to_disk(args.output)
+            print(f"saved with save_to_disk: {args.output} (load with datasets.load_from_disk)")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+def _load_for_inspect(args: argparse.Namespace):
+    import datasets
+
+    from .segmentation import SEGMENTATION_BUILDERS, load_segmentation_dataset
+
+    key = args.dataset.lower().replace("_", "-")
+    if key in SEGMENTATION_BUILDERS:
+        if not args.data_dir:
+            raise SystemExit(f"unip data inspect {args.dataset}: --data_dir is required")
+        return load_segmentation_dataset(key, args.data_dir, args.split, cache_dir=args.cache_dir)
+    if os.path.isdir(args.dataset):
+        if os.path.exists(os.path.join(args.dataset, "state.json")) or os.path.exists(os.path.join(args.dataset, "dataset_dict.json")):
+            ds = datasets.load_from_disk(args.dataset)
+            return ds[args.split] if isinstance(ds, datasets.DatasetDict) else ds
+        if os.path.isdir(os.path.join(args.dataset, "images")):
+            return load_segmentation_dataset("folder", args.dataset, args.split, cache_dir=args.cache_dir)
+    raise SystemExit(f"unip data inspect: {args.dataset!r} is neither a known layout nor a data set folder")
+
+
+def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, cols: int = 4):
+    """A PIL contact sheet: each image with its mask blended in its palette colours (mask may be ``None``)."""
+    import numpy as np
+    from PIL import Image
+
+    rows = max(1, -(-len(images) // cols))
+    sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i, c in enumerate(palette[:255]):
+        pal[i] = c
+    pal[255] = (255, 0, 255)
+    for k, im in enumerate(images):
+        arr = np.asarray(im.convert("L") if im.mode not in ("I;16", "I", "F") else im, dtype=np.float32)
+        if im.mode in ("I;16", "I", "F"):
+            lo, hi = np.percentile(arr, (1, 99))
+            arr = np.clip((arr - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+        rgb = np.repeat(arr[..., None], 3, axis=2)
+        if masks[k] is not None:
+            m = np.asarray(masks[k])
+            colour = pal[m].astype(np.float32)
+            overlay = (m > 0)[..., None]
+            rgb = np.where(overlay, 0.5 * rgb + 0.5 * colour, rgb)
+        t = Image.fromarray(rgb.astype(np.uint8))
+        t.thumbnail((tile, tile))
+        sheet.paste(t, ((k % cols) * tile + (tile - t.width) // 2, (k // cols) * tile + (tile - t.height) // 2))
+    return sheet
+
+
+def data_inspect(args: argparse.Namespace) -> int:
+    """Run ``unip data inspect``: prints and writes ``summary.json`` and ``contact_sheet.png`` under ``--out``."""
+    import numpy as np
+
+    from .segmentation import segmentation_metadata
+
+    ds = _load_for_inspect(args)
+    try:
+        meta = segmentation_metadata(ds)
+    except ValueError:
+        meta = {"id2label": {}, "palette": []}
+    has_label = "label" in ds.column_names
+    sizes, modes, hist, by_source = collections.Counter(), collections.Counter(), collections.Counter(), collections.Counter()
+    sheet_images, sheet_masks = [], []
+    for idx, ex in enumerate(ds):
+        im = ex["image"]
+        sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+        modes[ex.get("mode") or im.mode] += 1
+        if "source" in ex:
+            by_source[f"{ex.get('modality', '')}/{ex['source']}"] += 1
+        mask = ex["label"] if has_label else None
+        if mask is not None:
+            vals, counts = np.unique(np.asarray(mask), return_counts=True)
+            for v, c in zip(vals.tolist(), counts.tolist()):
+                hist[int(v)] += int(c)
+        if idx < args.max_images:
+            sheet_images.append(im)
+            sheet_masks.append(mask)
+    names = meta.get("id2label", {})
+    total = sum(hist.values()) or 1
+    summary: dict[str, Any] = {
+        "dataset": args.dataset, "split": args.split, "num_examples": len(ds),
+        "sizes": dict(sizes.most_common()), "modes": dict(modes.most_common()),
+        "class_histogram": {(names.get(k, "ignore" if k == 255 else str(k))): {"pixels": v, "fraction": round(v / total, 6)}
+                            for k, v in sorted(hist.items())},
+    }
+    if by_source:
+        summary["sources"] = dict(sorted(by_source.items()))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    sheet = contact_sheet(sheet_images, sheet_masks, meta.get("palette") or [[0, 0, 0], [255, 0, 0]])
+    sheet_path = os.path.join(args.out, "contact_sheet.png")
+    sheet.save(sheet_path)
+    print(f"{args.dataset} [{args.split}]: {len(ds)} examples")
+    print("sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(8)))
+    print("modes: " + ", ".join(f"{k} ({v})" for k, v in modes.most_common()))
+    if hist:
+        print("class histogram (pixels):")
+        for name, d in summary["class_histogram"].items():
+            print(f"  {name:<20}{d['pixels']:>12}  {100 * d['fraction']:6.2f}%")
+    if by_source:
+        print("sources: " + ", ".join(f"{k} ({v})" for k, v in summary["sources"].items()))
+    print(f"wrote {os.path.join(args.out, 'summary.json')} and {sheet_path}")
+    return 0
