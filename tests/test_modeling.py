@@ -369,7 +369,7 @@ def test_checkpoint_carries_remote_code(tmp_path, tester):
     # remote code imports only torch, transformers and its siblings
     for name in ("configuration_unip.py", "modeling_unip.py"):
         imports = re.findall(r"^(?:from|import)\s+([\w.]+)", (tmp_path / name).read_text(), flags=re.M)
-        assert {module.split(".")[0] for module in imports if module} <= {"__future__", "json", "os", "shutil",
+        assert {module.split(".")[0] for module in imports} <= {"", "__future__", "json", "os", "shutil",
                                                                            "collections", "dataclasses", "typing",
                                                                            "torch", "transformers"}
 
