@@ -541,6 +541,10 @@ def load_segmentation_dataset(
         skip_missing: skip ids listed in a split file whose files are absent (subsets of a data set)
             instead of raising `FileNotFoundError`.
 
+    Raises:
+        ValueError: a mask whose size differs from its image, or with values outside the classes (names the file).
+        FileNotFoundError: a listed image or mask is absent (names the id and the split file).
+
     Returns:
         A `datasets.Dataset` with ``id``, ``image`` (single-channel) and ``label`` (class ids, 255 ignore);
         its class names, palette and ignore index are in `segmentation_metadata(ds)`.
@@ -551,7 +555,12 @@ def load_segmentation_dataset(
     cls, default_spec = SEGMENTATION_BUILDERS[key]
     builder = cls(data_dir=os.path.abspath(data_dir), cache_dir=cache_dir, spec=spec or default_spec,
                   skip_missing=skip_missing, dataset_name=key.replace("-", "_"))
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):  # surface the error that names the file
+            raise err.__cause__ from None
+        raise
     return builder.as_dataset(split=split)
 
 
