@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_unip import UNIP_PRESETS, UnipConfig
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipForSemanticSegmentation, UnipModelOutput, UnipPreTrainedModel, UnipViTModel
+from .pipeline_unip import UnipImageSegmentationPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -15,12 +16,14 @@ AutoConfig.register("unip", UnipConfig, exist_ok=True)
 AutoModel.register(UnipConfig, UnipViTModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(UnipConfig, UnipForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(UnipConfig, image_processor_classes={"pil": UnipImageProcessor}, exist_ok=True)
+register_pipeline()  # adds the "infrared-image-segmentation" task; "image-segmentation" is untouched
 
 __all__ = [
     "UNIP_PRESETS",
     "UnipConfig",
     "UnipForSemanticSegmentation",
     "UnipImageProcessor",
+    "UnipImageSegmentationPipeline",
     "UnipModelOutput",
     "UnipPreTrainedModel",
     "UnipViTModel",

@@ -392,6 +392,17 @@ class UnipImageProcessor(PilBackend):
         kwargs.setdefault("size", {"height": int(height), "width": int(width)})
         return cls(**kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Serializable attributes. The `auto_map` entry of a saved processor is written in the backend-keyed form
+        (`{"pil": "image_processing_unip.UnipImageProcessor"}`), which `AutoImageProcessor` resolves like the plain
+        string; with the plain string, `pipeline()` would also infer a (nonexistent) remote video processor from it
+        and ask the user, interactively, whether to trust remote code."""
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        if isinstance(auto_map, dict) and isinstance(auto_map.get("AutoImageProcessor"), str):
+            output["auto_map"] = {**auto_map, "AutoImageProcessor": {"pil": auto_map["AutoImageProcessor"]}}
+        return output
+
     # ------------------------------------------------------------------ entry point
     def preprocess(
         self,
@@ -512,6 +523,33 @@ class UnipImageProcessor(PilBackend):
                     )
                 np.clip(x, 0.0, 1.0, out=x)
         return x
+
+    @staticmethod
+    def image_size_of(image: Any, input_data_format: str | ChannelDimension | None = None) -> tuple[int, int]:
+        """(height, width) of one input image, with the same layout rules as processing, without decoding pixels.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+                One image.
+            input_data_format (`ChannelDimension` or `str`, *optional*):
+                Channel layout of a 3-D array; guessed as in processing when not given.
+        """
+        if isinstance(image, PIL.Image.Image):
+            return image.height, image.width
+        if not isinstance(image, (np.ndarray, torch.Tensor)):
+            raise ValueError(f"Received {_describe(image)}; {_ACCEPTED_IMAGES}.")
+        shape = tuple(image.shape)
+        if len(shape) == 2:
+            return shape
+        if len(shape) != 3:
+            raise ValueError(f"Received {_describe(image)}: a single image must be 2-D or 3-D; {_ACCEPTED_IMAGES}.")
+        layout = _channels_last(
+            np.broadcast_to(np.uint8(0), shape),
+            isinstance(image, torch.Tensor),
+            input_data_format,
+            _describe(image),
+        )
+        return tuple(layout.shape[:2])
 
     def process_image(
         self,
@@ -792,6 +830,11 @@ class UnipImageProcessor(PilBackend):
                 logit = F.interpolate(logit[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
             maps.append(logit.argmax(dim=0).long())
         return maps
+
+
+# Saved processors carry this file and an `auto_map` entry in `preprocessor_config.json`, so that
+# `AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)` works where `unip_hf` is not installed.
+UnipImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 def _stack_if_possible(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
