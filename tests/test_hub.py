@@ -180,8 +180,9 @@ def fake_checkpoint(folder, with_remote_code=True):
         "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
     }
     (folder / "config.json").write_text(json.dumps({"model_type": "unip", "auto_map": auto_map}))
+    # transformers 5 image processors map a backend to the class
     (folder / "preprocessor_config.json").write_text(
-        json.dumps({"auto_map": {"AutoImageProcessor": "image_processing_unip.UnipImageProcessor"}})
+        json.dumps({"auto_map": {"AutoImageProcessor": {"pil": "image_processing_unip.UnipImageProcessor"}}})
     )
     (folder / "model.safetensors").write_bytes(b"weights")
     if with_remote_code:
@@ -290,6 +291,5 @@ def test_push_saved_unip_model_carries_remote_code(tmp_path, patched_api):
     assert missing_remote_code(folder) == []
     push_to_hub(folder, "someone/tiny", card=make_model_card("tiny", repo_id="someone/tiny"))
     files = patched_api["upload_folder"][0]["files"]
-    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-                 "configuration_unip.py", "modeling_unip.py"):
+    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE):
         assert name in files, name

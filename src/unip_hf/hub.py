@@ -601,6 +601,19 @@ def list_upload_files(
     return list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore + list(DEFAULT_IGNORE_PATTERNS)))
 
 
+def _auto_map_references(value: Any) -> Iterable[str]:
+    """Every `module.Class` string in an `auto_map` value: a string, a list (tokenizers) or a dict
+    (transformers 5 image processors map a backend, e.g. `{"pil": "image_processing_unip.UnipImageProcessor"}`)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _auto_map_references(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _auto_map_references(item)
+
+
 def missing_remote_code(folder: str | Path) -> list[str]:
     """Python files that `auto_map` entries of the folder's `config.json` / `preprocessor_config.json` name but that are absent.
 
@@ -617,13 +630,12 @@ def missing_remote_code(folder: str | Path) -> list[str]:
         if not path.is_file():
             continue
         auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}
-        for reference in auto_map.values():
-            for item in reference if isinstance(reference, (list, tuple)) else [reference]:
-                if not item or "--" in item:  # None, or code that lives in another repo
-                    continue
-                file_name = item.rsplit(".", 1)[0].replace(".", "/") + ".py"
-                if not (folder / file_name).is_file() and file_name not in missing:
-                    missing.append(file_name)
+        for item in _auto_map_references(auto_map):
+            if "--" in item:  # code that lives in another repo
+                continue
+            file_name = item.rsplit(".", 1)[0].replace(".", "/") + ".py"
+            if not (folder / file_name).is_file() and file_name not in missing:
+                missing.append(file_name)
     return missing
 
 
