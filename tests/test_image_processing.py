@@ -456,3 +456,42 @@ def test_real_flir_radiometric_jpegs():
     assert out["pixel_values"].shape == (len(paths), 3, 64, 64)
     assert torch.isfinite(out["pixel_values"]).all()
     assert out["pixel_values"].std() > 0.1  # real thermal content, not a constant
+
+
+def test_remote_code_load_without_package(tmp_path):
+    """A saved processor carries its file: it loads with trust_remote_code where unip_hf cannot be imported."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    proc = UnipImageProcessor(size={"height": 16, "width": 16}, num_channels=1, bit_depth_scaling="fixed")
+    proc.save_pretrained(tmp_path)
+    assert (tmp_path / "image_processing_unip.py").is_file()
+    raw = np.linspace(0, 60000, 20 * 24).reshape(20, 24).astype(np.uint16)
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "expected.npy", proc(raw)["pixel_values"])
+    script = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "unip_hf" or name.startswith("unip_hf."):
+                    raise ImportError("unip_hf is hidden")
+        sys.meta_path.insert(0, Hide())
+        import numpy as np
+        from transformers import AutoImageProcessor
+        directory = sys.argv[1]
+        proc = AutoImageProcessor.from_pretrained(directory, trust_remote_code=True)
+        assert "transformers_modules" in type(proc).__module__, type(proc).__module__
+        out = proc(np.load(directory + "/raw.npy"))["pixel_values"]
+        np.testing.assert_array_equal(out, np.load(directory + "/expected.npy"))
+        print("remote ok")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote ok" in result.stdout
