@@ -522,7 +522,8 @@ def train_loop(
         logging_steps (`int`, *optional*, defaults to 1): log every N steps.
         batch_size_fn (`Callable`, *optional*): images in a batch (for images/s); defaults to the first tensor's
             length.
-        on_step_end (`Callable`, *optional*): called on every process as `on_step_end(step, logs)`.
+        on_step_end (`Callable`, *optional*): called on every process after each step (and its checkpoint) as
+            `on_step_end(step, logs)`.
         description (`str`, *optional*): progress bar label.
     """
     from tqdm.auto import tqdm
@@ -609,10 +610,10 @@ def train_loop(
                 accelerator.log(logs, step=global_step)
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{learning_rate:.2e}", img_s=f"{images_per_second:.1f}")
-            if on_step_end is not None:
-                on_step_end(global_step, logs)
             if checkpointing_steps and (global_step % checkpointing_steps == 0 or global_step == max_steps):
                 checkpoints.save(global_step, {"epoch": global_step / per_epoch}, step_log)
+            if on_step_end is not None:
+                on_step_end(global_step, logs)
     progress.close()
     step_log.save()
     return TrainLoopResult(global_step, final_loss, checkpoints.last_saved, step_log, resumed_from)
