@@ -495,3 +495,17 @@ def test_remote_code_load_without_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote ok" in result.stdout
+
+
+@pytest.mark.parametrize("byte_order", ["<u2", ">u2"])
+def test_percentile_stretch_matches_numpy_for_both_byte_orders(byte_order):
+    raw = np.random.default_rng(3).integers(0, 65536, (23, 29)).astype(byte_order)
+    mode = "I;16B" if byte_order == ">u2" else "I;16"
+    image = Image.frombytes(mode, (29, 23), raw.tobytes())
+    assert image.mode == mode
+    proc = UnipImageProcessor(do_resize=False, do_normalize=False, percentiles=(2.5, 97.5))
+    values = raw.astype(np.float64)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    expected = np.clip((values - lo) / (hi - lo), 0, 1)
+    for source in (image, raw):
+        np.testing.assert_allclose(proc(source)["pixel_values"][0, 0], expected, atol=1e-5)

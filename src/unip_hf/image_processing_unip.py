@@ -201,9 +201,9 @@ def _decode_image(image: Any, input_data_format: Any = None) -> tuple[np.ndarray
             f"Received {received}: a boolean array is a mask, not an image. Pass masks as `segmentation_maps=`; "
             f"{_ACCEPTED_IMAGES}."
         )
-    if array.dtype == np.uint8:
+    if array.dtype.kind == "u" and array.dtype.itemsize == 1:
         kind = "uint8"
-    elif array.dtype == np.uint16:
+    elif array.dtype.kind == "u" and array.dtype.itemsize == 2:  # either byte order
         kind = "uint16"
     elif np.issubdtype(array.dtype, np.floating):
         kind = "float"
@@ -237,11 +237,30 @@ def _intensity(array: np.ndarray) -> np.ndarray:
     """(H, W, 1 or 3) array -> (H, W) float32 intensity (ITU-R 601 luma for colour)."""
     if array.shape[-1] == 1:
         return array[..., 0].astype(np.float32)
-    out = array[..., 0].astype(np.float32)
-    out *= LUMA_WEIGHTS[0]
-    out += np.float32(LUMA_WEIGHTS[1]) * array[..., 1].astype(np.float32)
-    out += np.float32(LUMA_WEIGHTS[2]) * array[..., 2].astype(np.float32)
-    return out
+    return array.astype(np.float32) @ _LUMA
+
+
+_LUMA = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+
+
+def _percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:
+    """The two percentiles of `values` (numpy's default linear interpolation).
+
+    uint16 data use a histogram (exact, several times faster than sorting); other data use `np.percentile`.
+    """
+    if values.dtype.kind == "u" and values.dtype.itemsize <= 2:
+        cumulative = np.cumsum(np.bincount(values.ravel()))
+        count = int(cumulative[-1])
+        result = []
+        for q in percentiles:
+            rank = float(q) / 100.0 * (count - 1)
+            below = int(np.floor(rank))
+            low = int(np.searchsorted(cumulative, below, side="right"))
+            high = int(np.searchsorted(cumulative, min(below + 1, count - 1), side="right"))
+            result.append(low + (rank - below) * (high - low))
+        return result[0], result[1]
+    low, high = np.percentile(values, [float(percentiles[0]), float(percentiles[1])])
+    return float(low), float(high)
 
 
 def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -495,6 +514,8 @@ class UnipImageProcessor(PilBackend):
 
         array, kind = _decode_image(image, input_data_format)
         x = _intensity(array)
+        # percentiles of single-channel uint16 data come from the integers themselves (histogram, exact and fast)
+        stats_source = array[..., 0] if array.shape[-1] == 1 and kind == "uint16" and array.dtype.kind == "u" else x
         if kind == "float" and not np.isfinite(x).all():
             raise ValueError(
                 f"Received {_describe(image)} containing NaN or infinite values; float images must be finite."
@@ -506,7 +527,7 @@ class UnipImageProcessor(PilBackend):
         elif kind == "uint16":
             lo, hi = None, None
             if bit_depth_scaling == "percentile":
-                lo, hi = (float(v) for v in np.percentile(x, [float(percentiles[0]), float(percentiles[1])]))
+                lo, hi = _percentiles(stats_source, percentiles)
                 if not hi > lo:
                     lo, hi = None, None
             if lo is None:
