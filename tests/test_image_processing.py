@@ -62,7 +62,7 @@ def test_pil_modes_exact_value(processor, mode):
     make, intensity = PIL_CASES[mode]
     image = make()
     assert image.mode == mode
-    # 16-bit data: fixed scaling gives the documented value (the percentile stretch of a constant image falls back to it)
+    # 16-bit data: fixed scaling gives the documented value (a constant image's percentile stretch falls back to it)
     out = processor(image, bit_depth_scaling="fixed", return_tensors="pt")["pixel_values"]
     assert out.shape == (1, 3, 32, 32) and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), norm(intensity), rtol=1e-5, atol=1e-5)
@@ -246,7 +246,9 @@ def test_resize_bilinear_and_aspect():
     resized = UnipImageProcessor(size=SIZE, do_normalize=False)(ramp)["pixel_values"][0, 0]
     assert np.all(np.diff(resized[0]) > 0) and resized.min() >= 0 and resized.max() <= 1
     np.testing.assert_allclose(resized[:, 15:17].mean(), 0.5, atol=0.02)
-    crop = UnipImageProcessor(size={"height": 40, "width": 40}, do_center_crop=True, crop_size={"height": 32, "width": 24})
+    crop = UnipImageProcessor(
+        size={"height": 40, "width": 40}, do_center_crop=True, crop_size={"height": 32, "width": 24}
+    )
     assert crop(np.zeros((50, 50), np.uint8))["pixel_values"].shape == (1, 3, 32, 24)
 
 
@@ -384,7 +386,8 @@ def test_post_process_semantic_segmentation(processor):
     torch.testing.assert_close(maps[0], logits[0].argmax(0))
     sized = processor.post_process_semantic_segmentation(_Outputs(logits), target_sizes=[(20, 30), (5, 7)])
     assert [tuple(m.shape) for m in sized] == [(20, 30), (5, 7)]
-    as_tensor = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=torch.tensor([[16, 16]] * 2))
+    sizes = torch.tensor([[16, 16]] * 2)
+    as_tensor = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=sizes)
     assert all(m.shape == (16, 16) for m in as_tensor)
     # a constant winning class survives the resize
     constant = torch.zeros(1, 3, 4, 4)

@@ -110,9 +110,8 @@ def test_stock_pipeline_16bit_works_but_clips(checkpoint, reference, raw16, tmp_
     # the clipped values would give (documented limitation; use UnipImageSegmentationPipeline for 16-bit data)
     clipped = Image.fromarray(np.minimum(raw16, 255).astype(np.uint8))
     for source in (image16, str(path)):
-        np.testing.assert_array_equal(
-            segmenter.preprocess(source)["pixel_values"].numpy(), processor(clipped, return_tensors="np")["pixel_values"]
-        )
+        expected = processor(clipped, return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(segmenter.preprocess(source)["pixel_values"].numpy(), expected)
         check_annotations(segmenter(source), predict(clipped))
 
 

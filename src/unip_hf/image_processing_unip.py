@@ -86,7 +86,7 @@ def _describe(obj: Any) -> str:
 
 
 def load_infrared_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open an image file keeping its mode and bit depth (no RGB conversion, unlike `transformers.image_utils.load_image`).
+    """Open an image file keeping its mode and bit depth (no RGB conversion, unlike transformers' `load_image`).
 
     The EXIF orientation is applied. 16-bit PNG/TIFF files stay `I;16`/`I`, float TIFFs stay `F`.
 
@@ -118,7 +118,8 @@ def _flatten_inputs(inputs: Any, batch_ndim: int, what: str) -> list:
     """
     if isinstance(inputs, (list, tuple)):
         if len(inputs) == 0:
-            raise ValueError(f"Received an empty list of {what}; {_ACCEPTED_IMAGES if what == 'images' else _ACCEPTED_MAPS}.")
+            accepted = _ACCEPTED_IMAGES if what == "images" else _ACCEPTED_MAPS
+            raise ValueError(f"Received an empty list of {what}; {accepted}.")
         flat = []
         for item in inputs:
             if isinstance(item, (list, tuple)):
@@ -210,7 +211,8 @@ def _decode_image(image: Any, input_data_format: Any = None) -> tuple[np.ndarray
     elif np.issubdtype(array.dtype, np.integer):
         raise ValueError(
             f"Received {received}: {array.dtype} arrays are label maps, not images (images are uint8, uint16 or "
-            f"float). Pass label maps as `segmentation_maps=`, or cast 16-bit sensor data to uint16; {_ACCEPTED_IMAGES}."
+            f"float). Pass label maps as `segmentation_maps=`, or cast 16-bit sensor data to uint16; "
+            f"{_ACCEPTED_IMAGES}."
         )
     else:
         raise ValueError(f"Received {received}: unsupported dtype; {_ACCEPTED_IMAGES}.")
@@ -712,7 +714,9 @@ class UnipImageProcessor(PilBackend):
             return array
         if num_channels == 1 and np.all(array == array[0]):
             return array[:1]
-        raise ValueError(f"`{name}` must have 1 or {num_channels} values for num_channels={num_channels}, got {values}.")
+        raise ValueError(
+            f"`{name}` must have 1 or {num_channels} values for num_channels={num_channels}, got {values}."
+        )
 
     def _preprocess(
         self,
@@ -842,13 +846,16 @@ class UnipImageProcessor(PilBackend):
             target_sizes = target_sizes.tolist()
         if len(target_sizes) != logits.shape[0]:
             raise ValueError(
-                f"Received {len(target_sizes)} target sizes for a batch of {logits.shape[0]} logits; give one per image."
+                f"Received {len(target_sizes)} target sizes for a batch of {logits.shape[0]} logits; "
+                "give one per image."
             )
         maps = []
         for logit, target_size in zip(logits, target_sizes):
             height, width = (int(v) for v in target_size)
             if (height, width) != tuple(logit.shape[-2:]):
-                logit = F.interpolate(logit[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+                logit = F.interpolate(
+                    logit[None].float(), size=(height, width), mode="bilinear", align_corners=False
+                )[0]
             maps.append(logit.argmax(dim=0).long())
         return maps
 
