@@ -68,24 +68,43 @@ def _select_tokens(attn: torch.Tensor, num_prefix_tokens: int, include_cls: bool
     return attn.index_select(-2, keep).index_select(-1, keep)
 
 
-def _row_statistics(block: torch.Tensor, plogp_sum: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def _plogp_sum(x: torch.Tensor) -> torch.Tensor:
+    """sum_k x log x over the last axis (0 log 0 = 0); about twice as fast as `xlogy(x, x).sum(-1)` on CPU."""
+    return torch.linalg.vecdot(x, x.clamp_min(_TINY).log_())
+
+
+def _row_statistics(block: torch.Tensor, plogp_sum: torch.Tensor | None = None, mass: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Statistics of the rows of a (possibly unnormalised) attention block, as if every row were renormalised.
 
     Rows whose mass is exactly zero (all of it went to removed special tokens) have no distribution; they contribute
     zero to every sum instead of producing NaN.
 
-    Returns a dict with `mass` (row sums, [B, H, Q]), `inv_mass`, `neg_entropy` (sum p log p of each renormalised row)
-    and `valid` (rows with positive mass).
+    Args:
+        block: `[B, H, Q, K]` non-negative weights (only used for what is not given).
+        plogp_sum: `sum_k a log a` per row, if already computed.
+        mass: Row sums, if already computed.
+
+    Returns:
+        A dict with `mass` (row sums, [B, H, Q]), `inv_mass` (0 for empty rows), `neg_entropy` (sum p log p of each
+        renormalised row) and `valid` (rows with positive mass).
     """
-    mass = block.sum(-1)
+    if mass is None:
+        mass = block.sum(-1)
     valid = mass > 0
     safe_mass = torch.where(valid, mass, torch.ones_like(mass))
     inv_mass = torch.where(valid, safe_mass.reciprocal(), torch.zeros_like(mass))
     if plogp_sum is None:
-        plogp_sum = torch.special.xlogy(block, block).sum(-1)
+        plogp_sum = _plogp_sum(block)
     # sum_k (a/s) log(a/s) = (1/s) sum_k a log a - log s
     neg_entropy = torch.where(valid, plogp_sum * inv_mass - torch.log(safe_mass), torch.zeros_like(mass))
     return {"mass": mass, "inv_mass": inv_mass, "neg_entropy": neg_entropy, "valid": valid}
+
+
+def _finish_nmi(mutual_information: torch.Tensor, h_key: torch.Tensor, num_queries: int) -> torch.Tensor:
+    denominator = torch.sqrt(math.log(num_queries) * h_key.clamp_min(0.0))
+    nmi = torch.where(denominator > 1e-12, mutual_information / denominator.clamp_min(1e-12), torch.zeros_like(h_key))
+    return nmi.clamp(0.0, 1.0)
 
 
 def _nmi_from_block(
@@ -102,11 +121,9 @@ def _nmi_from_block(
     # MI = mean_q sum_k A[q,k] log(A[q,k] / p(k)) = mean_q KL(A[q] || p): written as a KL so that a map shared by
     # every query gives exactly 0 up to second-order rounding.
     log_p_key = torch.log(p_key.clamp_min(_TINY))
-    cross = (block @ log_p_key.unsqueeze(-1)).squeeze(-1) * inv_mass
+    cross = (block * log_p_key.unsqueeze(-2)).sum(-1) * inv_mass
     mutual_information = (stats["neg_entropy"] - cross).mean(-1)
-    denominator = torch.sqrt(math.log(num_queries) * h_key.clamp_min(0.0))
-    nmi = torch.where(denominator > 1e-12, mutual_information / denominator.clamp_min(1e-12), torch.zeros_like(h_key))
-    nmi = nmi.clamp(0.0, 1.0)
+    nmi = _finish_nmi(mutual_information, h_key, num_queries)
     return (nmi, h_key) if return_key_entropy else nmi
 
 
@@ -179,6 +196,80 @@ def _check_grid(block: torch.Tensor, distances: torch.Tensor) -> None:
         )
 
 
+def _extended_distances(distances: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """`[N, N]` distances with zero rows and columns for the special tokens (so that they add nothing)."""
+    t = num_prefix_tokens
+    n = distances.shape[-1] + t
+    ext = distances.new_zeros(n, n)
+    ext[t:, t:] = distances
+    return ext
+
+
+def _fast_measures(
+    attn: torch.Tensor, num_prefix_tokens: int, distances_ext: torch.Tensor, with_cls: bool = True
+) -> dict[str, torch.Tensor]:
+    """All measures of one layer from its full `[B, H, N, N]` map, without copying the patch block.
+
+    Every quantity over a kept token set S (patches; or CLS + patches) is written as a pass over the whole
+    contiguous map with S as a mask: row masses and p(k) are matrix-vector products, sum p log p is one `log` pass
+    minus the (small) special-token columns, the cross term is one more matrix-vector product and the distance one
+    multiply-and-sum with a distance matrix that is zero on the special tokens. Both NMI variants share the passes.
+    """
+    t = num_prefix_tokens
+    n = attn.shape[-1]
+    masks = attn.new_ones(n, 2 if with_cls and t >= 1 else 1)
+    masks[:t] = 0.0
+    if masks.shape[1] == 2:
+        masks[0, 1] = 1.0
+    counts = masks.sum(0)  # queries (= keys) kept by each variant, [V]
+    mass = attn @ masks  # [B, H, N, V]
+    buf = torch.clamp_min(attn, _TINY)
+    buf.log_().mul_(attn)  # a log a, 0 for a == 0
+    plogp = buf.sum(-1, keepdim=True)
+    if t:
+        plogp = plogp - buf[..., :t] @ (1.0 - masks[:t])  # drop the removed special-token keys
+    else:
+        plogp = plogp.expand_as(mass)
+    keep_rows = masks.bool()  # [N, V]: query q is kept by variant v
+    valid = (mass > 0) & keep_rows
+    safe_mass = torch.where(valid, mass, torch.ones_like(mass))
+    inv_mass = torch.where(valid, safe_mass.reciprocal(), torch.zeros_like(mass))
+    neg_entropy = torch.where(valid, plogp * inv_mass - torch.log(safe_mass), torch.zeros_like(mass))
+    # p(k) of each variant: mean over kept queries of the renormalised rows, restricted to kept keys
+    p_key = (inv_mass.transpose(-1, -2) @ attn) / counts[:, None] * masks.T  # [B, H, V, N]
+    h_key = -torch.special.xlogy(p_key, p_key).sum(-1)  # [B, H, V]
+    log_p = torch.log(p_key.clamp_min(_TINY)) * masks.T
+    cross = (attn @ log_p.transpose(-1, -2)) * inv_mass  # [B, H, N, V]
+    mutual_information = (neg_entropy - cross).sum(-2) / counts
+    denominator = torch.sqrt(torch.log(counts) * h_key.clamp_min(0.0))
+    nmi = torch.where(denominator > 1e-12, mutual_information / denominator.clamp_min(1e-12), torch.zeros_like(h_key))
+    nmi = nmi.clamp(0.0, 1.0)
+    num_patches = float(counts[0])
+    torch.mul(attn, distances_ext, out=buf)
+    out = {
+        "nmi": nmi[..., 0],
+        "key_concentration": (1.0 - h_key[..., 0] / math.log(num_patches)).clamp(0.0, 1.0),
+        "distance": (buf.sum(-1) * inv_mass[..., 0]).sum(-1) / num_patches,
+        "entropy": (-neg_entropy[..., 0].sum(-1) / num_patches).clamp_min(0.0),
+    }
+    if masks.shape[1] == 2:
+        out["nmi_with_cls"] = nmi[..., 1]
+    return out
+
+
+def _layers_measures(
+    attentions: Sequence[torch.Tensor], num_prefix_tokens: int, distances: torch.Tensor
+) -> list[dict[str, np.ndarray]]:
+    """Measures of every layer as float64 arrays `[B, H]` (`nmi_with_cls` equals `nmi` without a CLS token)."""
+    ext = _extended_distances(distances, num_prefix_tokens)
+    results = []
+    for attn in attentions:
+        out = _fast_measures(attn.float().contiguous(), num_prefix_tokens, ext)
+        out.setdefault("nmi_with_cls", out["nmi"])
+        results.append({k: v.detach().cpu().numpy().astype(np.float64) for k, v in out.items()})
+    return results
+
+
 def attention_measures(
     attentions: torch.Tensor,
     grid_size: tuple[int, int] | int,
@@ -188,7 +279,9 @@ def attention_measures(
 ) -> dict[str, torch.Tensor]:
     """All per-(image, head) measures of one layer in one pass over the attention maps.
 
-    Shares the expensive element-wise work (one `xlogy` over the map, reused by the entropy and both NMI variants).
+    Works on the whole contiguous map with the kept tokens as masks (no copy of the patch block), so that the
+    expensive element-wise work (one `log` pass, a few matrix-vector products) is shared by all measures and both
+    NMI variants. Agrees with `normalized_mutual_information`, `mean_attention_distance` and `attention_entropy`.
 
     Args:
         attentions: Attention probabilities `[B, H, N, N]`.
@@ -207,23 +300,12 @@ def attention_measures(
     t = num_prefix_tokens
     if distances is None:
         distances = patch_distance_matrix(grid_size, attn.device)
-    plogp = torch.special.xlogy(attn, attn)
-    block = attn[..., t:, t:]
-    _check_grid(block, distances)
-    stats = _row_statistics(block, plogp[..., t:, t:].sum(-1))
-    nmi, h_key = _nmi_from_block(block, stats, return_key_entropy=True)
-    out = {
-        "nmi": nmi,
-        "key_concentration": (1.0 - h_key / math.log(block.shape[-1])).clamp(0.0, 1.0),
-        "distance": ((block * distances).sum(-1) * stats["inv_mass"]).mean(-1),
-        "entropy": -stats["neg_entropy"].mean(-1),
-    }
-    if with_cls and t >= 1:
-        if t == 1:
-            out["nmi_with_cls"] = _nmi_from_block(attn, _row_statistics(attn, plogp.sum(-1)))
-        else:
-            full = _select_tokens(attn, t, include_cls=True)
-            out["nmi_with_cls"] = _nmi_from_block(full, _row_statistics(full))
+    if attn.shape[-1] - t != distances.shape[-1]:
+        raise ValueError(
+            f"the attention has {attn.shape[-1] - t} patch tokens but the grid has {distances.shape[-1]} patches; "
+            "check grid_size and num_prefix_tokens"
+        )
+    out = _fast_measures(attn.contiguous(), t, _extended_distances(distances, t), with_cls=with_cls)
     return out
 
 
@@ -453,27 +535,6 @@ class AttentionReport:
 def _concentrations(report: "AttentionReport") -> list[float | None]:
     values = getattr(report, "key_concentration_mean", None)
     return list(values) if values else [None] * len(report.nmi_mean)
-
-
-class _RunningStats:
-    """Mean and (population) standard deviation over images of [B, ...] values, accumulated in float64."""
-
-    def __init__(self):
-        self.count = 0
-        self.total: torch.Tensor | None = None
-        self.total_sq: torch.Tensor | None = None
-
-    def update(self, values: torch.Tensor) -> None:
-        v = values.detach().to("cpu", torch.float64)
-        s, s2 = v.sum(0), (v * v).sum(0)
-        self.total = s if self.total is None else self.total + s
-        self.total_sq = s2 if self.total_sq is None else self.total_sq + s2
-        self.count += v.shape[0]
-
-    def result(self) -> tuple[list[float], list[float]]:
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean * mean).clamp_min(0.0)
-        return mean.tolist(), var.sqrt().tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -837,8 +898,7 @@ def analyze_attention(
     thresholds = thresholds or PatternThresholds()
     was_training = model.training
     model.eval()
-    stats: dict[str, list[_RunningStats]] = {}
-    head_stats: dict[str, list[_RunningStats]] = {}
+    per_layer: list[dict[str, list[np.ndarray]]] = []
     layout: dict[str, Any] = {}
     distances = None
     t_forward = t_measure = t_pre = 0.0
@@ -867,16 +927,10 @@ def analyze_attention(
                     distances = patch_distance_matrix(grid, device)
                     layout = {"prefix": prefix, "grid": grid, "heads": [a.shape[1] for a in attentions],
                               "image_size": list(pixel_values.shape[-2:])}
-                    for key in ("nmi", "nmi_with_cls", "distance", "entropy", "key_concentration"):
-                        stats[key] = [_RunningStats() for _ in attentions]
-                        head_stats[key] = [_RunningStats() for _ in attentions]
-                for layer, attn in enumerate(attentions):
-                    measures = attention_measures(attn, grid, prefix, with_cls=True, distances=distances)
-                    if "nmi_with_cls" not in measures:
-                        measures["nmi_with_cls"] = measures["nmi"]
+                    per_layer = [{} for _ in attentions]
+                for layer, measures in enumerate(_layers_measures(attentions, prefix, distances)):
                     for key, value in measures.items():
-                        head_stats[key][layer].update(value)
-                        stats[key][layer].update(value.mean(-1))
+                        per_layer[layer].setdefault(key, []).append(value)
                 t3 = time.perf_counter()
                 t_pre += t1 - t0
                 t_forward += t2 - t1
@@ -890,12 +944,13 @@ def analyze_attention(
         raise ValueError("no images to analyse")
     t4 = time.perf_counter()
     result: dict[str, Any] = {}
-    for key in stats:
-        means, stds = zip(*(s.result() for s in stats[key]))
-        result[f"{key}_mean"], result[f"{key}_std"] = list(means), list(stds)
-        hmeans, hstds = zip(*(s.result() for s in head_stats[key]))
+    for key in per_layer[0]:
+        values = [np.concatenate(layer[key]) for layer in per_layer]  # [images, heads] per layer
+        result[f"{key}_mean"] = [float(v.mean(1).mean()) for v in values]
+        result[f"{key}_std"] = [float(v.mean(1).std()) for v in values]
         if key not in ("nmi_with_cls", "key_concentration"):
-            result[f"head_{key}_mean"], result[f"head_{key}_std"] = list(hmeans), list(hstds)
+            result[f"head_{key}_mean"] = [v.mean(0).tolist() for v in values]
+            result[f"head_{key}_std"] = [v.std(0).tolist() for v in values]
     report = AttentionReport(
         model_name=model_name or _model_name(model),
         model_type=str(getattr(config, "model_type", type(model).__name__)),
