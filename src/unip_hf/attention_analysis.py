@@ -1075,8 +1075,8 @@ def plot_layer_curves(
     bands = [(0.0, th.global_below, "global"), (th.global_below, th.local_at_least, "hybrid"), (th.local_at_least, top, "local")]
     for lo, hi, name in bands:
         ax_nmi.axhspan(lo, hi, color=_PATTERN_COLOURS[name], alpha=0.10, lw=0)
-        ax_nmi.text(max_layers - 0.6, (lo + min(hi, top)) / 2, name, ha="right", va="center", fontsize=9,
-                    color=_PATTERN_COLOURS[name], fontweight="bold", alpha=0.9)
+        ax_nmi.text(1.01, (lo + min(hi, top)) / 2, name, ha="left", va="center", fontsize=9, rotation=90,
+                    color=_PATTERN_COLOURS[name], fontweight="bold", transform=ax_nmi.get_yaxis_transform())
     markers = "osD^vP*X"
     for k, (rep, name) in enumerate(zip(reports, names)):
         x = np.arange(rep.num_layers)
