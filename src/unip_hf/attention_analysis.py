@@ -448,6 +448,9 @@ class AttentionReport:
         labels: Pattern label per layer.
         teacher_layer: `choose_teacher_layer` of this report.
         teacher_reason: Why that layer was chosen.
+        timings: Seconds spent in the forward passes, the measures and the image preprocessing.
+
+    The `key_concentration_*` lists hold 1 - H(K)/log P per layer (see `attention_measures`), used by the rule.
     """
 
     model_name: str
@@ -623,7 +626,7 @@ class SimplePreprocessor:
         arrays = []
         for im in images:
             arr = to_intensity(im)
-            resized = Image.fromarray(arr, mode="F").resize((self.image_size, self.image_size), Image.BILINEAR)
+            resized = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32)).resize((self.image_size, self.image_size), Image.BILINEAR)
             arrays.append(np.asarray(resized, dtype=np.float32))
         x = torch.from_numpy(np.stack(arrays)).unsqueeze(1).clamp(0.0, 1.0)
         x = x.expand(-1, self.num_channels, -1, -1)
@@ -967,8 +970,9 @@ def analyze_attention(
     t_measure += time.perf_counter() - t4
     if skipped:
         logger.warning("%d image(s) could not be read and were skipped", len(skipped))
+    report.timings = {"forward_s": t_forward, "measure_s": t_measure, "preprocess_s": t_pre}
     if timings is not None:
-        timings.update({"forward_s": t_forward, "measure_s": t_measure, "preprocess_s": t_pre})
+        timings.update(report.timings)
     return report
 
 
@@ -1005,7 +1009,7 @@ def query_attention_maps(
     else:
         pil = open_image(image) if not isinstance(image, Image.Image) else image
         pixel_values = _processor_callable(image_processor, config, size, num_channels)([pil])
-        intensity = np.asarray(Image.fromarray(to_intensity(pil), mode="F").resize((size, size), Image.BILINEAR))
+        intensity = np.asarray(Image.fromarray(np.ascontiguousarray(to_intensity(pil), dtype=np.float32)).resize((size, size), Image.BILINEAR))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
