@@ -555,7 +555,7 @@ def train_loop(
         return int(tensor.shape[0])
 
     progress = tqdm(total=max_steps, initial=global_step, desc=description,
-                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)
     final_loss = step_log.losses()[-1] if step_log.losses() else None
     model.train()
     tic = time.perf_counter()
