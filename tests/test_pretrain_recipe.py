@@ -260,3 +260,10 @@ def test_recipe_script_on_real_images(assets, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "done: 2 steps" in done.stdout and "chosen by teacher_layer=auto" in done.stdout
     assert isinstance(T.AutoModel.from_pretrained(tmp_path), UnipViTModel)
+
+
+def test_tensorboard_tracker(assets, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional extra (pip install 'unip-hf[tensorboard]')")
+    run_pretraining(*make_args(assets, tmp_path, max_steps=2, checkpointing_steps=0, report_to="tensorboard"))
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file written"
