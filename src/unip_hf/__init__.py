@@ -6,6 +6,7 @@ Importing the package registers the UNIP classes with the transformers Auto clas
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_unip import UNIP_PRESETS, UnipConfig
+from .distillation import AttentionTeacher, nmi_had_loss, run_pretraining
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipForSemanticSegmentation, UnipModelOutput, UnipPreTrainedModel, UnipViTModel
 from .pipeline_unip import UnipImageSegmentationPipeline, register_pipeline
@@ -20,6 +21,7 @@ register_pipeline()  # adds the "infrared-image-segmentation" task; "image-segme
 
 __all__ = [
     "UNIP_PRESETS",
+    "AttentionTeacher",
     "UnipConfig",
     "UnipForSemanticSegmentation",
     "UnipImageProcessor",
@@ -28,4 +30,6 @@ __all__ = [
     "UnipPreTrainedModel",
     "UnipViTModel",
     "__version__",
+    "nmi_had_loss",
+    "run_pretraining",
 ]
