@@ -125,3 +125,26 @@ def test_synthetic_scenes(tmp_path):
     assert len(dd["train"]) == 3 and len(dd["val"]) == 2
     assert (tmp_path / "syn" / "images" / "train" / "scene_00000.png").exists()
     assert dd["train"][0]["image"].size == (50, 40)
+
+
+def test_high_depth_images_scaled_like_the_image_processor():
+    """16-bit frames are stretched exactly as UnipImageProcessor does it, before any crop (one owner of decoding)."""
+    import numpy as np
+    from PIL import Image
+
+    from unip_hf import UnipImageProcessor
+    from unip_hf.data.transforms import SegmentationEvalTransform, to_working_image
+
+    rng = np.random.default_rng(0)
+    raw = (7000 + 900 * rng.random((48, 64))).astype(np.uint16)  # a 14-bit-camera-like narrow range
+    frame = Image.fromarray(raw)
+    processor = UnipImageProcessor()
+    working = to_working_image(frame)
+    assert working.mode == "F"
+    np.testing.assert_allclose(np.asarray(working), processor.to_intensity(frame), atol=1e-6)
+    assert np.asarray(working).max() > 0.9  # stretched, not divided by 65535
+    out = SegmentationEvalTransform()(frame)["pixel_values"][0].numpy()
+    expected = (processor.to_intensity(frame) - 0.3801) / 0.1871
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    fixed = UnipImageProcessor(bit_depth_scaling="fixed")
+    np.testing.assert_allclose(np.asarray(to_working_image(frame, fixed)), raw / 65535.0, atol=1e-6)

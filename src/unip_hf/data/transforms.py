@@ -21,6 +21,7 @@ __all__ = [
     "IGNORE_INDEX",
     "sample_rng",
     "open_image",
+    "to_working_image",
     "random_resized_crop_box",
     "PretrainTransform",
     "SegmentationTrainTransform",
@@ -53,10 +54,36 @@ def open_image(image: Any) -> Image.Image:
     return Image.open(image)
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+_DEFAULT_PROCESSOR = None
+
+
+def _default_processor():
+    global _DEFAULT_PROCESSOR
+    if _DEFAULT_PROCESSOR is None:
+        from ..image_processing_unip import UnipImageProcessor
+
+        _DEFAULT_PROCESSOR = UnipImageProcessor()
+    return _DEFAULT_PROCESSOR
+
+
+def to_working_image(image: Image.Image, image_processor=None) -> Image.Image:
+    """The image in one of two working modes: 8-bit `L` (colour -> ITU-R 601 luma), or `F` already scaled to [0, 1].
+
+    High-depth images (16-bit, 32-bit integer, float) are scaled exactly as `UnipImageProcessor.to_intensity` does
+    (per-image percentile stretch or fixed range, as configured on `image_processor`, default settings otherwise),
+    on the whole image before any crop, so training views and inference see the same intensities.
+    """
+    if image.mode in HIGH_DEPTH_MODES:
+        processor = image_processor or _default_processor()
+        return Image.fromarray(processor.to_intensity(image), mode="F")
+    return image if image.mode == "L" else image.convert("L")
+
+
 def _intensity_array(image: Image.Image) -> np.ndarray:
-    """Float32 intensity in [0, 1] (8-bit / 255, 16-bit / 65535; colour -> ITU-R 601 luma)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
+    """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1])."""
+    if image.mode == "F":
+        return np.array(image, dtype=np.float32)  # a writable copy: normalisation works in place
     if image.mode != "L":
         image = image.convert("L")
     return np.asarray(image, dtype=np.float32) / 255.0
@@ -119,6 +146,8 @@ class PretrainTransform:
         mean (`float`, defaults to 0.3801) / std (`float`, defaults to 0.1871): normalisation.
         num_channels (`int`, defaults to 3): 3 repeats the intensity (RGB->L->3 channels), 1 keeps one.
         seed (`int`, defaults to 0): base seed; the view of sample ``i`` in epoch ``e`` depends only on (seed, e, i).
+        image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
+            images (see `to_working_image`); default settings when omitted.
 
     Example::
 
@@ -127,7 +156,9 @@ class PretrainTransform:
     """
 
     def __init__(self, size: int = 224, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
-                 mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3, seed: int = 0):
+                 mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3, seed: int = 0,
+                 image_processor=None):
+        self.image_processor = image_processor
         self.size, self.scale, self.ratio, self.flip_prob = size, scale, ratio, flip_prob
         self.mean, self.std, self.num_channels, self.seed = mean, std, num_channels, seed
         self.epoch = 0
@@ -157,14 +188,11 @@ class PretrainTransform:
             im.draft("L", (int(width / factor), int(height / factor)))
             sx, sy = im.size[0] / width, im.size[1] / height
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
-            im = im.convert("L")
-        elif im.mode in ("I", "I;16B", "I;16L"):
-            im = im.convert("F") if im.mode == "I" else Image.fromarray(np.asarray(im).astype(np.float32))
+        im = to_working_image(im, self.image_processor)
         im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
         if flip:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        arr = _intensity_array(im) if im.mode != "F" else np.asarray(im, dtype=np.float32) / 65535.0
+        arr = _intensity_array(im)
         return _to_tensor(arr, self.mean, self.std, self.num_channels)
 
     def batch(self, examples: dict[str, list], image_key: str = "image") -> dict[str, list]:
@@ -197,11 +225,14 @@ class SegmentationTrainTransform:
         photometric (`bool`, defaults to `True`): brightness delta 32, contrast 0.5-1.5, each with p=0.5.
         mean / std (`float`): normalisation; num_channels (`int`, defaults to 3); ignore_index (`int`, 255).
         seed (`int`, defaults to 0): base seed, combined with the epoch and the sample index.
+        image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
+            images (see `to_working_image`); default settings when omitted.
     """
 
     def __init__(self, crop_size=512, base_size=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
                  flip_prob: float = 0.5, photometric: bool = True, mean: float = UNIP_MEAN, std: float = UNIP_STD,
-                 num_channels: int = 3, ignore_index: int = IGNORE_INDEX, seed: int = 0):
+                 num_channels: int = 3, ignore_index: int = IGNORE_INDEX, seed: int = 0, image_processor=None):
+        self.image_processor = image_processor
         self.crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         self.base_size, self.ratio_range, self.cat_max_ratio = base_size, ratio_range, cat_max_ratio
         self.flip_prob, self.photometric = flip_prob, photometric
@@ -237,14 +268,11 @@ class SegmentationTrainTransform:
             _, counts = np.unique(region[region != self.ignore_index], return_counts=True)
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
-        box = (left / s, top / s, (left + cw) / s, (top + ch) / s)
-        if im.mode not in ("L", "I;16", "F"):
-            im = im.convert("L") if im.mode not in ("I", "I;16B", "I;16L") else Image.fromarray(
-                np.asarray(im).astype(np.float32))
-        if im.mode == "I;16":
-            im = Image.fromarray(np.asarray(im).astype(np.float32))
+        # rw, rh are rounded, so the crop's far edge may map a fraction of a pixel past the image: clamp it
+        box = (left / s, top / s, min((left + cw) / s, w), min((top + ch) / s, h))
+        im = to_working_image(im, self.image_processor)
         im, mask = _resize_pair(im, mask, (cw, ch), box)
-        scale = 65535.0 if im.mode == "F" else 255.0
+        scale = 1.0 if im.mode == "F" else 255.0
         arr = np.asarray(im, dtype=np.float32)
         lab = np.asarray(mask, dtype=np.int64)
         if rng.random() < self.flip_prob:
@@ -275,9 +303,13 @@ class SegmentationEvalTransform:
         size (`int` or `tuple`, *optional*): ``(height, width)``, or an int for the short side (keep ratio);
             ``None`` keeps the original size (use with `sliding_window_inference`).
         mean / std / num_channels: as in training.
+        image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
+            images (see `to_working_image`); default settings when omitted.
     """
 
-    def __init__(self, size=None, mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3):
+    def __init__(self, size=None, mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3,
+                 image_processor=None):
+        self.image_processor = image_processor
         self.size, self.mean, self.std, self.num_channels = size, mean, std, num_channels
 
     def __call__(self, image: Any, label: Any = None) -> dict[str, torch.Tensor]:
@@ -289,12 +321,8 @@ class SegmentationEvalTransform:
                 target = (max(1, round(w * s)), max(1, round(h * s)))
             else:
                 target = (self.size[1], self.size[0])
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                im = Image.fromarray(np.asarray(im).astype(np.float32))
-            elif im.mode not in ("L", "F"):
-                im = im.convert("L")
-            im = im.resize(target, Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 65535.0 if im.mode == "F" else _intensity_array(im)
+            im = to_working_image(im, self.image_processor).resize(target, Image.BILINEAR)
+        arr = _intensity_array(to_working_image(im, self.image_processor))
         out = {"pixel_values": _to_tensor(arr, self.mean, self.std, self.num_channels)}
         if label is not None:
             out["labels"] = torch.from_numpy(np.asarray(open_image(label), dtype=np.int64).copy())
