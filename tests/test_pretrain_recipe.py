@@ -152,7 +152,7 @@ def _two_process_run(assets, output_dir):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     torch.set_num_threads(1)
-    run_pretraining(*make_args(assets, output_dir, per_device_train_batch_size=2, checkpointing_steps=0))
+    run_pretraining(*make_args(assets, output_dir, per_device_train_batch_size=2, checkpointing_steps=2))
 
 
 def test_two_processes_match_one(assets, tmp_path, monkeypatch):
@@ -169,6 +169,9 @@ def test_two_processes_match_one(assets, tmp_path, monkeypatch):
     for key in a:  # AdamW normalises tiny gradients, so summation-order noise shows up at ~1e-5
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=3e-4)
     assert json.loads((tmp_path / "two" / "pretraining_summary.json").read_text())["total_batch_size"] == 4
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "two"))] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoint-4").glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
 
 
 def test_push_to_hub_patched(assets, tmp_path, monkeypatch):
