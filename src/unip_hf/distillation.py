@@ -936,6 +936,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_pretraining(distill_args, data_args, training_args)
     except NonFiniteLossError:
         return 1
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     if result.losses:
         print(f"done: {result.global_step} steps, first loss {result.first_loss:.4f}, last loss {result.final_loss:.4f}; "
               f"saved to {result.output_dir}")
