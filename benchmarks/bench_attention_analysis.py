@@ -1,4 +1,4 @@
-"""Benchmark of the attention-pattern analysis of UNIP (Lu et al., ICLR 2025): the time spent outside the model
+"""Benchmark of the attention-pattern analysis of UNIP (Zhang et al., ICLR 2025): the time spent outside the model
 forward (NMI, distance, entropy and key-concentration measures plus aggregation) as a fraction of the forward time.
 
 64 images through a randomly initialised unip-small (ViT-S/16) at 224 px on CPU, batches of 8. Real infrared images

@@ -1,4 +1,4 @@
-"""Benchmark of the UNIP (Lu et al., ICLR 2025) data layer: pre-training transform throughput and InfMix build.
+"""Benchmark of the UNIP (Zhang et al., ICLR 2025) data layer: pre-training transform throughput and InfMix build.
 
 Prints images/s of `PretrainTransform` (decode + RandomResizedCrop 224 + flip + gray + normalise) against a bare
 PIL decode + resize loop on ``$UNIP_DATA_DIR/infrared-pool`` (ratio ours / bare, target >= 0.8), then the time and

@@ -1,4 +1,4 @@
-"""Benchmark of one NMI-HAD optimisation step (UNIP, Lu et al., ICLR 2025): `unip_hf.distillation` against a naive
+"""Benchmark of one NMI-HAD optimisation step (UNIP, Zhang et al., ICLR 2025): `unip_hf.distillation` against a naive
 transformers version.
 
 Step = teacher forward + student forward/backward + AdamW step, unip-small teacher (12 layers, 6 heads, distilled

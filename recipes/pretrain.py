@@ -1,4 +1,4 @@
-"""NMI-HAD pre-training of a UNIP student (Lu et al., "UNIP", ICLR 2025) under `accelerate launch`.
+"""NMI-HAD pre-training of a UNIP student (Zhang et al., "UNIP", ICLR 2025) under `accelerate launch`.
 
 A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) and passed to
 `unip_hf.distillation.run_pretraining`, which holds the logic (and is what the tests cover).

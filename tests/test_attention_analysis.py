@@ -1,4 +1,4 @@
-"""Tests of the attention-pattern analysis (UNIP, Lu et al., ICLR 2025): the measures against constructed attention
+"""Tests of the attention-pattern analysis (UNIP, Zhang et al., ICLR 2025): the measures against constructed attention
 maps with known answers, the local / hybrid / global rule and the teacher-layer choice, every supported model
 family (tiny random configs), the JSON report, image inputs, figures and the `unip analyze-attention` command."""
 

@@ -1,4 +1,4 @@
-"""Tests of the data CLI of unip_hf (UNIP, Lu et al., ICLR 2025): ``unip infmix build`` (arrow, parquet,
+"""Tests of the data CLI of unip_hf (UNIP, Zhang et al., ICLR 2025): ``unip infmix build`` (arrow, parquet,
 push with a patched HfApi) and ``unip data inspect``."""
 
 import argparse

@@ -1,4 +1,4 @@
-"""Tests of the InfMix builder (UNIP, Lu et al., ICLR 2025): configurations, de-duplication, corrupt files,
+"""Tests of the InfMix builder (UNIP, Zhang et al., ICLR 2025): configurations, de-duplication, corrupt files,
 manifests, streaming, the parquet route and a scale run with peak RSS."""
 
 import io

@@ -1,4 +1,4 @@
-"""Tests of the infrared segmentation builders for UNIP (Lu et al., ICLR 2025): SODA, MFNet, SCUT-Seg layouts on
+"""Tests of the infrared segmentation builders for UNIP (Zhang et al., ICLR 2025): SODA, MFNet, SCUT-Seg layouts on
 tiny written files; SIRST, IRSTD-1K, NUDT-SIRST, buffalo-udder and MassMIND on real files; mask checks."""
 
 import os

@@ -1,4 +1,4 @@
-"""Tests of the UNIP (Lu et al., ICLR 2025) data transforms and synthetic scenes: shapes, normalisation,
+"""Tests of the UNIP (Zhang et al., ICLR 2025) data transforms and synthetic scenes: shapes, normalisation,
 reproducibility across DataLoader workers, crop rules, sliding windows."""
 
 import io

@@ -1,4 +1,4 @@
-"""`unip analyze-attention`: the attention-pattern analysis of UNIP (Lu et al., ICLR 2025) from the command line.
+"""`unip analyze-attention`: the attention-pattern analysis of UNIP (Zhang et al., ICLR 2025) from the command line.
 
 Loads a checkpoint (local folder or Hub id) with `AutoModel`, measures NMI, attention distance and entropy per layer on
 a set of images, labels each layer local / hybrid / global, chooses the NMI-HAD teacher layer and writes

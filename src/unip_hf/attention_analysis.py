@@ -1,4 +1,4 @@
-"""Attention-pattern analysis for vision transformers, after UNIP (Lu et al., "UNIP: Rethinking Pre-trained Attention
+"""Attention-pattern analysis for vision transformers, after UNIP (Zhang et al., "UNIP: Rethinking Pre-trained Attention
 Patterns for Infrared Semantic Segmentation", ICLR 2025).
 
 Implements the layer-wise measures of the paper (normalised mutual information between queries and keys, mean

@@ -1,4 +1,4 @@
-"""Configuration of UNIP vision transformers (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns for
+"""Configuration of UNIP vision transformers (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns for
 Infrared Semantic Segmentation", ICLR 2025): the ViT backbone distilled with NMI-HAD and its segmentation heads
 (LL-FPN / multi-level FPN + UPerNet, or a linear probe).
 

@@ -1,4 +1,4 @@
-"""Weight conversion into `UnipViTModel` (UNIP, Lu et al., ICLR 2025): from the official UNIP checkpoints and timm
+"""Weight conversion into `UnipViTModel` (UNIP, Zhang et al., ICLR 2025): from the official UNIP checkpoints and timm
 ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...) and from transformers `ViTModel`, `ViTMAEModel`
 and `DeiTModel` checkpoints. Loading is strict: every key must be used and every parameter filled.
 """

@@ -1,4 +1,4 @@
-"""NMI-guided hybrid attention distillation (NMI-HAD) of UNIP (Lu et al., "UNIP: Rethinking Pre-trained Attention
+"""NMI-guided hybrid attention distillation (NMI-HAD) of UNIP (Zhang et al., "UNIP: Rethinking Pre-trained Attention
 Patterns for Infrared Semantic Segmentation", ICLR 2025): a teacher adapter that returns one layer's per-head
 attention of any transformers ViT-family model, the KL loss into the student's last layer, the feature-regression
 and no-pre-training ablations, the pre-training data set, and `run_pretraining`, which `recipes/pretrain.py` calls.

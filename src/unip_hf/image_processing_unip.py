@@ -1,4 +1,4 @@
-"""Image processor of UNIP infrared models (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared
+"""Image processor of UNIP infrared models (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared
 Semantic Segmentation", ICLR 2025): decodes infrared images of any depth and mode to one intensity channel, scales
 8/16-bit and float data to [0, 1], resizes, normalises with infrared statistics and replicates to the model's channels.
 

@@ -1,4 +1,4 @@
-"""UNIP vision transformers (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared Semantic
+"""UNIP vision transformers (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared Semantic
 Segmentation", ICLR 2025): the plain ViT backbone that NMI-HAD distils into (its last block may have as many heads
 as the teacher), with capture of pre-softmax attention logits of chosen layers and early exit, and the segmentation
 model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe.

@@ -1,4 +1,4 @@
-"""Image-segmentation pipeline for UNIP infrared models (Lu et al., "UNIP: Rethinking Pre-trained Attention Patterns
+"""Image-segmentation pipeline for UNIP infrared models (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns
 for Infrared Semantic Segmentation", ICLR 2025) that keeps the bit depth of its inputs: 16-bit files and PIL `I;16`
 images reach the image processor unclipped, and raw numpy arrays / torch tensors are accepted too.
 

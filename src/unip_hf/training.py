@@ -1,4 +1,4 @@
-"""Generic accelerate training machinery shared by the UNIP recipes (Lu et al., "UNIP: Rethinking Pre-trained
+"""Generic accelerate training machinery shared by the UNIP recipes (Zhang et al., "UNIP: Rethinking Pre-trained
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025): NMI-HAD pre-training uses it, and so can
 fine-tuning. Nothing here knows about distillation or segmentation.
 

@@ -1,4 +1,4 @@
-"""Data layer of unip_hf for UNIP (Lu et al., ICLR 2025): InfMix, infrared segmentation sets, transforms.
+"""Data layer of unip_hf for UNIP (Zhang et al., ICLR 2025): InfMix, infrared segmentation sets, transforms.
 
 `InfMix` is a `datasets` builder over a folder or manifest of infrared and RGB sources; the segmentation builders
 read SODA, MFNet, SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, split folders, MassMIND and generic layouts.

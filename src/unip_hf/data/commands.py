@@ -1,4 +1,4 @@
-"""CLI for the UNIP (Lu et al., ICLR 2025) data layer: ``unip infmix build`` and ``unip data inspect``.
+"""CLI for the UNIP (Zhang et al., ICLR 2025) data layer: ``unip infmix build`` and ``unip data inspect``.
 
 ``infmix build`` builds an InfMix configuration, prints the per-source table and the skipped-file count, saves
 it (arrow via ``save_to_disk`` or parquet with a README) and optionally pushes it; ``data inspect`` summarises a data set.

@@ -1,4 +1,4 @@
-"""Publishing UNIP (Lu et al., ICLR 2025) data sets: InfMix as parquet with YAML ``configs:`` for the Hub.
+"""Publishing UNIP (Zhang et al., ICLR 2025) data sets: InfMix as parquet with YAML ``configs:`` for the Hub.
 
 `export_parquet` writes ``DIR/<config>/train-XXXXX-of-YYYYY.parquet`` and a README whose YAML lists every config
 folder present, so that ``load_dataset(DIR_or_repo, "<config>")`` reads it; `push_to_hub` uploads that folder.
@@ -63,7 +63,7 @@ def write_dataset_readme(out_dir: str, title: str = "InfMix") -> str:
         lines += [f"- config_name: {name}", "  data_files:"]
         lines += [f"  - split: {s}\n    path: {name}/{s}-*.parquet" for s in splits]
     lines += ["tags:", "- infrared", "- thermal", "- unip", "---", "", f"# {title}", "",
-              "UNIP pre-training mix (Lu et al., ICLR 2025) built with `unip infmix build`. Load a configuration with",
+              "UNIP pre-training mix (Zhang et al., ICLR 2025) built with `unip infmix build`. Load a configuration with",
               "`datasets.load_dataset(\"<repo>\", \"<config>\")`.", ""]
     for name, _ in configs:
         rpath = os.path.join(out_dir, name, "report.json")

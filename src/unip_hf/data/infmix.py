@@ -1,4 +1,4 @@
-"""InfMix, the UNIP pre-training mix (Lu et al., "UNIP", ICLR 2025), as a `datasets` builder.
+"""InfMix, the UNIP pre-training mix (Zhang et al., "UNIP", ICLR 2025), as a `datasets` builder.
 
 Many infrared sources plus grayscale-converted RGB images, with configurable composition. This file is
 self-contained (datasets, PIL, numpy and the standard library only; PyYAML, a dependency of `datasets`
@@ -48,7 +48,7 @@ MODALITIES: tuple[str, ...] = ("infrared", "rgb")
 
 _DESCRIPTION = (
     "InfMix: the UNIP pre-training mix of infrared images and grayscale-converted RGB images "
-    "(Lu et al., ICLR 2025). Each row is one image stored as bytes with its source, modality, original "
+    "(Zhang et al., ICLR 2025). Each row is one image stored as bytes with its source, modality, original "
     "mode and size and the SHA-256 of the original file; exact duplicates across sources are dropped."
 )
 

@@ -1,4 +1,4 @@
-"""Infrared segmentation data sets for UNIP fine-tuning (Lu et al., ICLR 2025) as `datasets` builders.
+"""Infrared segmentation data sets for UNIP fine-tuning (Zhang et al., ICLR 2025) as `datasets` builders.
 
 SODA, MFNet (thermal), SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, an ``images/{split}`` + ``masks/{split}``
 layout, colour-coded masks (MassMIND) and a generic folder layout. Every builder yields single-channel

@@ -1,4 +1,4 @@
-"""Procedural thermal-like scenes with exact masks, for UNIP (Lu et al., ICLR 2025) demos and tests.
+"""Procedural thermal-like scenes with exact masks, for UNIP (Zhang et al., ICLR 2025) demos and tests.
 
 Smooth background gradients and noise, warm objects of a few classes with soft edges, optional small hot
 targets; any size, seeded. `write_synthetic_dataset` writes them in the ``images/{split}`` + ``masks/{split}`` layout.

@@ -1,4 +1,4 @@
-"""Data transforms for UNIP (Lu et al., ICLR 2025) pre-training and infrared segmentation, without torchvision.
+"""Data transforms for UNIP (Zhang et al., ICLR 2025) pre-training and infrared segmentation, without torchvision.
 
 Pre-training view (RandomResizedCrop 224, scale 0.2-1, flip, RGB->L->3 channels, normalise), segmentation
 training (random resize 0.5-2.0, crop with a max single-class ratio, flip, photometric distortion, pad with
