@@ -12,9 +12,15 @@ semantic sets; IoU, nIoU, Pd, Fa for small-target sets) and writes `eval_results
 Run `python recipes/evaluate.py --help` for every argument.
 """
 
+import os
 import sys
 
-from unip_hf.finetuning import evaluate_main
+# This folder holds `evaluate.py`, which would shadow the `evaluate` library (used by the metrics) once the script's
+# folder is first on sys.path, as `python recipes/X.py` and `accelerate launch recipes/X.py` put it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+from unip_hf.finetuning import evaluate_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

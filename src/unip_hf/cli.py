@@ -12,6 +12,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.convert",
     "unip_hf.analysis_commands",
     "unip_hf.data.commands",
+    "unip_hf.demo",
 )
 
 

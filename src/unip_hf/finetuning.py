@@ -180,6 +180,8 @@ def available_splits(name: str, data_dir: str) -> list[str]:
 
 def resolve_eval_split(name: str, data_dir: str, split: str | None) -> str:
     """The evaluation split: `split` if given, else `val` when the data set has one, else `test`."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
     if split:
         return split
     splits = available_splits(name, data_dir)
@@ -683,14 +685,34 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     )
 
 
-def make_processor(config):
-    """The `UnipImageProcessor` saved with a segmentation model (square inputs of the model's `image_size`)."""
+def make_processor(config, size: tuple[int, int] | None = None):
+    """The `UnipImageProcessor` saved with a segmentation model.
+
+    Args:
+        config (`UnipConfig`): the model's configuration (channels; square `image_size` when `size` is not given).
+        size (`tuple[int, int]`, *optional*): `(height, width)` the processor resizes to: the evaluation resolution,
+            so that `pipeline("image-segmentation")` sees images at the scale the model was trained and evaluated on.
+    """
     from .data.transforms import UNIP_MEAN, UNIP_STD
     from .image_processing_unip import UnipImageProcessor
 
     channels = config.num_channels
+    kwargs = {"size": {"height": int(size[0]), "width": int(size[1])}} if size else {}
     return UnipImageProcessor.from_model_config(config, image_mean=[UNIP_MEAN] * channels,
-                                                image_std=[UNIP_STD] * channels)
+                                                image_std=[UNIP_STD] * channels, **kwargs)
+
+
+def processor_size(dataset: "EvalSegmentationDataset", patch_size: int) -> tuple[int, int] | None:
+    """Evaluation resolution of the first image of `dataset`, rounded to multiples of the patch size."""
+    from .data.transforms import open_image
+
+    if len(dataset) == 0:
+        return None
+    width, height = open_image(dataset.dataset[0]["image"]).size
+    if dataset.img_scale is not None:
+        height, width = rescale_size(width, height, dataset.img_scale)
+    return (max(patch_size, round(height / patch_size) * patch_size),
+            max(patch_size, round(width / patch_size) * patch_size))
 
 
 def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
@@ -709,14 +731,14 @@ def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any
 
 def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
                             base_model: str | None = None, hub_model_id: str | None = None,
-                            datasets: Sequence[str] = ()) -> None:
+                            datasets: Sequence[str] = (), size: tuple[int, int] | None = None) -> None:
     """`save_pretrained` of the model and its processor (remote code included), `eval_results.json` and
     `.eval_results/*.yaml`, and the model card `README.md`."""
     from .hub import write_eval_results
 
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
-    make_processor(model.config).save_pretrained(output_dir)
+    make_processor(model.config, size).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))
     card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
@@ -875,6 +897,7 @@ def run_finetuning(
             best = {"value": entry["metrics"].get(main_metric), "step": entry["step"]}
     unwrapped = accelerator.unwrap_model(prepared)
     stride = data.eval_stride
+    inference_size = processor_size(eval_dataset, config.patch_size)
 
     def evaluate_now(step: int) -> dict[str, Any]:
         metrics = evaluate_model(unwrapped, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
@@ -897,7 +920,7 @@ def run_finetuning(
                                           data.crop_size, stride, data.hub_dataset_id)
                 save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
                                         {**training_table, "best step": step}, model_args.model_name_or_path,
-                                        train.hub_model_id)
+                                        train.hub_model_id, size=inference_size)
             with open(eval_log_path, "w", encoding="utf-8") as handle:
                 json.dump({"main_metric": main_metric, "best_step": best["step"], "best_value": best["value"],
                            "history": history}, handle, indent=2)
@@ -947,7 +970,7 @@ def run_finetuning(
             to_save = UnipForSemanticSegmentation.from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
-                                model_args.model_name_or_path, train.hub_model_id)
+                                model_args.model_name_or_path, train.hub_model_id, size=inference_size)
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
     accelerator.wait_for_everyone()
@@ -980,13 +1003,15 @@ def _checkpoint_step(output_dir: str, resume_from_checkpoint: str) -> int | None
 
 def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequence[Any], private: bool = False,
                      message: str | None = None):
-    """Push a saved segmentation folder (model, processor, remote code, card, results; not the checkpoints)."""
-    from .hub import push_to_hub
+    """Push a saved segmentation folder (model, processor, remote code, card, results and the small training logs;
+    not the checkpoints, nor `best_model/`, which the saved model already is or was chosen over)."""
+    from .hub import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
 
     if not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
     return push_to_hub(output_dir, hub_model_id, results=list(results), private=private or None,
-                       commit_message=message)
+                       commit_message=message,
+                       ignore_patterns=[*DEFAULT_PUSH_IGNORE_PATTERNS, f"{BEST_MODEL_DIR}/*", "hf_cache/*"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1143,6 +1168,7 @@ __all__ = [
     "parse_finetuning_args",
     "parse_img_scale",
     "predict_logits",
+    "processor_size",
     "push_saved_model",
     "rescale_size",
     "resolve_eval_split",

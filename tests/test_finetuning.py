@@ -1,0 +1,350 @@
+"""Tests of UNIP fine-tuning (`unip_hf.finetuning`): layer-wise decay, both modes, sliding-window evaluation, metrics,
+best-checkpoint keeping, exact resume, eval results and the patched push. Tiny configs (hidden 32, 2 blocks, patch 8,
+32-64 px synthetic scenes)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi, ModelCard, parse_eval_result_entries
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from torch import nn
+
+from unip_hf import UnipConfig, UnipForSemanticSegmentation
+from unip_hf.data import write_synthetic_dataset
+from unip_hf.finetuning import (
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    SegmentationEvaluator,
+    build_model,
+    dataset_task,
+    layer_decay_groups,
+    layer_decay_scale,
+    layer_id,
+    parse_img_scale,
+    predict_logits,
+    rescale_size,
+    run_finetuning,
+)
+from unip_hf.metrics import compute_irstd, compute_mean_iou
+from unip_hf.training import create_optimizer
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16,
+        "auxiliary_channels": 8, "out_indices": [0, 1, 1, 1]}
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_synthetic_dataset(str(root), num_train=6, num_val=2, height=40, width=48, return_dataset=False)
+    return str(root)
+
+
+def arguments(data_dir, output_dir, mode="finetune", max_steps=2, **train):
+    model = ModelArguments(model_name_or_path="none", preset="unip-tiny", patch_size=8, mode=mode,
+                           config_overrides=json.dumps(TINY), drop_path_rate=0.1)
+    data = DataArguments(dataset="folder", data_dir=data_dir, crop_size=32, img_scale="48x40",
+                         cache_dir=os.path.join(os.path.dirname(output_dir), "cache"))
+    defaults = {"output_dir": output_dir, "per_device_train_batch_size": 2, "max_steps": max_steps,
+                "checkpointing_steps": 0, "learning_rate": 1e-3}
+    return model, data, FinetuningArguments(**{**defaults, **train})
+
+
+def run(data_dir, output_dir, **kwargs):
+    reset_accelerate()
+    return run_finetuning(*arguments(data_dir, str(output_dir), **kwargs))
+
+
+def tiny_config(**overrides):
+    return UnipConfig(image_size=32, patch_size=8, num_labels=3, **{**TINY, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------- layer decay
+def test_layer_decay_multipliers_are_exact():
+    model = UnipForSemanticSegmentation(tiny_config())
+    decay, layers = 0.85, 2
+    expected = {
+        "unip.embeddings.cls_token": decay**3,
+        "unip.embeddings.patch_embeddings.projection.weight": decay**3,
+        "unip.embeddings.position_embeddings": decay**3,
+        "unip.encoder.layer.0.attention.qkv.weight": decay**2,
+        "unip.encoder.layer.1.mlp.fc2.bias": decay**1,
+        "unip.layernorm.weight": 1.0,
+        "neck.fpn1.0.weight": 1.0,
+        "decode_head.classifier.weight": 1.0,
+        "auxiliary_head.conv.0.weight": 1.0,
+    }
+    for name, value in expected.items():
+        assert layer_decay_scale(name, layers, decay) == pytest.approx(value, abs=0, rel=1e-12), name
+    assert layer_id("encoder.layer.1.norm1.weight", 2) == 2  # a bare UnipViTModel's names work too
+    assert layer_id("embeddings.cls_token", 2) == 0
+
+    groups = layer_decay_groups(model, weight_decay=0.05, decay=decay)
+    by_name = {name: group for group in groups for name in group["names"]}
+    assert by_name["unip.embeddings.patch_embeddings.projection.weight"]["lr_scale"] == pytest.approx(decay**3)
+    assert by_name["unip.encoder.layer.0.attention.qkv.weight"]["weight_decay"] == 0.05
+    for no_decay in ("unip.embeddings.cls_token", "unip.encoder.layer.0.norm1.weight",
+                     "unip.encoder.layer.0.attention.qkv.bias", "decode_head.classifier.bias"):
+        assert by_name[no_decay]["weight_decay"] == 0.0, no_decay
+    assert "unip.embeddings.position_embeddings" not in by_name  # fixed sin-cos, not trained
+
+    optimizer = create_optimizer(model, 1e-3, lr_scale_fn=lambda n: layer_decay_scale(n, layers, decay))
+    assert sorted({round(g["lr"] / 1e-3, 10) for g in optimizer.param_groups}) == sorted(
+        round(v, 10) for v in (decay**3, decay**2, decay, 1.0))
+
+
+def test_img_scale_and_task_helpers():
+    assert parse_img_scale(None, 512) == (2048, 512)
+    assert parse_img_scale("320x256", 128) == (320, 256)
+    with pytest.raises(ValueError, match="2048x512"):
+        parse_img_scale("big", 128)
+    assert rescale_size(640, 480, (512, 128)) == (128, 171)
+    assert dataset_task("sirst") == "irstd" and dataset_task("IRSTD_1K") == "irstd"
+    assert dataset_task("buffalo-udder") == "semantic" and dataset_task("folder", "irstd") == "irstd"
+
+
+# ------------------------------------------------------------------------------------------------- modes
+def test_build_model_modes_and_errors():
+    labels = {0: "background", 1: "a", 2: "b"}
+    args = ModelArguments(model_name_or_path="none", preset="unip-tiny", patch_size=8,
+                          config_overrides=json.dumps(TINY), mode="linear_probe")
+    probe = build_model(args, labels, 32)
+    assert probe.config.decode_head == "linear_probe" and probe.config.num_labels == 3
+    assert not any(p.requires_grad for p in probe.unip.parameters())
+    assert all(p.requires_grad for p in probe.decode_head.parameters())
+    args.mode, args.decode_head = "finetune", "multilevel_fpn"
+    model = build_model(args, labels, 32)
+    assert model.config.decode_head == "multilevel_fpn" and model.config.image_size == 32
+    args.mode = "zero_shot"
+    with pytest.raises(ValueError, match="--mode"):
+        build_model(args, labels, 32)
+
+
+def test_build_from_backbone_checkpoint_keeps_distilled_heads(tmp_path):
+    from unip_hf import UnipViTModel
+
+    backbone = UnipViTModel(tiny_config(last_layer_num_attention_heads=4))
+    backbone.save_pretrained(tmp_path / "backbone")
+    model = build_model(ModelArguments(model_name_or_path=str(tmp_path / "backbone")), {0: "bg", 1: "fg"}, 32)
+    assert model.config.last_layer_num_attention_heads == 4 and model.config.num_labels == 2
+    torch.testing.assert_close(model.unip.encoder.layer[1].attention.qkv.weight,
+                               backbone.encoder.layer[1].attention.qkv.weight)
+
+
+def test_linear_probe_trains_only_the_head(scenes, tmp_path):
+    result = run(scenes, tmp_path / "probe", mode="linear_probe", max_steps=2)
+    reset_accelerate()
+    trained = UnipForSemanticSegmentation.from_pretrained(tmp_path / "probe")
+    assert trained.config.decode_head == "linear_probe"
+    # the backbone is still the (seeded) initialisation: rebuild it the same way and compare
+    torch.manual_seed(0)
+    from accelerate.utils import set_seed
+
+    set_seed(0)
+    fresh = build_model(arguments(scenes, str(tmp_path / "x"), mode="linear_probe")[0], trained.config.id2label, 32)
+    torch.testing.assert_close(trained.unip.encoder.layer[0].mlp.fc1.weight, fresh.unip.encoder.layer[0].mlp.fc1.weight)
+    assert not torch.equal(trained.decode_head.classifier.weight, fresh.decode_head.classifier.weight)
+    results = json.loads((tmp_path / "probe" / "eval_results.json").read_text())["results"]
+    assert results[0]["task"] == "linear-probe" and result.task == "semantic"
+
+
+# ------------------------------------------------------------------------------------------------- inference
+def test_slide_with_one_window_equals_whole_image():
+    model = UnipForSemanticSegmentation(tiny_config()).eval()
+    pixels = torch.randn(1, 3, 32, 40)
+    whole = predict_logits(model, pixels, "whole")
+    slide = predict_logits(model, pixels, "slide", window=(32, 40), stride=(32, 40))
+    assert whole.shape == (1, 3, 32, 40)
+    torch.testing.assert_close(slide, whole)
+
+
+class PixelwiseModel(nn.Module):
+    """A translation-consistent segmenter (1x1 convolution): overlapping windows must reproduce the whole image."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("Config", (), {"patch_size": 1})()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, pixel_values):
+        return type("Out", (), {"logits": self.conv(pixel_values)})()
+
+
+def test_slide_with_overlapping_windows_equals_whole_for_translation_consistent_model():
+    model = PixelwiseModel()
+    pixels = torch.randn(2, 3, 37, 53)
+    whole = predict_logits(model, pixels, "whole")
+    slide = predict_logits(model, pixels, "slide", window=16, stride=10)
+    torch.testing.assert_close(slide, whole)
+    smaller = predict_logits(model, torch.randn(1, 3, 9, 11), "slide", window=16)  # padded to the window, cropped
+    assert smaller.shape == (1, 4, 9, 11)
+
+
+def test_evaluator_matches_the_metric_functions():
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 3, (2, 12, 12)))
+    labels[0, :2] = 255
+    logits = torch.randn(2, 3, 12, 12)
+    semantic = SegmentationEvaluator("semantic", 3)
+    semantic.add(logits[:1], labels[:1])
+    semantic.add(logits[1:], labels[1:])
+    expected = compute_mean_iou(list(logits.argmax(1).numpy()), list(labels.numpy()), num_labels=3)
+    assert semantic.compute()["mean_iou"] == pytest.approx(expected["mean_iou"])
+
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, 5:8, 5:8] = 1
+    small = torch.full((1, 2, 32, 32), -5.0)
+    small[0, 1, 5:8, 5:8] = 5.0  # detected
+    small[0, 1, 20:23, 20:23] = 5.0  # false alarm
+    irstd = SegmentationEvaluator("irstd", 2)
+    irstd.add(small, target)
+    probability = small.softmax(1)[:, 1].numpy()
+    reference = compute_irstd(list(probability), list(target.numpy()))
+    got = irstd.compute()
+    for key in ("iou", "niou", "pd", "fa"):
+        assert got[key] == pytest.approx(reference[key]), key
+    assert got["pd"] == 1.0 and got["iou"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------- training runs
+def test_finetune_writes_eval_results_best_model_and_card(scenes, tmp_path):
+    out = tmp_path / "ft"
+    result = run(scenes, out, max_steps=4, eval_steps=2, checkpointing_steps=2)
+    assert result.global_step == 4 and [e["step"] for e in result.eval_history] == [2, 4]
+    assert result.main_metric == "mean_iou" and result.task == "semantic"
+    best = max(result.eval_history, key=lambda e: e["metrics"]["mean_iou"])
+    assert result.best_step == best["step"]
+    payload = json.loads((out / "eval_results.json").read_text())
+    (entry,) = payload["results"]
+    assert entry["dataset_id"] == "folder" and entry["dataset_split"] == "val"
+    assert entry["task"] == "semantic-segmentation" and entry["notes"] == "whole image, single scale"
+    assert entry["metrics"]["mean_iou"] == pytest.approx(best["metrics"]["mean_iou"])
+    assert len(entry["metrics"]["per_category_iou"]) == 5
+    yaml_files = sorted(p.name for p in (out / ".eval_results").iterdir())
+    assert yaml_files == ["folder-val.yaml"]
+    values = {e.task_id: e.value for e in parse_eval_result_entries(yaml.safe_load((out / ".eval_results" /
+                                                                                    yaml_files[0]).read_text()))}
+    assert values["mean_iou"] == pytest.approx(entry["metrics"]["mean_iou"])
+    log = json.loads((out / "eval_log.json").read_text())
+    assert log["best_step"] == result.best_step and len(log["history"]) == 2
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_unip.py", "README.md"):
+        assert (out / name).is_file() and (out / "best_model" / name).is_file(), name
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 40, "width": 48}  # the evaluation resolution
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and "infrared" in card.data.tags
+    assert {r.metric_type for r in card.data.eval_results} >= {"mean_iou"}
+    assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_resume_reproduces_an_uninterrupted_run(scenes, tmp_path):
+    full = run(scenes, tmp_path / "full", max_steps=4, checkpointing_steps=2)
+
+    def stop_at_2(step, logs):
+        if step == 2:
+            raise Interrupted("killed after step 2")
+
+    model, data, train = arguments(scenes, str(tmp_path / "half"), max_steps=4, checkpointing_steps=2)
+    reset_accelerate()
+    with pytest.raises(Interrupted):
+        run_finetuning(model, data, train, on_step_end=stop_at_2)
+    assert (tmp_path / "half" / "checkpoint-2").is_dir() and not (tmp_path / "half" / "model.safetensors").exists()
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    resumed = run_finetuning(model, data, train)
+    assert resumed.resumed_from.endswith("checkpoint-2") and resumed.global_step == 4
+    a = UnipForSemanticSegmentation.from_pretrained(tmp_path / "full").state_dict()
+    b = UnipForSemanticSegmentation.from_pretrained(tmp_path / "half").state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert full.metrics["mean_iou"] == pytest.approx(resumed.metrics["mean_iou"])
+    losses = lambda folder: [e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]]  # noqa: E731
+    assert losses(tmp_path / "half") == pytest.approx(losses(tmp_path / "full"))
+
+
+@pytest.fixture
+def patched_api(monkeypatch):
+    calls = {"create_repo": [], "upload_folder": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append({"repo_id": repo_id, **kwargs})
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        root = os.fspath(folder_path)
+        files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                       for d, _, names in os.walk(root) for f in names)
+        ignore = list(kwargs.get("ignore_patterns") or []) + list(DEFAULT_IGNORE_PATTERNS)
+        committed = sorted(filter_repo_objects(files, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=ignore))
+        calls["upload_folder"].append({"repo_id": repo_id, "files": committed, **kwargs})
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_commits_model_processor_code_card_and_results(scenes, tmp_path, patched_api):
+    out = tmp_path / "push"
+    run(scenes, out, max_steps=2, checkpointing_steps=2, push_to_hub=True, hub_model_id="someone/unip-demo")
+    assert patched_api["create_repo"][0]["repo_id"] == "someone/unip-demo"
+    (upload,) = patched_api["upload_folder"]
+    assert upload["files"] == [
+        ".eval_results/folder-val.yaml",
+        "README.md",
+        "config.json",
+        "configuration_unip.py",
+        "eval_log.json",
+        "eval_results.json",
+        "image_processing_unip.py",
+        "model.safetensors",
+        "modeling_unip.py",
+        "preprocessor_config.json",
+        "trainer_state.json",
+    ]
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-segmentation"
+    assert {"infrared", "thermal", "unip"} <= set(card.data.tags)
+    metrics = json.loads((out / "eval_results.json").read_text())["results"][0]["metrics"]
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["mean_iou"] == pytest.approx(
+        metrics["mean_iou"])
+    assert "someone/unip-demo" in card.content
+
+
+def test_push_without_repo_id_is_an_error(scenes, tmp_path, patched_api):
+    with pytest.raises(ValueError, match="hub_model_id"):
+        run(scenes, tmp_path / "nopush", max_steps=1, push_to_hub=True)
+    assert patched_api["upload_folder"] == []
+
+
+def test_bad_inputs_name_the_problem(scenes, tmp_path):
+    model, data, train = arguments(scenes, str(tmp_path / "a"))
+    data.eval_mode = "tiles"
+    reset_accelerate()
+    with pytest.raises(ValueError, match="eval_mode"):
+        run_finetuning(model, data, train)
+    model, data, train = arguments(scenes, str(tmp_path / "b"))
+    train.per_device_train_batch_size = 64
+    reset_accelerate()
+    with pytest.raises(ValueError, match="larger than the training split"):
+        run_finetuning(model, data, train)
+    model, data, train = arguments(str(tmp_path / "missing"), str(tmp_path / "c"))
+    reset_accelerate()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        run_finetuning(model, data, train)
