@@ -1,4 +1,4 @@
-"""Evaluation of any UNIP segmentation checkpoint on a data set split (Lu et al., "UNIP", ICLR 2025).
+"""Evaluation of any UNIP segmentation checkpoint on a data set split (Zhang et al., "UNIP", ICLR 2025).
 
 A thin entry point over `unip_hf.finetuning.run_evaluation`: prints a metrics table (mIoU and per-class IoU for
 semantic sets; IoU, nIoU, Pd, Fa for small-target sets) and writes `eval_results.json` and `.eval_results/*.yaml`

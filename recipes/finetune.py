@@ -1,4 +1,4 @@
-"""Fine-tuning or linear probing of a UNIP segmentation model (Lu et al., "UNIP", ICLR 2025) under `accelerate`.
+"""Fine-tuning or linear probing of a UNIP segmentation model (Zhang et al., "UNIP", ICLR 2025) under `accelerate`.
 
 A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) and passed to
 `unip_hf.finetuning.run_finetuning`, which holds the logic (and is what the tests cover).

@@ -1,4 +1,4 @@
-"""Tests of `unip demo` (UNIP, Lu et al., ICLR 2025): the command is registered, a very short run on synthetic scenes
+"""Tests of `unip demo` (UNIP, Zhang et al., ICLR 2025): the command is registered, a very short run on synthetic scenes
 trains, evaluates, saves, reloads through `pipeline("image-segmentation")` and writes the overlay PNG; the overlay
 drawing; argument errors. The default run (about two minutes) is what users start; here it is a few steps."""
 

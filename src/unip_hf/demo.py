@@ -1,4 +1,4 @@
-"""`unip demo`: the whole UNIP (Lu et al., ICLR 2025) downstream path in one command, offline and on CPU.
+"""`unip demo`: the whole UNIP (Zhang et al., ICLR 2025) downstream path in one command, offline and on CPU.
 
 Without data it writes synthetic thermal scenes, trains a tiny UNIP segmentation model (LL-FPN + UPerNet) on them for
 a couple of minutes with a progress bar, evaluates it (mIoU printed next to the chance level), saves it with its

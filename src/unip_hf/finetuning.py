@@ -1,4 +1,4 @@
-"""Fine-tuning, linear probing and evaluation of UNIP segmentation models (Lu et al., "UNIP: Rethinking Pre-trained
+"""Fine-tuning, linear probing and evaluation of UNIP segmentation models (Zhang et al., "UNIP: Rethinking Pre-trained
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`.
 
 The logic behind `recipes/finetune.py`, `recipes/evaluate.py` and `unip demo`: layer-wise learning-rate decay, data
