@@ -22,7 +22,7 @@ def reset_accelerate():
 def test_demo_is_a_cli_command():
     args = build_parser().parse_args(["demo", "--out", "x", "--max_steps", "3"])
     assert args.command == "demo" and args.out == "x" and args.max_steps == 3 and args.dataset is None
-    assert build_parser().parse_args(["demo"]).max_steps == 300
+    assert build_parser().parse_args(["demo"]).max_steps == 800
 
 
 def test_short_demo_end_to_end(tmp_path, capsys):

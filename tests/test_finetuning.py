@@ -274,7 +274,9 @@ def test_resume_reproduces_an_uninterrupted_run(scenes, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
     assert full.metrics["mean_iou"] == pytest.approx(resumed.metrics["mean_iou"])
-    losses = lambda folder: [e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]]  # noqa: E731
+    def losses(folder):
+        return [e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]]
+
     assert losses(tmp_path / "half") == pytest.approx(losses(tmp_path / "full"))
 
 
@@ -291,7 +293,8 @@ def patched_api(monkeypatch):
         files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
                        for d, _, names in os.walk(root) for f in names)
         ignore = list(kwargs.get("ignore_patterns") or []) + list(DEFAULT_IGNORE_PATTERNS)
-        committed = sorted(filter_repo_objects(files, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=ignore))
+        allow = kwargs.get("allow_patterns")
+        committed = sorted(filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore))
         calls["upload_folder"].append({"repo_id": repo_id, "files": committed, **kwargs})
         return "commit-info"
 

@@ -96,7 +96,8 @@ def test_evaluate_main_prints_table_and_writes_results(trained, tmp_path, capsys
     results = json.loads((target / "eval_results.json").read_text())["results"]
     assert [r["dataset_id"] for r in results] == ["unip-hf/sirst", "folder"]
     assert results[1]["notes"] == "slide 32/21, single scale" and results[1]["dataset_split"] == "val"
-    assert sorted(p.name for p in (target / ".eval_results").iterdir()) == ["folder-val.yaml", "unip-hf--sirst-test.yaml"]
+    written = sorted(p.name for p in (target / ".eval_results").iterdir())
+    assert written == ["folder-val.yaml", "unip-hf--sirst-test.yaml"]
     entries = parse_eval_result_entries(yaml.safe_load((target / ".eval_results" / "folder-val.yaml").read_text()))
     assert {e.task_id for e in entries} >= {"mean_iou", "mean_accuracy", "overall_accuracy"}
 
@@ -169,3 +170,31 @@ def test_recipe_scripts_run_as_scripts(trained, tmp_path):
     help_run = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--help"], capture_output=True,
                               text=True, env=env, timeout=60)
     assert help_run.returncode == 0 and "--layer_decay" in help_run.stdout and "--eval_mode" in help_run.stdout
+
+
+def test_evaluate_push_to_hub_sends_model_card_and_results(trained, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, ModelCard
+
+    data, out, root = trained
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        calls.append((repo_id, sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*")
+                                      if p.is_file())))
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    target = tmp_path / "pushed"
+    reset_accelerate()
+    run_evaluation(EvaluationArguments(model_name_or_path=str(out), dataset="folder", data_dir=str(data),
+                                       img_scale="40x32", cache_dir=str(root / "cache"), output_dir=str(target),
+                                       push_to_hub=True, hub_model_id="someone/unip-eval"))
+    ((repo_id, files),) = calls
+    assert repo_id == "someone/unip-eval"
+    for name in (".eval_results/folder-val.yaml", "README.md", "config.json", "model.safetensors", "modeling_unip.py",
+                 "preprocessor_config.json", "eval_results.json"):
+        assert name in files, name
+    card = ModelCard.load(target / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and "mean_iou" in {r.metric_type for r in
+                                                                           card.data.eval_results}

@@ -100,7 +100,7 @@ def overlay_panels(image: Image.Image, prediction: np.ndarray, id2label: dict[in
     return canvas
 
 
-def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | None = None, max_steps: int = 300,
+def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | None = None, max_steps: int = 800,
              model_name_or_path: str = "none", preset: str = "unip-tiny", crop_size: int | None = None,
              batch_size: int = 8, learning_rate: float | None = None, num_train: int = 64, num_val: int = 8,
              eval_steps: int = 0, seed: int = 0, quiet: bool = False) -> DemoResult:
@@ -111,7 +111,7 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
             overlay `prediction_overlay.png` and `demo_summary.json`).
         dataset (`str`, *optional*): a `unip_hf.data` builder name (with `data_dir`); synthetic scenes when absent.
         data_dir (`str`, *optional*): the real data set's folder.
-        max_steps (`int`, *optional*, defaults to 300): optimizer steps (about two minutes on 2 CPU cores for the
+        max_steps (`int`, *optional*, defaults to 800): optimizer steps (about two minutes on 2 CPU cores for the
             synthetic demo).
         model_name_or_path (`str`, *optional*, defaults to `"none"`): start from this UNIP checkpoint instead of
             random weights.
@@ -195,7 +195,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
     segmenter = pipeline("image-segmentation", model=model_dir)
     import datasets
 
-    raw = eval_split.cast_column("image", datasets.Image(decode=False)).cast_column("label", datasets.Image(decode=False))
+    undecoded = datasets.Image(decode=False)
+    raw = eval_split.cast_column("image", undecoded).cast_column("label", undecoded)
     from .data.transforms import open_image
 
     example = raw[0]
@@ -241,7 +242,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--dataset", default=None, help="a unip_hf.data builder name (sirst, buffalo-udder, folder...)")
     parser.add_argument("--data_dir", default=None, help="the data set's folder (with --dataset)")
-    parser.add_argument("--max_steps", type=int, default=300, help="optimizer steps (default 300, ~2 min on CPU)")
+    parser.add_argument("--max_steps", type=int, default=800,
+                        help="optimizer steps (default 800, about two minutes on 2 CPU cores)")
     parser.add_argument("--model_name_or_path", default="none", help="start from a UNIP checkpoint")
     parser.add_argument("--preset", default="unip-tiny", help="model size on real data from scratch")
     parser.add_argument("--crop_size", type=int, default=None)

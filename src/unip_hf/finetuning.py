@@ -436,7 +436,8 @@ def evaluate_model(
     main = accelerator is None or accelerator.is_local_main_process
     try:
         with torch.random.fork_rng(devices=[]):
-            for index in tqdm(indices, desc="eval", disable=not (show_progress and main), leave=False, dynamic_ncols=True):
+            bar = tqdm(indices, desc="eval", disable=not (show_progress and main), leave=False, dynamic_ncols=True)
+            for index in bar:
                 sample = dataset[index]
                 pixel_values = sample["pixel_values"].unsqueeze(0).to(device)
                 labels = sample["labels"].unsqueeze(0)
@@ -499,6 +500,11 @@ def class_frequencies(dataset, num_labels: int, ignore_index: int = 255, max_ima
     return (counts / max(counts.sum(), 1.0)).tolist()
 
 
+def _percent(value) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return f"{'-':>10}" if missing else f"{value * 100:>10.2f}"
+
+
 def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | None = None) -> str:
     """A plain-text table of the headline metrics (percent) and, for semantic sets, per-class IoU / accuracy."""
     from .hub import METRIC_DISPLAY, headline_metrics
@@ -514,8 +520,7 @@ def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | Non
         for index, name in sorted(id2label.items()):
             iou = per_iou[index] if index < len(per_iou) else float("nan")
             acc = per_acc[index] if per_acc is not None and index < len(per_acc) else float("nan")
-            fmt = lambda v: f"{v * 100:>10.2f}" if v is not None and not (isinstance(v, float) and math.isnan(v)) else f"{'-':>10}"  # noqa: E731
-            lines.append(f"{str(name)[:17]:<18}{fmt(iou)}{fmt(acc)}")
+            lines.append(f"{str(name)[:17]:<18}{_percent(iou)}{_percent(acc)}")
     return "\n".join(lines)
 
 
@@ -548,7 +553,8 @@ class ModelArguments:
 class DataArguments:
     """The segmentation data set and its views."""
 
-    dataset: str = field(default="folder", metadata={"help": "Builder name (sirst, buffalo-udder, soda, ...) or folder."})
+    dataset: str = field(default="folder",
+                         metadata={"help": "Builder name (sirst, buffalo-udder, soda, ...) or folder."})
     data_dir: str | None = field(default=None, metadata={"help": "The data set's root folder."})
     train_split: str = field(default="train")
     eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: val, else test)."})
