@@ -1128,6 +1128,10 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
         result = run_finetuning(model_args, data_args, training_args)
     except NonFiniteLossError:
         return 1
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     value = result.metrics.get(result.main_metric)
     print(f"done: {result.global_step} steps, {result.main_metric} {value:.4f} (step {result.best_step}); "
           f"saved to {result.output_dir}")
