@@ -140,6 +140,12 @@ def test_build_from_backbone_checkpoint_keeps_distilled_heads(tmp_path):
     assert model.config.last_layer_num_attention_heads == 4 and model.config.num_labels == 2
     torch.testing.assert_close(model.unip.encoder.layer[1].attention.qkv.weight,
                                backbone.encoder.layer[1].attention.qkv.weight)
+    # a segmentation checkpoint re-used for a linear probe of the same classes: the head is replaced
+    model.save_pretrained(tmp_path / "segmenter")
+    probe = build_model(ModelArguments(model_name_or_path=str(tmp_path / "segmenter"), mode="linear_probe"),
+                        {0: "bg", 1: "fg"}, 32)
+    assert probe.config.decode_head == "linear_probe" and probe.neck is None
+    torch.testing.assert_close(probe.unip.encoder.layer[0].mlp.fc1.weight, backbone.encoder.layer[0].mlp.fc1.weight)
 
 
 def test_linear_probe_trains_only_the_head(scenes, tmp_path):

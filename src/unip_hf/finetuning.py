@@ -685,8 +685,10 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         )
     same_labels = getattr(saved, "num_labels", None) == len(id2label) and (
         {int(k): v for k, v in (getattr(saved, "id2label", None) or {}).items()} == labels["id2label"])
+    # a new class list or another head re-initialises the mismatched head weights (reported by transformers)
+    same_head = getattr(saved, "decode_head", decode_head) == decode_head
     return UnipForSemanticSegmentation.from_pretrained(
-        source, **labels, **overrides, ignore_mismatched_sizes=not same_labels,
+        source, **labels, **overrides, ignore_mismatched_sizes=not (same_labels and same_head),
         trust_remote_code=model_args.trust_remote_code,
     )
 
