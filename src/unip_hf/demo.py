@@ -39,8 +39,14 @@ class DemoResult:
     seconds: float
 
 
+#: Used instead of gray palette entries (binary sets such as SIRST paint targets white), which vanish on gray images.
+VIVID = ((255, 40, 40), (255, 210, 0), (0, 200, 255), (120, 255, 60), (255, 0, 200))
+
+
 def _palette(id2label: dict[int, str], palette: Any) -> list[tuple[int, int, int]]:
     colours = [tuple(int(c) for c in colour) for colour in (palette or [])]
+    colours = [colour if index == 0 or max(colour) - min(colour) > 40 else VIVID[(index - 1) % len(VIVID)]
+               for index, colour in enumerate(colours)]
     rng = np.random.default_rng(0)
     while len(colours) < len(id2label):
         colours.append(tuple(int(c) for c in rng.integers(40, 255, 3)))
