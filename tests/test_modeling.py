@@ -172,6 +172,26 @@ def test_explicit_attention_only_for_requested_layers(tester, monkeypatch):
     assert out.attention_logits[0].requires_grad  # logits carry gradients (distillation trains through them)
 
 
+def test_attention_logits_method_computes_only_what_is_needed(tester):
+    model = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4)).eval()
+    pixels = tester.pixel_values()
+    reference = model(pixels, attention_logits_layers=[1, 3]).attention_logits
+    called = []
+    last = model.encoder.layer[-1]
+    for name in ("mlp", "norm2"):
+        getattr(last, name).register_forward_hook(lambda *_, n=name: called.append(n))
+    last.attention.proj.register_forward_hook(lambda *_: called.append("proj"))
+    model.layernorm.register_forward_hook(lambda *_: called.append("final norm"))
+    deep, shallow = model.attention_logits(pixels, [-1, 1])
+    assert called == []  # neither the last block's values/projection/MLP nor the final norm ran
+    torch.testing.assert_close(deep, reference[1])
+    torch.testing.assert_close(shallow, reference[0])
+    assert deep.shape == (2, 4, tester.seq_len, tester.seq_len)
+    deep.sum().backward()  # trainable: gradients reach the query/key rows of the last block
+    grad = last.attention.qkv.weight.grad
+    assert grad[:64].abs().sum() > 0 and grad[64:].abs().sum() == 0
+
+
 def test_stop_after_layer_runs_fewer_blocks(tester):
     model = UnipViTModel(tester.get_config()).eval()
     seen = []

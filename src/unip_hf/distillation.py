@@ -426,20 +426,7 @@ def resolve_teacher_layer(model: nn.Module, teacher_layer: int | str, sample_pix
 def student_attention_logits(student: UnipViTModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """Pre-softmax attention logits of the student's last block, `(batch, heads, N, N)`, computing nothing the loss
     does not depend on (blocks `0..depth-2`, then the last block's `norm1` and the query/key rows of its `qkv`)."""
-    hidden = student.embeddings(pixel_values)
-    layers = student.encoder.layer
-    for block in layers[:-1]:
-        hidden = block(hidden)[0]
-    last = layers[-1]
-    attention = last.attention
-    normed = last.norm1(hidden)
-    width = student.config.hidden_size
-    bias = attention.qkv.bias
-    qk = F.linear(normed, attention.qkv.weight[: 2 * width], bias[: 2 * width] if bias is not None else None)
-    batch, tokens, _ = qk.shape
-    qk = qk.reshape(batch, tokens, 2, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
-    query, key = qk.unbind(0)
-    return torch.matmul(query, key.transpose(-2, -1)) * attention.scaling
+    return student.attention_logits(pixel_values, [-1])[0]
 
 
 def unused_by_attention_target(student: UnipViTModel) -> list[str]:

@@ -259,6 +259,18 @@ class UnipSelfAttention(nn.Module):
         return output, (probs if need_weights else None), logits
 
 
+    def query_key_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Scaled pre-softmax scores `q k^T / sqrt(d)` of `hidden_states` (already normed), `(batch, heads, N, N)`.
+
+        Only the query and key rows of the fused projection are applied: no values, no softmax, no output projection.
+        """
+        batch, seq_len, width = hidden_states.shape
+        bias = self.qkv.bias[: 2 * width] if self.qkv.bias is not None else None
+        qk = F.linear(hidden_states, self.qkv.weight[: 2 * width], bias)
+        query, key = qk.reshape(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return torch.matmul(query, key.transpose(-2, -1)) * self.scaling
+
+
 class UnipMLP(nn.Module):
     """Two-layer MLP of the transformer block."""
 
@@ -541,6 +553,34 @@ class UnipViTModel(UnipPreTrainedModel):
             attention_logits=attention_logits,
             num_layers_run=num_run,
         )
+
+    def attention_logits(self, pixel_values: torch.Tensor, layers: Sequence[int] = (-1,)) -> tuple[torch.Tensor, ...]:
+        """Pre-softmax attention logits of the given blocks (all heads, CLS first), computing nothing that they do not
+        depend on: blocks before the deepest requested one run in full (explicit attention only where logits are
+        requested), the deepest runs only its first norm and the query/key part of its projection; its values,
+        output projection and MLP, later blocks and the final norm are skipped. This is what NMI-HAD needs from the
+        student (the last block's logits), at the cost of `num_hidden_layers - 1` blocks and a fraction of one.
+
+        Args:
+            pixel_values (`torch.Tensor`): normalised images `(batch, channels, height, width)`.
+            layers (`Sequence[int]`, defaults to `(-1,)`): 0-based blocks (negative counts from the end).
+
+        Returns:
+            `tuple[torch.Tensor, ...]`: one `(batch, heads, N, N)` tensor per requested block, in the given order.
+        """
+        indices = [self._resolve_layer(i, "layers") for i in layers]
+        if not indices:
+            raise ValueError("attention_logits needs at least one layer index")
+        deepest = max(indices)
+        hidden = self.embeddings(pixel_values)
+        found: dict[int, torch.Tensor] = {}
+        for index in range(deepest):
+            hidden, _, logits = self.encoder.layer[index](hidden, False, index in indices)
+            if logits is not None:
+                found[index] = logits
+        block = self.encoder.layer[deepest]
+        found[deepest] = block.attention.query_key_logits(block.norm1(hidden))
+        return tuple(found[i] for i in indices)
 
     def get_feature_maps(self, pixel_values: torch.Tensor, layer_indices: Sequence[int]) -> list[torch.Tensor]:
         """Outputs of the given blocks (no final norm, CLS dropped) as `(batch, hidden, H/p, W/p)` maps.
