@@ -28,23 +28,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["main", "matmul_peak_gflops", "run_variant"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import matmul_peak_gflops  # noqa: E402
+
+__all__ = ["main", "run_variant"]
 
 TEACHER_LAYER = 8  # 0-based: block 9 of 12
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GEMM throughput of this process, in GFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        torch.matmul(a, b)
-        best = max(best, 2 * size**3 / (time.perf_counter() - tic) / 1e9)
-    return best
 
 
 def _ours(batch_size: int, image_size: int):
@@ -149,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     peak = max(peak_before, matmul_peak_gflops())
-    print(f"fp32 matmul peak (2048^3 GEMM, best of 5): {peak:.1f} GFLOP/s")
+    print(f"fp32 matmul peak (2048^3 GEMM, best of 10): {peak:.1f} GFLOP/s")
     for name, label in (("ours", "unip_hf (stop early, q/k only, SDPA)"), ("naive", "naive ViTModel (eager, full)")):
         r = results[name]
         achieved = r["gflop_per_step"] / r["seconds_per_step"]
