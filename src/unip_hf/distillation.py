@@ -797,10 +797,7 @@ def run_pretraining(
         try:
             result = train_loop(
                 accelerator, module, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
-                gradient_accumulation_steps=train.gradient_accumulation_steps, max_grad_norm=train.max_grad_norm,
-                checkpointing_steps=train.checkpointing_steps, checkpoints_total_limit=train.checkpoints_total_limit,
-                resume_from_checkpoint=train.resume_from_checkpoint, logging_steps=train.logging_steps,
-                on_step_end=on_step_end, description=f"NMI-HAD ({args.distill_target})",
+                **train.loop_options(), on_step_end=on_step_end, description=f"NMI-HAD ({args.distill_target})",
             )
         except NonFiniteLossError as error:
             accelerator.print(f"ERROR: {error}")

@@ -952,10 +952,7 @@ def run_finetuning(
     try:
         result = train_loop(
             accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
-            gradient_accumulation_steps=train.gradient_accumulation_steps, max_grad_norm=train.max_grad_norm,
-            checkpointing_steps=train.checkpointing_steps, checkpoints_total_limit=train.checkpoints_total_limit,
-            resume_from_checkpoint=train.resume_from_checkpoint, logging_steps=train.logging_steps,
-            on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
+            **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
         )
     except NonFiniteLossError as error:
         accelerator.print(f"ERROR: {error}")

@@ -95,6 +95,17 @@ class TrainingLoopArguments:
     hub_model_id: str | None = field(default=None)
     hub_private_repo: bool = field(default=False)
 
+    def loop_options(self) -> dict[str, Any]:
+        """The keyword arguments of `train_loop` that come straight from these arguments."""
+        return {
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_grad_norm": self.max_grad_norm,
+            "checkpointing_steps": self.checkpointing_steps,
+            "checkpoints_total_limit": self.checkpoints_total_limit,
+            "resume_from_checkpoint": self.resume_from_checkpoint,
+            "logging_steps": self.logging_steps,
+        }
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer and schedulers
