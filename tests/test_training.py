@@ -123,8 +123,9 @@ def test_schedules_warmup_then_decay():
     optimizer = create_optimizer(Tiny(), 1.0, lr_scale_fn=lambda name: 0.5 if "linear" in name else 1.0)
     scheduler = create_scheduler("constant", optimizer, 2, 10)
     assert sorted(g["lr"] for g in optimizer.param_groups)[0] == pytest.approx(0.25)
-    scheduler.step()
-    scheduler.step()
+    for _ in range(2):  # optimizer.step() first, as in training (torch warns otherwise)
+        optimizer.step()
+        scheduler.step()
     assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([0.5, 0.5, 1.0])
 
 
