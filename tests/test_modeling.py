@@ -451,3 +451,27 @@ def test_remote_code_loads_without_package(tmp_path, tester):
 def test_package_exports():
     for name in ("UnipConfig", "UnipViTModel", "UnipForSemanticSegmentation"):
         assert hasattr(unip_hf, name)
+
+
+def test_soft_iou_loss(tester):
+    from unip_hf.modeling_unip import soft_iou_loss
+
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 1:3, 1:3] = 1
+    perfect = torch.where(labels.bool(), 20.0, -20.0).float()
+    logits = torch.stack([-perfect, perfect], dim=1)
+    assert soft_iou_loss(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.stack([perfect, -perfect], dim=1)  # background predicted on the target, target elsewhere
+    assert soft_iou_loss(wrong, labels).item() == pytest.approx(1 - 1 / 17, abs=1e-4)  # (0 + 1) / (12 + 4 + 1)
+    ignored = labels.clone()
+    ignored[0, 0] = 255
+    assert torch.isfinite(soft_iou_loss(logits, ignored))
+    config = tester.get_config(semantic_loss_type="cross_entropy+soft_iou", use_auxiliary_head=False)
+    model = UnipForSemanticSegmentation(config).eval()
+    pixels, labels = tester.pixel_values(), tester.labels()
+    logits = model(pixels).logits
+    up = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.cross_entropy(up, labels) + soft_iou_loss(up, labels)
+    torch.testing.assert_close(model(pixels, labels=labels).loss, expected)
+    with pytest.raises(ValueError, match="semantic_loss_type"):
+        tester.get_config(semantic_loss_type="dice")

@@ -20,6 +20,7 @@ UNIP_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DECODE_HEADS = ("ll_fpn", "multilevel_fpn", "linear_probe")
+LOSS_TYPES = ("cross_entropy", "cross_entropy+soft_iou")
 POSITION_EMBEDDINGS = ("sincos", "learned")
 
 
@@ -102,6 +103,10 @@ class UnipConfig(PreTrainedConfig):
             Weight of the auxiliary loss.
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label value ignored by the loss.
+        semantic_loss_type (`str`, *optional*, defaults to `"cross_entropy"`):
+            `"cross_entropy"`, or `"cross_entropy+soft_iou"`, which adds `1 - soft IoU` of every non-background
+            class (per image, then averaged; the usual loss of infrared small-target detection, where a few target
+            pixels are lost in a cross-entropy dominated by the background).
 
     Example:
 
@@ -144,6 +149,7 @@ class UnipConfig(PreTrainedConfig):
     auxiliary_channels: int = 256
     auxiliary_loss_weight: float = 0.4
     semantic_loss_ignore_index: int = 255
+    semantic_loss_type: str = "cross_entropy"
 
     def __post_init__(self, **kwargs):
         self.pool_scales = list(self.pool_scales)
@@ -169,6 +175,8 @@ class UnipConfig(PreTrainedConfig):
             )
         if self.position_embedding_type not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")
+        if self.semantic_loss_type not in LOSS_TYPES:
+            raise ValueError(f"semantic_loss_type must be one of {LOSS_TYPES}, got {self.semantic_loss_type!r}")
         if self.decode_head not in DECODE_HEADS:
             raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
         if self.out_indices is not None:

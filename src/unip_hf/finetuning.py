@@ -544,6 +544,9 @@ class ModelArguments:
     num_channels: int | None = field(default=None, metadata={"help": "Input channels (default: the checkpoint's, 3)."})
     patch_size: int | None = field(default=None, metadata={"help": "Patch size when training from scratch."})
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the backbone."})
+    semantic_loss_type: str = field(
+        default="auto", metadata={"help": "cross_entropy, cross_entropy+soft_iou, or auto (soft IoU added for "
+                                          "small-target (irstd) data sets)."})
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON dict of UnipConfig fields, e.g. '{\"num_hidden_layers\": 4}'."})
     trust_remote_code: bool = field(default=False)
@@ -644,10 +647,10 @@ class FinetuningResult:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int):
+def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int, task: str = "semantic"):
     """A `UnipForSemanticSegmentation` for the data set's classes: from scratch (`--model_name_or_path none`), from a
     backbone checkpoint (heads newly initialised) or from a segmentation checkpoint (classifier re-initialised when
-    the classes differ)."""
+    the classes differ). `task` ("semantic" or "irstd") resolves `--semantic_loss_type auto`."""
     from transformers import AutoConfig
 
     from .configuration_unip import UnipConfig
@@ -666,7 +669,11 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError("--config_overrides must be a JSON object")
-    overrides = {"decode_head": decode_head, "drop_path_rate": model_args.drop_path_rate, **overrides}
+    loss_type = model_args.semantic_loss_type
+    if loss_type == "auto":
+        loss_type = "cross_entropy+soft_iou" if task == "irstd" else "cross_entropy"
+    overrides = {"decode_head": decode_head, "drop_path_rate": model_args.drop_path_rate,
+                 "semantic_loss_type": loss_type, **overrides}
     if model_args.num_channels:
         overrides["num_channels"] = model_args.num_channels
     if model_args.model_name_or_path in (None, "", "none"):
@@ -841,7 +848,7 @@ def run_finetuning(
     task = dataset_task(data.dataset, data.task)
     ignore_index = int(meta.get("ignore_index", 255))
 
-    model = build_model(model_args, id2label, data.crop_size)
+    model = build_model(model_args, id2label, data.crop_size, task)
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
     config = model.config
     img_scale = parse_img_scale(data.img_scale, data.crop_size)

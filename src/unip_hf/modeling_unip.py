@@ -817,9 +817,27 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
         return maps
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of `logits` upsampled (bilinear) to the label size, ignoring the configured index."""
-        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(upsampled.float(), labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+        """Loss of `logits` upsampled (bilinear) to the label size, ignoring the configured index: cross-entropy,
+        plus `1 - soft IoU` of the non-background classes when `config.semantic_loss_type` asks for it."""
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).float()
+        labels = labels.long()
+        ignore = self.config.semantic_loss_ignore_index
+        loss = F.cross_entropy(upsampled, labels, ignore_index=ignore)
+        if self.config.semantic_loss_type == "cross_entropy+soft_iou" and upsampled.shape[1] > 1:
+            loss = loss + soft_iou_loss(upsampled, labels, ignore)
+        return loss
+
+
+def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
+    """`1 - soft IoU` between the softmax probabilities of the classes 1..K-1 and their one-hot labels, per image
+    and class (ignored pixels excluded), averaged. Class 0 is the background."""
+    valid = (labels != ignore_index).unsqueeze(1)
+    probs = logits.softmax(dim=1)[:, 1:] * valid
+    onehot = F.one_hot(labels.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
+    onehot = onehot.to(probs.dtype) * valid
+    intersection = (probs * onehot).sum(dim=(2, 3))
+    union = probs.sum(dim=(2, 3)) + onehot.sum(dim=(2, 3)) - intersection
+    return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
 
 
 __all__ = [
@@ -829,4 +847,5 @@ __all__ = [
     "UnipModelOutput",
     "sincos_position_embedding",
     "eager_attention_forward",
+    "soft_iou_loss",
 ]
