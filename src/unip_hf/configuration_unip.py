@@ -105,7 +105,7 @@ class UnipConfig(PreTrainedConfig):
             Label value ignored by the loss.
         semantic_loss_type (`str`, *optional*, defaults to `"cross_entropy"`):
             `"cross_entropy"`, or `"cross_entropy+soft_iou"`, which adds `1 - soft IoU` of every non-background
-            class (per image, then averaged; the usual loss of infrared small-target detection, where a few target
+            class (sums over the batch, then averaged over classes; the usual loss of infrared small-target detection, where a few target
             pixels are lost in a cross-entropy dominated by the background).
 
     Example:

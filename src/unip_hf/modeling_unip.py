@@ -829,14 +829,18 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
 
 
 def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
-    """`1 - soft IoU` between the softmax probabilities of the classes 1..K-1 and their one-hot labels, per image
-    and class (ignored pixels excluded), averaged. Class 0 is the background."""
+    """`1 - soft IoU` between the softmax probabilities of the classes 1..K-1 and their one-hot labels, with the sums
+    taken over the whole batch (ignored pixels excluded), averaged over those classes. Class 0 is the background.
+
+    Batch-level sums, as in the infrared small-target literature: a per-image IoU would, on the many crops that hold
+    no target, reward predicting no target anywhere.
+    """
     valid = (labels != ignore_index).unsqueeze(1)
     probs = logits.softmax(dim=1)[:, 1:] * valid
     onehot = F.one_hot(labels.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
     onehot = onehot.to(probs.dtype) * valid
-    intersection = (probs * onehot).sum(dim=(2, 3))
-    union = probs.sum(dim=(2, 3)) + onehot.sum(dim=(2, 3)) - intersection
+    intersection = (probs * onehot).sum(dim=(0, 2, 3))
+    union = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) - intersection
     return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
 
 
