@@ -148,3 +148,19 @@ def test_high_depth_images_scaled_like_the_image_processor():
     np.testing.assert_allclose(out, expected, atol=1e-5)
     fixed = UnipImageProcessor(bit_depth_scaling="fixed")
     np.testing.assert_allclose(np.asarray(to_working_image(frame, fixed)), raw / 65535.0, atol=1e-6)
+
+
+def test_crops_keep_small_targets():
+    """When no crop meets cat_max_ratio (a 3x3 target in a 200x300 frame), a crop showing the target is preferred."""
+    import numpy as np
+    from PIL import Image
+
+    from unip_hf.data.transforms import SegmentationTrainTransform
+
+    image = Image.fromarray((np.arange(200 * 300) % 251).astype(np.uint8).reshape(200, 300))
+    label = np.zeros((200, 300), dtype=np.uint8)
+    label[100:103, 150:153] = 1
+    transform = SegmentationTrainTransform(crop_size=64, base_size=(300, 200), ratio_range=(1.0, 1.0), seed=0,
+                                           photometric=False, flip_prob=0.0)
+    shown = sum(int((transform(image, Image.fromarray(label), index=i)["labels"] == 1).any()) for i in range(40))
+    assert shown >= 30  # a random 64x64 crop alone shows it about 1 time in 5

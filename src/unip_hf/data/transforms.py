@@ -212,7 +212,8 @@ class SegmentationTrainTransform:
 
     Random resize of the image into ``base_size * r`` (keep ratio, r in ``ratio_range``), random crop of
     ``crop_size`` retried up to 10 times until no class covers more than ``cat_max_ratio`` of it (ignore
-    excluded, like mmseg's ``cat_max_ratio``), horizontal flip, photometric distortion (brightness and
+    excluded, like mmseg's ``cat_max_ratio``; when no attempt qualifies, the first one holding more than one class
+    is kept, so that small targets are not cropped away), horizontal flip, photometric distortion (brightness and
     contrast; hue/saturation do not apply to intensity images), pad to the crop size with 0 / ``ignore_index``,
     normalise. The crop is chosen in resized coordinates but only the crop region is resampled.
 
@@ -258,6 +259,7 @@ class SegmentationTrainTransform:
         rw, rh = max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
         ch, cw = min(self.crop[0], rh), min(self.crop[1], rw)
         mask_arr = np.asarray(mask)
+        mixed = None  # the first crop holding more than one class, used when none meets cat_max_ratio
         for attempt in range(10):
             top, left = int(rng.integers(0, rh - ch + 1)), int(rng.integers(0, rw - cw + 1))
             if self.cat_max_ratio >= 1.0:
@@ -268,6 +270,13 @@ class SegmentationTrainTransform:
             _, counts = np.unique(region[region != self.ignore_index], return_counts=True)
             if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                 break
+            if len(counts) > 1 and mixed is None:
+                mixed = (top, left)
+        else:
+            # no crop met the ratio (always the case for small targets, whose background fills > 99% of any crop):
+            # prefer one that shows some foreground over a pure-background one
+            if mixed is not None:
+                top, left = mixed
         # rw, rh are rounded, so the crop's far edge may map a fraction of a pixel past the image: clamp it
         box = (left / s, top / s, min((left + cw) / s, w), min((top + ch) / s, h))
         im = to_working_image(im, self.image_processor)
