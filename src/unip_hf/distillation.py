@@ -26,7 +26,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -42,6 +41,7 @@ from .training import (
     TrainingLoopArguments,
     create_optimizer,
     create_scheduler,
+    parse_recipe_args,
     num_warmup_steps,
     resolve_learning_rate,
     resolve_report_to,
@@ -903,13 +903,7 @@ def push_pretrained_student(output_dir: str, hub_model_id: str | None, summary: 
 
 def parse_pretraining_args(argv: Sequence[str] | None = None):
     """Parse command-line arguments into `(DistillationArguments, PretrainDataArguments, PretrainingArguments)`."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((DistillationArguments, PretrainDataArguments, PretrainingArguments))
-    if argv is not None and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        return parser.parse_json_file(str(path)) if path.suffix == ".json" else parser.parse_yaml_file(str(path))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_args((DistillationArguments, PretrainDataArguments, PretrainingArguments), argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from .training import (
     TrainingLoopArguments,
     create_optimizer,
     create_scheduler,
+    parse_recipe_args,
     list_checkpoints,
     num_warmup_steps,
     resolve_report_to,
@@ -1105,25 +1105,15 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _parse(dataclass_types, argv):
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types)
-    if argv is not None and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        return parser.parse_json_file(str(path)) if path.suffix == ".json" else parser.parse_yaml_file(str(path))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
 def parse_finetuning_args(argv: Sequence[str] | None = None):
     """Parse command-line arguments (or one JSON/YAML file) into `(ModelArguments, DataArguments,
     FinetuningArguments)`."""
-    return _parse((ModelArguments, DataArguments, FinetuningArguments), argv)
+    return parse_recipe_args((ModelArguments, DataArguments, FinetuningArguments), argv)
 
 
 def parse_evaluation_args(argv: Sequence[str] | None = None) -> EvaluationArguments:
     """Parse command-line arguments (or one JSON/YAML file) into `EvaluationArguments`."""
-    return _parse((EvaluationArguments,), argv)[0]
+    return parse_recipe_args((EvaluationArguments,), argv)[0]
 
 
 def finetune_main(argv: Sequence[str] | None = None) -> int:

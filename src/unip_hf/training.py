@@ -107,6 +107,22 @@ class TrainingLoopArguments:
         }
 
 
+def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+    """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses with
+    `transformers.HfArgumentParser`; a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments."""
+    import sys
+    from pathlib import Path
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(list(dataclass_types))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(args[0])
+        return tuple(parser.parse_json_file(str(path)) if path.suffix == ".json" else parser.parse_yaml_file(str(path)))
+    return tuple(parser.parse_args_into_dataclasses(args=args))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer and schedulers
 # ----------------------------------------------------------------------------------------------------------------
@@ -631,6 +647,7 @@ def train_loop(
 
 
 __all__ = [
+    "parse_recipe_args",
     "CheckpointManager",
     "EpochSampler",
     "NonFiniteLossError",
