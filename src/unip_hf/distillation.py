@@ -39,12 +39,12 @@ from .training import (
     EpochSampler,
     NonFiniteLossError,
     TrainingLoopArguments,
+    create_accelerator,
     create_optimizer,
     create_scheduler,
     parse_recipe_args,
     num_warmup_steps,
     resolve_learning_rate,
-    resolve_report_to,
     train_loop,
 )
 
@@ -712,8 +712,6 @@ def run_pretraining(
         on_step_end (`Callable`, *optional*): called after every optimizer step (and its checkpoint) as
             `on_step_end(step, logs)`.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     from .data.transforms import PretrainTransform
 
@@ -722,11 +720,7 @@ def run_pretraining(
         raise ValueError(f"--distill_target must be one of {DISTILL_TARGETS}, got {args.distill_target!r}")
     if args.distill_target != "none" and not args.teacher_name_or_path:
         raise ValueError("--teacher_name_or_path is required unless --distill_target none")
-    trackers = resolve_report_to(train.report_to)
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
-                              project_dir=train.output_dir)
-    set_seed(train.seed)
-    os.makedirs(train.output_dir, exist_ok=True)
+    accelerator, trackers = create_accelerator(train)
 
     sources, skipped, described = load_training_sources(data.train_data, data.image_column)
     transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
@@ -794,15 +788,10 @@ def run_pretraining(
                 target = teacher.features(pixel_values, student_grid=grid)
                 return feature_distillation_loss(module(pixel_values), target, args.feature_loss)
 
-        try:
-            result = train_loop(
-                accelerator, module, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
-                **train.loop_options(), on_step_end=on_step_end, description=f"NMI-HAD ({args.distill_target})",
-            )
-        except NonFiniteLossError as error:
-            accelerator.print(f"ERROR: {error}")
-            accelerator.end_training()
-            raise
+        result = train_loop(
+            accelerator, module, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
+            **train.loop_options(), on_step_end=on_step_end, description=f"NMI-HAD ({args.distill_target})",
+        )
         losses = result.step_log.losses()
         first_loss = losses[0] if losses else None
         final_loss = result.final_loss

@@ -40,12 +40,12 @@ from .training import (
     EpochSampler,
     NonFiniteLossError,
     TrainingLoopArguments,
+    create_accelerator,
     create_optimizer,
     create_scheduler,
     parse_recipe_args,
     list_checkpoints,
     num_warmup_steps,
-    resolve_report_to,
     train_loop,
 )
 
@@ -823,8 +823,6 @@ def run_finetuning(
         training_args (`FinetuningArguments`): optimisation, evaluation cadence, checkpoints, trackers, hub.
         on_step_end (`Callable`, *optional*): called after every optimizer step as `on_step_end(step, logs)`.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     from .data import SegmentationTrainTransform, segmentation_metadata
 
@@ -833,11 +831,7 @@ def run_finetuning(
         raise ValueError(f"--eval_mode must be one of {EVAL_MODES}, got {data.eval_mode!r}")
     if not data.data_dir:
         raise ValueError("--data_dir is required (the data set's root folder)")
-    trackers = resolve_report_to(train.report_to)
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
-                              project_dir=train.output_dir)
-    set_seed(train.seed)
-    os.makedirs(train.output_dir, exist_ok=True)
+    accelerator, trackers = create_accelerator(train)
 
     eval_split = resolve_eval_split(data.dataset, data.data_dir, data.eval_split)
     with accelerator.main_process_first():
@@ -956,15 +950,10 @@ def run_finetuning(
         with accelerator.autocast():
             return prepared(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
 
-    try:
-        result = train_loop(
-            accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
-            **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
-        )
-    except NonFiniteLossError as error:
-        accelerator.print(f"ERROR: {error}")
-        accelerator.end_training()
-        raise
+    result = train_loop(
+        accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
+        **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
+    )
     final = next((entry["metrics"] for entry in history if entry["step"] == result.global_step), None)
     if final is None:
         final = evaluate_now(result.global_step)

@@ -107,6 +107,20 @@ class TrainingLoopArguments:
         }
 
 
+def create_accelerator(train: TrainingLoopArguments):
+    """The recipes' `Accelerator` (mixed precision, trackers from `--report_to`, project dir), the seed set and the
+    output directory made. Returns `(accelerator, tracker names)`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    trackers = resolve_report_to(train.report_to)
+    accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
+                              project_dir=train.output_dir)
+    set_seed(train.seed)
+    os.makedirs(train.output_dir, exist_ok=True)
+    return accelerator, trackers
+
+
 def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
     """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses with
     `transformers.HfArgumentParser`; a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments."""
@@ -618,7 +632,12 @@ def train_loop(
                 for key, value in extra.items():
                     extra_sums[key] = extra_sums.get(key, 0.0) + float(value) / accumulation
             mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-            check_finite(mean_loss, global_step + 1, checkpoints.last_saved)
+            try:
+                check_finite(mean_loss, global_step + 1, checkpoints.last_saved)
+            except NonFiniteLossError as error:
+                accelerator.print(f"ERROR: {error}")
+                accelerator.end_training()
+                raise
             if max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             learning_rate = optimizer.param_groups[0]["lr"]
@@ -647,6 +666,7 @@ def train_loop(
 
 
 __all__ = [
+    "create_accelerator",
     "parse_recipe_args",
     "CheckpointManager",
     "EpochSampler",
