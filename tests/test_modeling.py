@@ -225,6 +225,50 @@ def test_interpolate_position_embeddings(tester):
     assert learned(torch.randn(1, 3, 40, 24)).last_hidden_state.shape == (1, 1 + 5 * 3, 32)
 
 
+
+def test_sincos_table_stays_fixed_through_save_and_load(tmp_path, tester):
+    """The fixed sin-cos table is no parameter (not trained, not seen by optimizers or DDP), before and after
+    `from_pretrained`, and it keeps its checkpoint key, so checkpoints load both ways without load warnings."""
+    key = "unip.embeddings.position_embeddings"
+    model = UnipForSemanticSegmentation(tester.get_config())
+    assert key not in dict(model.named_parameters()) and key in model.state_dict()
+    model.save_pretrained(tmp_path / "seg")
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(str(tmp_path / "seg" / "model.safetensors"))[key],
+                               sincos_position_embedding(32, 4, 4))
+    for cls, prefix in ((UnipForSemanticSegmentation, "unip."), (UnipViTModel, "")):
+        loaded, info = cls.from_pretrained(tmp_path / "seg", output_loading_info=True)
+        assert not info["missing_keys"] and not info["mismatched_keys"], info
+        assert not [k for k in info["unexpected_keys"] if "position" in k], info
+        names = dict(loaded.named_parameters())
+        assert prefix + "embeddings.position_embeddings" not in names, cls
+        assert all(p.requires_grad for p in names.values())  # everything else still trains
+        torch.testing.assert_close(loaded.get_submodule(prefix + "embeddings").position_embeddings,
+                                   sincos_position_embedding(32, 4, 4))
+    # at another input size the exact table for that grid is used
+    loaded = UnipViTModel.from_pretrained(tmp_path / "seg")
+    torch.testing.assert_close(loaded.embeddings.interpolate_pos_encoding(3, 5), sincos_position_embedding(32, 3, 5))
+    # a learned table stays a trainable parameter through a save and load
+    learned = UnipViTModel(tester.get_config(position_embedding_type="learned"))
+    learned.save_pretrained(tmp_path / "learned")
+    reloaded = UnipViTModel.from_pretrained(tmp_path / "learned")
+    assert dict(reloaded.named_parameters())["embeddings.position_embeddings"].requires_grad
+    torch.testing.assert_close(reloaded.embeddings.position_embeddings, learned.embeddings.position_embeddings)
+
+
+def test_linear_probe_backbone_stays_frozen_after_from_pretrained(tmp_path, tester):
+    model = UnipForSemanticSegmentation(tester.get_config(decode_head="linear_probe"))
+    model.save_pretrained(tmp_path)
+    loaded = UnipForSemanticSegmentation.from_pretrained(tmp_path)
+    trainable = [n for n, p in loaded.named_parameters() if p.requires_grad]
+    assert trainable == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
+    # also when a fine-tuning checkpoint (or a backbone) is re-used for a probe
+    UnipForSemanticSegmentation(tester.get_config()).save_pretrained(tmp_path / "ft")
+    probe = UnipForSemanticSegmentation.from_pretrained(tmp_path / "ft", decode_head="linear_probe",
+                                                        ignore_mismatched_sizes=True)
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == trainable
+
 def test_input_errors(tester):
     model = UnipViTModel(tester.get_config()).eval()
     with pytest.raises(ValueError, match="not a multiple of the patch size"):

@@ -119,10 +119,14 @@ class UnipEmbeddings(nn.Module):
         self.config = config
         self.patch_embeddings = UnipPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        learned = config.position_embedding_type == "learned"
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=learned
-        )
+        table = torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.position_embeddings = nn.Parameter(table)
+        else:
+            # The fixed sin-cos table is a (persistent) buffer, not a frozen parameter: it is saved under the same key
+            # as a learned table (older checkpoints load unchanged), but no optimizer or DDP ever sees it, and
+            # `from_pretrained` (which re-creates every loaded parameter as trainable) cannot make it trainable.
+            self.register_buffer("position_embeddings", table, persistent=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
@@ -416,15 +420,22 @@ class UnipPreTrainedModel(PreTrainedModel):
         elif isinstance(module, UnipSelfAttention):
             init.constant_(module.head_count, module.num_heads)
 
+    def freeze_fixed_parts(self) -> None:
+        """Set `requires_grad=False` on the parameters the configuration says never train (the backbone of a linear
+        probe). Run on construction and again after `from_pretrained`, which re-creates every loaded parameter as
+        trainable."""
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, then a check that every attention block has the head count it was
-        saved with (a mismatch is an error, never a silent reinterpretation of the weights)."""
+        saved with (a mismatch is an error, never a silent reinterpretation of the weights), and the freezing the
+        configuration asks for restored (`freeze_fixed_parts`)."""
         model = super().from_pretrained(*args, **kwargs)
         result = model[0] if isinstance(model, tuple) else model
         for name, module in result.named_modules():
             if isinstance(module, UnipSelfAttention) and int(module.head_count) != module.num_heads:
                 raise ValueError(head_count_error(name, int(module.head_count), module.num_heads))
+        result.freeze_fixed_parts()
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
@@ -732,13 +743,18 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
         self.auxiliary_head = None
         if config.decode_head == "linear_probe":
             self.decode_head = UnipLinearProbeHead(config)
-            self.unip.requires_grad_(False)
         else:
             self.neck = UnipFeaturePyramid(config)
             self.decode_head = UnipUperHead(config, config.hidden_size)
             if config.use_auxiliary_head:
                 self.auxiliary_head = UnipFCNHead(config)
         self.post_init()
+        self.freeze_fixed_parts()
+
+    def freeze_fixed_parts(self) -> None:
+        """A linear probe's backbone is frozen: only the 1x1 head trains (and only it is seen by optimizers and DDP)."""
+        if self.config.decode_head == "linear_probe":
+            self.unip.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
