@@ -165,6 +165,64 @@ def test_linear_probe_trains_only_the_head(scenes, tmp_path):
     assert results[0]["task"] == "linear-probe" and result.task == "semantic"
 
 
+
+def backbone_checkpoint(path, **overrides):
+    from unip_hf import UnipViTModel
+
+    torch.manual_seed(0)
+    UnipViTModel(tiny_config(**overrides)).save_pretrained(path)
+    return str(path)
+
+
+def test_finetuning_from_a_checkpoint_keeps_the_sincos_table_fixed(tmp_path):
+    """Loaded with `from_pretrained`, the fixed table is no trainable parameter: not in the optimizer, unchanged after
+    3 steps at the checkpoint's size; at another crop size every optimised parameter gets a gradient (what DDP
+    needs)."""
+    from unip_hf.finetuning import freeze_unused_backbone_parameters
+    from unip_hf.modeling_unip import sincos_position_embedding
+
+    source = backbone_checkpoint(tmp_path / "backbone")
+    labels = {0: "bg", 1: "fg"}
+    for crop in (32, 24):
+        model = build_model(ModelArguments(model_name_or_path=source), labels, crop)
+        freeze_unused_backbone_parameters(model)
+        optimizer = create_optimizer(model, 1e-2, lr_scale_fn=lambda n: layer_decay_scale(n, 2, 0.85))
+        optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        table = model.unip.embeddings.position_embeddings
+        assert id(table) not in optimised and not table.requires_grad
+        for step in range(3):
+            pixels = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(step))
+            labels_map = torch.randint(0, 2, (2, crop, crop), generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            model(pixel_values=pixels, labels=labels_map).loss.backward()
+            without_grad = [n for n, p in model.named_parameters() if id(p) in optimised and p.grad is None]
+            assert not without_grad, without_grad
+            optimizer.step()
+        assert torch.equal(model.unip.embeddings.position_embeddings, sincos_position_embedding(32, 4, 4))
+
+
+def test_linear_probe_reports_and_optimises_only_the_head(scenes, tmp_path, capsys):
+    """From a checkpoint (whose loaded weights transformers makes trainable), the probe's backbone is frozen, absent
+    from the optimizer and the printed count is the 1x1 head's."""
+    source = backbone_checkpoint(tmp_path / "backbone")
+    labels = {0: "bg", 1: "fg"}
+    probe = build_model(ModelArguments(model_name_or_path=source, mode="linear_probe"), labels, 32)
+    head = sum(p.numel() for p in probe.decode_head.parameters())
+    assert head == 32 * 4 * 2 + 2  # four tapped maps of 32 channels -> 2 classes
+    assert sum(p.numel() for p in probe.parameters() if p.requires_grad) == head
+    optimizer = create_optimizer(probe, 1e-3)
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == head
+    assert not any(name.startswith("unip.") for g in layer_decay_groups(probe, 0.05, 0.85) for name in g["names"])
+
+    model, data, train = arguments(scenes, str(tmp_path / "probe"), mode="linear_probe")
+    model.model_name_or_path, model.config_overrides = source, None
+    reset_accelerate()
+    capsys.readouterr()
+    run_finetuning(model, data, train)
+    printed = capsys.readouterr().out
+    heads = sum(p.numel() for p in UnipForSemanticSegmentation.from_pretrained(tmp_path / "probe").decode_head.parameters())
+    assert f"{heads:,} trainable parameters" in printed, printed
+
 # ------------------------------------------------------------------------------------------------- inference
 def test_slide_with_one_window_equals_whole_image():
     model = UnipForSemanticSegmentation(tiny_config()).eval()

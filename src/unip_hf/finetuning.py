@@ -843,6 +843,7 @@ def run_finetuning(
     ignore_index = int(meta.get("ignore_index", 255))
 
     model = build_model(model_args, id2label, data.crop_size, task)
+    model.freeze_fixed_parts()  # a probe's backbone: requires_grad False before the optimizer and DDP see it
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
     config = model.config
     img_scale = parse_img_scale(data.img_scale, data.crop_size)
@@ -882,9 +883,12 @@ def run_finetuning(
         flat = {k: v for part in (model_args, data, train) for k, v in dataclasses.asdict(part).items()
                 if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("unip-finetune", config=flat)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # what trains is what the optimizer holds: the parameters that require a gradient and are used (the frozen
+    # ones, a probe's backbone or the unused blocks, are neither in the optimizer nor seen by DDP)
+    trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     accelerator.print(
-        f"{model_args.mode} {config.decode_head} ({trainable / 1e6:.2f}M trainable parameters"
+        f"{model_args.mode} {config.decode_head} ({trainable:,} trainable parameters of "
+        f"{sum(p.numel() for p in model.parameters()):,}"
         + (f"; unused and frozen: {', '.join(sorted({n.rsplit('.', 1)[0] for n in frozen}))}" if frozen else "")
         + f") on {data.dataset}: {len(dataset)} train / {len(eval_dataset)} {eval_split} images, task {task}; "
         f"{max_steps} steps, total batch {total_batch}, peak lr {learning_rate:.3g}, warm-up {warmup}, "
