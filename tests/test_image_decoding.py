@@ -250,3 +250,48 @@ def test_analysis_preprocessing_uses_the_processor_decoding():
     out = SimplePreprocessor(32, num_channels=1)([Image.fromarray(raw)])[0, 0].numpy()
     expected = (decode_intensity(Image.fromarray(raw)) - INFRARED_MEAN) / INFRARED_STD
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------ InfMix and pre-training read the same way
+def test_infmix_build_decodes_like_training(tmp_path):
+    from unip_hf.data import InfMix
+
+    root = tmp_path / "root"
+    (root / "infrared" / "cam").mkdir(parents=True)
+    (root / "rgb" / "photos").mkdir(parents=True)
+    Image.fromarray(_float_ramp(), mode="F").save(root / "infrared" / "cam" / "ramp.tif")
+    bad = _float_ramp()
+    bad[1, 1] = np.inf
+    Image.fromarray(bad, mode="F").save(root / "infrared" / "cam" / "inf.tif")
+    _truncated_png(root / "infrared" / "cam" / "cut.png")
+    yy, xx = np.mgrid[0:24, 0:40]
+    colour = np.stack([xx * 6, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    image = Image.fromarray(colour)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(root / "rgb" / "photos" / "turned.png", exif=exif.tobytes())
+
+    builder = InfMix(config_name="full", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    ds = builder.as_dataset("train")
+    unreadable = {os.path.basename(item["file"]): item["error"] for item in builder.report["unreadable"]}
+    assert set(unreadable) == {"inf.tif", "cut.png"} and "NaN or infinite" in unreadable["inf.tif"]
+    rows = {row["file"]: row for row in _raw(ds)}
+    np.testing.assert_array_equal(decode_intensity(rows["ramp.tif"]["image"]), _float_ramp())  # float kept
+    turned = rows["turned.png"]
+    assert (turned["width"], turned["height"]) == (24, 40)  # as displayed
+    expected = decode_intensity(str(root / "rgb" / "photos" / "turned.png"))
+    np.testing.assert_allclose(decode_intensity(turned["image"]), expected, atol=0.5 / 255 + 1e-6)  # 8-bit luma
+
+
+def test_pretraining_skips_an_oversized_image_naming_it(tmp_path, monkeypatch, caplog):
+    from unip_hf.distillation import PretrainImageDataset
+
+    for name, side in (("a.png", 8), ("huge.png", 40)):
+        Image.fromarray(np.full((side, side), 100, np.uint8)).save(tmp_path / name)
+    monkeypatch.setattr(ipu, "MAX_IMAGE_PIXELS", 1000)
+    dataset = PretrainImageDataset([str(tmp_path / "huge.png"), str(tmp_path / "a.png")],
+                                   PretrainTransform(size=8, seed=0))
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0]["pixel_values"].shape == (3, 8, 8)
+    assert dataset.skipped_at_load == 1 and "huge.png" in caplog.text and "exceeds the limit" in caplog.text

@@ -57,11 +57,11 @@ def to_working_image(image: Image.Image, image_processor=None) -> Image.Image:
 
 
 def _intensity_array(image: Image.Image) -> np.ndarray:
-    """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1])."""
+    """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1]), see `to_working_image`."""
     if image.mode == "F":
         return np.array(image, dtype=np.float32)  # a writable copy: normalisation works in place
     if image.mode != "L":
-        image = image.convert("L")
+        raise ValueError(f"expected a working image of mode L or F (see to_working_image), got mode {image.mode!r}")
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
