@@ -252,7 +252,7 @@ class InfMix(datasets.GeneratorBasedBuilder):
     over `MAX_IMAGE_PIXELS`, NaN/inf floats, 1-bit images) are skipped and listed in ``report["unreadable"]``.
     """
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (EXIF before grayscale, NaN refused)
     BUILDER_CONFIG_CLASS = InfMixConfig
     BUILDER_CONFIGS = [
         InfMixConfig(name="full", grayscale=True, description="all sources, RGB converted to grayscale (paper)"),

@@ -219,7 +219,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
     """
 
     SPEC: SegmentationSpec = SegmentationSpec("generic", ("background", "foreground"))
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (float kept, EXIF, skipped pairs)
     DEFAULT_WRITER_BATCH_SIZE = 100
 
     def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False, **kwargs):
