@@ -166,7 +166,7 @@ def load_infrared_image(
         if not os.path.isfile(source):
             what = " (a dangling symbolic link)" if os.path.islink(source) else ""
             raise InfraredImageError(
-                f"Received the path {source!r}{what}, but no such image file was found; {_ACCEPTED_IMAGES}."
+                f"Received the path {source!r}{what}, but no such image file was found."
             )
     else:
         raise ValueError(f"Received {_describe(image)}; {_ACCEPTED_IMAGES}.")
