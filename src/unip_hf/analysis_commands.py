@@ -61,7 +61,6 @@ def run_analyze_attention(args: argparse.Namespace) -> int:
         default_map_layers,
         default_queries,
         find_images,
-        open_image,
         plot_attention_maps,
         plot_layer_curves,
         query_attention_maps,
@@ -95,9 +94,9 @@ def run_analyze_attention(args: argparse.Namespace) -> int:
     if bad:
         raise SystemExit(f"error: --map-layers {bad} out of range 0..{report.num_layers - 1}")
     queries = default_queries(report.grid_size)
-    example = _first_readable(paths, open_image)
-    maps, intensity = query_attention_maps(model, example, layers, queries, image_size=args.image_size,
-                                           image_processor=processor)
+    example, (maps, intensity) = _first_readable(
+        paths, lambda image: query_attention_maps(model, image, layers, queries, image_size=args.image_size,
+                                                  image_processor=processor))
     plot_attention_maps(maps, intensity, layers, queries, labels=[report.labels[i] for i in layers],
                         path=out / "attention_maps.png", teacher_layer=report.teacher_layer,
                         title=f"{Path(args.model).name or args.model}: per-query attention on {Path(str(example.filename or 'image')).name}")
@@ -107,12 +106,14 @@ def run_analyze_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_readable(paths, opener):
+def _first_readable(paths, measure):
+    """The first of `paths` that decodes (skipping those the analysis skipped) and `measure` of it."""
+    from .image_processing_unip import InfraredImageError, load_infrared_image  # noqa: PLC0415
+
     for path in paths:
         try:
-            image = opener(path)
-        except Exception:  # noqa: BLE001
+            image = load_infrared_image(path)
+            return image, measure(image)
+        except InfraredImageError:  # unreadable, truncated, non-finite, too large: named in the report already
             continue
-        image.filename = str(path)
-        return image
     raise SystemExit("error: none of the images could be read")

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_processing_unip import INFRARED_MEAN as UNIP_MEAN
+from .image_processing_unip import INFRARED_STD as UNIP_STD
+from .image_processing_unip import UnipImageProcessor, decode_intensity, load_infrared_image
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-# Normalisation of the UNIP pre-training (grayscale images, see DESIGN.md).
-UNIP_MEAN = 0.3801
-UNIP_STD = 0.1871
 PATTERNS = ("local", "hybrid", "global")
 _TINY = 1e-30
 
@@ -565,7 +566,7 @@ def find_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
             for root, _dirs, names in os.walk(p, followlinks=True):
                 files.extend(Path(root) / n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
             candidates = sorted(files)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a dangling link is a file given (skipped and named when read)
             candidates = [p]
         else:
             raise FileNotFoundError(f"no such image file or folder: {p}")
@@ -586,27 +587,12 @@ def _spread_order(n: int, k: int | None) -> list[int]:
     return first + rest
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully (raises on unreadable files)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.copy()
-
-
-def to_intensity(image: Image.Image) -> np.ndarray:
-    """A float32 intensity array in [0, 1]: 8-bit images divided by 255, 16/32-bit and float images min-max scaled."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-
-
 class SimplePreprocessor:
-    """Grayscale -> resize -> normalise -> replicate channels (the UNIP input pipeline).
+    """Intensity -> resize -> normalise -> replicate channels (the UNIP input pipeline).
 
-    Used when no package or model image processor applies. Every image becomes intensity (as UNIP does for all of its
-    pre-training data), so RGB models see a gray image repeated on their three channels.
+    Used when no package or model image processor applies. Every image becomes intensity through the package's one
+    decoding function (`decode_intensity`: 8-bit / 255, colour through luma, 16-bit percentile stretch, float kept),
+    as UNIP does for all of its pre-training data, so RGB models see a gray image repeated on their three channels.
 
     Args:
         image_size: Output side (square).
@@ -625,21 +611,12 @@ class SimplePreprocessor:
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         arrays = []
         for im in images:
-            arr = to_intensity(im)
+            arr = decode_intensity(im)
             resized = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32)).resize((self.image_size, self.image_size), Image.BILINEAR)
             arrays.append(np.asarray(resized, dtype=np.float32))
         x = torch.from_numpy(np.stack(arrays)).unsqueeze(1).clamp(0.0, 1.0)
         x = x.expand(-1, self.num_channels, -1, -1)
         return (x - self.mean) / self.std
-
-
-def _unip_processor_class():
-    """The package's `UnipImageProcessor`, or `None` when it cannot be imported."""
-    try:
-        from .image_processing_unip import UnipImageProcessor  # noqa: PLC0415
-    except Exception:  # noqa: BLE001
-        return None
-    return UnipImageProcessor
 
 
 def _processor_callable(image_processor, model_config, image_size: int, num_channels: int):
@@ -652,13 +629,12 @@ def _processor_callable(image_processor, model_config, image_size: int, num_chan
       that every model sees the same grayscale image on the same patch grid;
     - otherwise `SimplePreprocessor` with UNIP's statistics.
     """
-    unip_cls = _unip_processor_class()
-    is_unip_processor = unip_cls is not None and isinstance(image_processor, unip_cls)
+    is_unip_processor = isinstance(image_processor, UnipImageProcessor)
     if image_processor is not None and not is_unip_processor and not hasattr(image_processor, "image_mean"):
         if callable(image_processor):
             return image_processor
-    if image_processor is None and unip_cls is not None and getattr(model_config, "model_type", None) == "unip":
-        image_processor, is_unip_processor = unip_cls(num_channels=num_channels), True
+    if image_processor is None and getattr(model_config, "model_type", None) == "unip":
+        image_processor, is_unip_processor = UnipImageProcessor(num_channels=num_channels), True
     if is_unip_processor:
         def run_unip(images):
             out = image_processor(
@@ -830,23 +806,23 @@ def _batches(images, image_size: int, batch_size: int, num_images: int | None, p
         if num_images is not None and used >= num_images:
             break
         item = items[idx]
-        if isinstance(item, Image.Image):
-            im, name = item, f"image[{idx}]"
-        else:
-            try:
-                im, name = open_image(item), str(item)
-            except Exception as err:  # noqa: BLE001
-                logger.warning("skipping unreadable image %s (%s)", item, err)
-                skipped.append(f"{item}: {type(err).__name__}")
-                continue
-        batch.append(im)
+        name = f"image[{idx}]" if isinstance(item, Image.Image) else str(item)
+        try:  # each image on its own, so that one unreadable or non-finite file is skipped, not the batch
+            pixel_values = preprocess([load_infrared_image(item)])
+        except Exception as err:  # noqa: BLE001 - any decoding failure: skip, name and count
+            reason = str(err)
+            reason = reason[len(name) + 2:] if reason.startswith(f"{name}: ") else reason
+            logger.warning("skipping unreadable image %s (%s: %s)", name, type(err).__name__, reason)
+            skipped.append(f"{name}: {type(err).__name__}: {reason}")
+            continue
+        batch.append(pixel_values)
         names.append(name)
         used += 1
         if len(batch) == batch_size:
-            yield preprocess(batch), names
+            yield torch.cat(batch), names
             batch, names = [], []
     if batch:
-        yield preprocess(batch), names
+        yield torch.cat(batch), names
     if used == 0:
         raise ValueError(f"none of the {len(items)} images could be read ({len(skipped)} unreadable)")
     return skipped
@@ -1007,9 +983,9 @@ def query_attention_maps(
         gray = pixel_values[0].float().mean(0)
         intensity = ((gray - gray.min()) / (gray.max() - gray.min()).clamp_min(1e-8)).numpy()
     else:
-        pil = open_image(image) if not isinstance(image, Image.Image) else image
+        pil = load_infrared_image(image)
         pixel_values = _processor_callable(image_processor, config, size, num_channels)([pil])
-        intensity = np.asarray(Image.fromarray(np.ascontiguousarray(to_intensity(pil), dtype=np.float32)).resize((size, size), Image.BILINEAR))
+        intensity = np.asarray(Image.fromarray(decode_intensity(pil)).resize((size, size), Image.BILINEAR))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

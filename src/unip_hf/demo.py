@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .image_processing_unip import decode_intensity, load_infrared_image
+
 __all__ = ["DemoResult", "overlay_panels", "register", "run_demo"]
 
 #: The tiny model of the synthetic demo (a few hundred thousand parameters, patch 8).
@@ -66,13 +68,7 @@ def overlay_panels(image: Image.Image, prediction: np.ndarray, id2label: dict[in
         alpha (`float`, *optional*, defaults to 0.5): colour opacity.
         scale (`int`, *optional*, defaults to 1): nearest-neighbour magnification of small images.
     """
-    from .data import to_intensity
-
-    gray = to_intensity(image)
-    if gray.mode != "L":
-        array = np.asarray(gray, dtype=np.float32)
-        low, high = np.percentile(array, (1, 99))
-        gray = Image.fromarray(np.clip((array - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8))
+    gray = Image.fromarray(np.rint(decode_intensity(image) * 255).astype(np.uint8))
     base = np.asarray(gray.convert("RGB"), dtype=np.float32)
     colours = np.asarray(_palette(id2label, palette), dtype=np.float32)
 
@@ -203,12 +199,9 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
 
     undecoded = datasets.Image(decode=False)
     raw = eval_split.cast_column("image", undecoded).cast_column("label", undecoded)
-    from .data.transforms import open_image
-
     example = raw[0]
-    image = open_image(example["image"])
-    image.load()
-    reference = np.asarray(open_image(example["label"]), dtype=np.int64)
+    image = load_infrared_image(example["image"])
+    reference = np.asarray(load_infrared_image(example["label"]), dtype=np.int64)
     segments = segmenter(image.convert("L") if image.mode not in ("L", "RGB") else image)
     label2id = {name: index for index, name in id2label.items()}
     prediction = np.zeros((image.size[1], image.size[0]), dtype=np.int64)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .configuration_unip import UnipConfig
+from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .training import (
     EpochSampler,
@@ -644,8 +645,8 @@ class PretrainDataArguments:
     image_column: str = field(default="image")
     image_size: int = field(default=224)
     crop_min_scale: float = field(default=0.2)
-    image_mean: float = field(default=0.3801)
-    image_std: float = field(default=0.1871)
+    image_mean: float = field(default=INFRARED_MEAN)
+    image_std: float = field(default=INFRARED_STD)
     num_channels: int = field(default=3)
 
 
@@ -867,8 +868,6 @@ def _model_card(output_dir: str, summary: dict[str, Any], data: PretrainDataArgu
 def save_pretrained_student(student: UnipViTModel, output_dir: str, summary: dict[str, Any],
                             data: PretrainDataArguments, train: PretrainingArguments) -> None:
     """Save the student backbone, its image processor, `pretraining_summary.json` and the model card."""
-    from .image_processing_unip import UnipImageProcessor
-
     student.save_pretrained(output_dir)
     processor = UnipImageProcessor.from_model_config(student.config, image_mean=[data.image_mean] * data.num_channels,
                                                      image_std=[data.image_std] * data.num_channels)

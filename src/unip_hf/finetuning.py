@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, load_infrared_image
 from .training import (
     EpochSampler,
     NonFiniteLossError,
@@ -249,12 +250,12 @@ class EvalSegmentationDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .data.transforms import SegmentationEvalTransform, open_image
+        from .data.transforms import SegmentationEvalTransform
 
         example = self.dataset[int(index)]
         size = None
         if self.img_scale is not None:
-            width, height = open_image(example["image"]).size
+            width, height = load_infrared_image(example["image"]).size
             size = rescale_size(width, height, self.img_scale)
         out = SegmentationEvalTransform(size=size, num_channels=self.num_channels)(example["image"], example["label"])
         out["id"] = example.get("id", str(index))
@@ -487,14 +488,12 @@ def chance_metrics(dataset: Dataset, task: str, num_labels: int, ignore_index: i
 
 def class_frequencies(dataset, num_labels: int, ignore_index: int = 255, max_images: int = 64) -> list[float]:
     """Pixel share of each class in (up to `max_images` of) a data set's labels."""
-    from .data.transforms import open_image
-
     counts = np.zeros(num_labels, dtype=np.float64)
     import datasets
 
     raw = dataset.cast_column("label", datasets.Image(decode=False))
     for index in range(min(len(raw), max_images)):
-        label = np.asarray(open_image(raw[index]["label"]), dtype=np.int64)
+        label = np.asarray(load_infrared_image(raw[index]["label"]), dtype=np.int64)
         label = label[label != ignore_index]
         counts += np.bincount(label[label < num_labels], minlength=num_labels)[:num_labels]
     return (counts / max(counts.sum(), 1.0)).tolist()
@@ -708,22 +707,19 @@ def make_processor(config, size: tuple[int, int] | None = None):
         size (`tuple[int, int]`, *optional*): `(height, width)` the processor resizes to: the evaluation resolution,
             so that `pipeline("image-segmentation")` sees images at the scale the model was trained and evaluated on.
     """
-    from .data.transforms import UNIP_MEAN, UNIP_STD
     from .image_processing_unip import UnipImageProcessor
 
     channels = config.num_channels
     kwargs = {"size": {"height": int(size[0]), "width": int(size[1])}} if size else {}
-    return UnipImageProcessor.from_model_config(config, image_mean=[UNIP_MEAN] * channels,
-                                                image_std=[UNIP_STD] * channels, **kwargs)
+    return UnipImageProcessor.from_model_config(config, image_mean=[INFRARED_MEAN] * channels,
+                                                image_std=[INFRARED_STD] * channels, **kwargs)
 
 
 def processor_size(dataset: "EvalSegmentationDataset", patch_size: int) -> tuple[int, int] | None:
     """Evaluation resolution of the first image of `dataset`, rounded to multiples of the patch size."""
-    from .data.transforms import open_image
-
     if len(dataset) == 0:
         return None
-    width, height = open_image(dataset.dataset[0]["image"]).size
+    width, height = load_infrared_image(dataset.dataset[0]["image"]).size
     if dataset.img_scale is not None:
         height, width = rescale_size(width, height, dataset.img_scale)
     return (max(patch_size, round(height / patch_size) * patch_size),

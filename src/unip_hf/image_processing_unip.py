@@ -24,12 +24,18 @@ Refused as images (`ValueError` naming what was received and what is accepted): 
 other dtypes than uint8/uint16 (int32/int64 arrays are label maps: pass them as `segmentation_maps=`), PIL mode `1`,
 arrays with 2 or 5+ channels, arrays that are not 2-D or 3-D (batches go in a list or a 4-D array), empty images, and
 float data containing NaN or infinity.
+
+This module owns the decoding of the whole package: `load_infrared_image` opens files (EXIF orientation applied,
+`MAX_IMAGE_PIXELS` enforced, unreadable/truncated files an `InfraredImageError` naming the file) and
+`decode_intensity` turns any input into the intensity above; the data builders, the training/evaluation transforms
+and the attention analysis call these two functions.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +67,14 @@ INFRARED_STD = 0.1871
 # ITU-R BT.601 luma weights (the weights PIL uses for RGB -> L).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 BIT_DEPTH_SCALINGS = ("percentile", "fixed")
+#: Percentiles of the default per-image stretch of 16-bit data.
+DEFAULT_PERCENTILES = (1.0, 99.0)
+#: Largest image, in pixels (width x height), that `load_infrared_image` decodes: 64 megapixels (an 8000x8000 frame;
+#: infrared cameras deliver at most a few megapixels). A larger file is refused with an `InfraredImageError` naming it,
+#: before its pixels are decoded. Pass `max_pixels=` to the functions of this module, or set this attribute, to
+#: change it (0 or `None` disables the check; PIL's own decompression-bomb limit of about 179 megapixels still holds).
+MAX_IMAGE_PIXELS = 64_000_000
+_EXIF_ORIENTATION = 0x0112
 
 _ACCEPTED_IMAGES = (
     "accepted images: PIL images of mode L, LA, P, PA, RGB, RGBA, I;16, I;16B, I;16L, I or F (other colour modes are "
@@ -85,25 +99,107 @@ def _describe(obj: Any) -> str:
     return f"an object of type {type(obj).__name__}"
 
 
-def load_infrared_image(path: str | os.PathLike) -> PIL.Image.Image:
+class InfraredImageError(ValueError):
+    """An image that cannot be used (missing, unreadable, truncated, too large, wrong kind, NaN/inf); the message
+    starts with the file name. Data builders and the attention analysis skip, name and count such files."""
+
+
+def _source_name(image: Any, name: str | None = None) -> str | None:
+    """The name used in error messages: `name`, else the file path, else `None` (in-memory arrays)."""
+    if name:
+        return str(name)
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, dict):
+        return str(image["path"]) if image.get("path") else "<image bytes>"
+    if isinstance(image, (bytes, bytearray)):
+        return "<image bytes>"
+    if isinstance(image, PIL.Image.Image) and getattr(image, "filename", ""):
+        return str(image.filename)
+    return None
+
+
+def load_infrared_image(
+    image: str | os.PathLike | bytes | dict | PIL.Image.Image,
+    *,
+    max_pixels: int | None = None,
+    name: str | None = None,
+    draft: Callable[[int, int], tuple[int, int] | None] | None = None,
+) -> PIL.Image.Image:
     """Open an image file keeping its mode and bit depth (no RGB conversion, unlike transformers' `load_image`).
 
-    The EXIF orientation is applied. 16-bit PNG/TIFF files stay `I;16`/`I`, float TIFFs stay `F`.
+    The EXIF orientation is applied (as `datasets` and transformers' `load_image` do). 16-bit PNG/TIFF files stay
+    `I;16`/`I`, float TIFFs stay `F`. The pixel count is checked against `max_pixels` from the header, before any pixel
+    is decoded. A PIL image is returned as given (its pixels were decoded by the caller).
 
     Args:
-        path (`str` or `os.PathLike`):
-            Path of a local image file.
+        image (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`):
+            Path of a local image file, the encoded bytes, or a `datasets` image dict (`{"bytes", "path"}`).
+        max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Largest accepted width x height; 0 disables the check.
+        name (`str`, *optional*):
+            Name of the image in error messages (default: its path).
+        draft (`Callable`, *optional*):
+            Called once with the (width, height) of the image as it will be returned, before its pixels are decoded;
+            for a JPEG, a returned (width, height) is the smallest size needed, and the file is decoded straight to
+            8-bit luma at the largest reduced scale (1/2, 1/4, 1/8) that still covers it (PIL's `draft`).
 
     Returns:
-        `PIL.Image.Image`: the decoded image, fully loaded.
+        `PIL.Image.Image`: the decoded image, fully loaded, with `filename` set to its name.
+
+    Raises:
+        InfraredImageError: the file does not exist, is not an image, is truncated or corrupt, or is too large.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Received the path {path!r}, but no such image file was found; {_ACCEPTED_IMAGES}.")
-    with PIL.Image.open(path) as image:
-        image.load()
-        transposed = PIL.ImageOps.exif_transpose(image)
-        return transposed if transposed is not image else image.copy()
+    if isinstance(image, PIL.Image.Image):
+        if draft is not None:
+            draft(*image.size)
+        return image
+    label = _source_name(image, name)
+    if isinstance(image, dict):
+        if image.get("bytes") is None and not image.get("path"):
+            raise ValueError(f"Received an image dict without 'bytes' or 'path' ({sorted(image)}); {_ACCEPTED_IMAGES}.")
+        image = image["bytes"] if image.get("bytes") is not None else image["path"]
+    if isinstance(image, (bytes, bytearray)):
+        source: Any = io.BytesIO(image)
+    elif isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        if not os.path.isfile(source):
+            what = " (a dangling symbolic link)" if os.path.islink(source) else ""
+            raise InfraredImageError(
+                f"Received the path {source!r}{what}, but no such image file was found."
+            )
+    else:
+        raise ValueError(f"Received {_describe(image)}; {_ACCEPTED_IMAGES}.")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        opened = PIL.Image.open(source)
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds; all mean "not an image we can read"
+        raise InfraredImageError(f"{label}: cannot be read as an image ({type(err).__name__}: {err})") from err
+    with opened:
+        width, height = opened.size
+        if limit and width * height > limit:
+            raise InfraredImageError(
+                f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels "
+                f"({limit / 1e6:g} megapixels; raise it with max_pixels= or "
+                "unip_hf.image_processing_unip.MAX_IMAGE_PIXELS, or downscale/tile the image)."
+            )
+        try:
+            if draft is not None and opened.format == "JPEG":
+                swapped = opened.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+                wanted = draft(*((height, width) if swapped else (width, height)))
+                if wanted is not None:
+                    opened.draft("L", (wanted[1], wanted[0]) if swapped else tuple(wanted))
+                draft = None
+            opened.load()
+            decoded = PIL.ImageOps.exif_transpose(opened)
+        except Exception as err:  # noqa: BLE001
+            raise InfraredImageError(
+                f"{label}: cannot be decoded, the file is truncated or corrupt ({type(err).__name__}: {err})"
+            ) from err
+    decoded.filename = label
+    if draft is not None:
+        draft(*decoded.size)
+    return decoded
 
 
 def _is_image_object(obj: Any) -> bool:
@@ -168,9 +264,6 @@ def _decode_image(image: Any, input_data_format: Any = None) -> tuple[np.ndarray
         `(array, kind)` with `array` of shape (H, W, 1) or (H, W, 3) and `kind` one of `"uint8"`, `"uint16"`, `"float"`.
     """
     received = _describe(image)
-    if isinstance(image, (str, os.PathLike)):
-        image = load_infrared_image(image)
-        received = _describe(image)
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"Received an empty image ({received}); images need at least one pixel.")
@@ -291,6 +384,130 @@ def _check_options(
             raise ValueError(f"`percentiles` must be (lo, hi) with 0 <= lo < hi <= 100, got {percentiles!r}.")
 
 
+def decode_intensity(
+    image: Any,
+    *,
+    bit_depth_scaling: str = "percentile",
+    intensity_range: Sequence[float] | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    do_rescale: bool = True,
+    rescale_factor: float = 1 / 255,
+    input_data_format: str | ChannelDimension | None = None,
+    max_pixels: int | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode one image (file, bytes, `datasets` dict, PIL image, array or tensor) into float32 intensity (H, W).
+
+    The one decoding function of the package (see the module docstring for the mapping of every input kind):
+    `UnipImageProcessor.to_intensity`, the data builders, the training and evaluation transforms and the attention
+    analysis all call it, so that training, evaluation and inference see the same intensities.
+
+    Args:
+        image:
+            One image; files are opened with `load_infrared_image` (EXIF orientation, pixel limit).
+        bit_depth_scaling (`str`, *optional*, defaults to `"percentile"`):
+            16-bit data: per-image stretch between `percentiles`, or `"fixed"` (`intensity_range`, default 0-65535).
+        intensity_range (`Sequence[float]`, *optional*):
+            `(lo, hi)` mapped to 0 and 1, for 16-bit data under `"fixed"` and for float data (default: float data are
+            taken as already in [0, 1] and clipped to it).
+        percentiles (`Sequence[float]`, *optional*, defaults to `(1, 99)`):
+            Percentiles of the `"percentile"` stretch.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            `False` returns the raw values (luma for colour) as float32.
+        rescale_factor (`float`, *optional*, defaults to 1/255):
+            Factor applied to 8-bit data.
+        input_data_format (`ChannelDimension` or `str`, *optional*):
+            Channel layout of a 3-D array input; guessed when not given (channels-last first for numpy,
+            channels-first first for torch).
+        max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Pixel limit for files.
+        name (`str`, *optional*):
+            Name of the image in error messages (default: its path).
+
+    Returns:
+        `np.ndarray`: float32 array of shape (H, W), in [0, 1] when `do_rescale`.
+
+    Raises:
+        InfraredImageError: a file that cannot be used (see `load_infrared_image`), or whose content is refused
+            (wrong kind, NaN/inf); the message starts with the file name.
+        ValueError: an in-memory input that is refused, naming what was received.
+    """
+    _check_options(None, bit_depth_scaling, intensity_range, percentiles)
+    label = _source_name(image, name)
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, dict)):
+        image = load_infrared_image(image, max_pixels=max_pixels, name=label)
+    try:
+        array, kind = _decode_image(image, input_data_format)
+    except InfraredImageError:
+        raise
+    except ValueError as err:
+        if label is None:
+            raise
+        raise InfraredImageError(f"{label}: {err}") from None
+    x = _intensity(array)
+    if kind == "float" and not np.isfinite(x).all():
+        what = label if label is not None else f"Received {_describe(image)}"
+        raise InfraredImageError(f"{what}: contains NaN or infinite values; float images must be finite.")
+    if not do_rescale:
+        return x
+    if kind == "uint8":
+        x *= np.float32(rescale_factor)
+    elif kind == "uint16":
+        # percentiles of single-channel uint16 data come from the integers themselves (histogram, exact and fast)
+        stats_source = array[..., 0] if array.shape[-1] == 1 and array.dtype.kind == "u" else x
+        lo, hi = None, None
+        if bit_depth_scaling == "percentile":
+            lo, hi = _percentiles(stats_source, percentiles)
+            if not hi > lo:
+                lo, hi = None, None
+        if lo is None:
+            lo, hi = (0.0, 65535.0) if intensity_range is None else (float(v) for v in intensity_range)
+        _stretch(x, lo, hi)
+    else:
+        if intensity_range is not None:
+            _stretch(x, float(intensity_range[0]), float(intensity_range[1]))
+        else:
+            if x.min() < -1e-3 or x.max() > 1.0 + 1e-3:
+                logger.warning_once(
+                    "UnipImageProcessor: float input outside [0, 1] was clipped; float data are taken as already "
+                    "scaled to [0, 1]. Pass `intensity_range=(lo, hi)` for other ranges (e.g. temperatures)."
+                )
+            np.clip(x, 0.0, 1.0, out=x)
+    return x
+
+
+def to_intensity_image(image: Any, *, max_pixels: int | None = None, name: str | None = None) -> PIL.Image.Image:
+    """One-channel PIL image keeping the raw values of an image file (or PIL image), for storing data sets.
+
+    `decode_intensity` gives the same result on it as on the original: 8-bit data become `L` (colour through the same
+    ITU-R 601 luma, rounded to 8 bits, which is exact for gray images stored as RGB), 16-bit data `I;16` (PIL `I`
+    values outside 0..65535 stay `I`), float data stay `F` (checked finite). Store `F` and `I` images as TIFF.
+
+    Args:
+        image (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`):
+            As for `load_infrared_image`.
+        max_pixels, name:
+            As for `load_infrared_image`.
+
+    Raises:
+        InfraredImageError: as `decode_intensity`, naming the file.
+    """
+    label = _source_name(image, name)
+    image = load_infrared_image(image, max_pixels=max_pixels, name=label)
+    mode = image.mode
+    if mode in ("L", "I;16"):
+        return image
+    if mode in _INT16_PIL_MODES:
+        values = np.asarray(image)
+        if mode != "I" or (values.size and values.min() >= 0 and values.max() <= 65535):
+            return PIL.Image.fromarray(values.astype(np.uint16))
+        return image
+    raw = decode_intensity(image, do_rescale=False, name=label)  # refuses what the processor refuses (NaN, mode 1)
+    if mode == "F":
+        return image
+    return PIL.Image.fromarray(np.clip(np.rint(raw), 0, 255).astype(np.uint8), mode="L")
+
+
 class UnipImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     num_channels (`int`, *optional*, defaults to `self.num_channels`):
@@ -385,7 +602,7 @@ class UnipImageProcessor(PilBackend):
     num_channels = 3
     bit_depth_scaling = "percentile"
     intensity_range = None
-    percentiles = (1.0, 99.0)
+    percentiles = DEFAULT_PERCENTILES
 
     def __init__(self, **kwargs: Unpack[UnipImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -481,7 +698,8 @@ class UnipImageProcessor(PilBackend):
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
         if images is None:
             raise ValueError(f"Received no images (None); {_ACCEPTED_IMAGES}.")
-        return _flatten_inputs(self.fetch_images(images), batch_ndim=expected_ndims + 1, what="images")
+        # URLs are fetched here; local paths stay paths, so that `decode_intensity` names the file in its errors
+        return _flatten_inputs(_fetch_urls(self, images), batch_ndim=expected_ndims + 1, what="images")
 
     # ------------------------------------------------------------------ per-image decoding
     def to_intensity(
@@ -496,9 +714,11 @@ class UnipImageProcessor(PilBackend):
     ) -> np.ndarray:
         """Decode one image into float32 intensity of shape (H, W), in [0, 1] when `do_rescale` (the default).
 
+        The processor's settings applied to the package's one decoding function, `decode_intensity`.
+
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or `os.PathLike`):
-                One image (see the module docstring for the accepted kinds).
+                One image (see the module docstring for the accepted kinds); files named in errors.
             bit_depth_scaling, intensity_range, percentiles, do_rescale, rescale_factor:
                 Override the processor's values for this image.
             input_data_format (`ChannelDimension` or `str`, *optional*):
@@ -508,44 +728,15 @@ class UnipImageProcessor(PilBackend):
         Returns:
             `np.ndarray`: float32 array of shape (H, W).
         """
-        bit_depth_scaling = self.bit_depth_scaling if bit_depth_scaling is None else bit_depth_scaling
-        intensity_range = self.intensity_range if intensity_range is None else intensity_range
-        percentiles = self.percentiles if percentiles is None else percentiles
-        do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
-
-        array, kind = _decode_image(image, input_data_format)
-        x = _intensity(array)
-        # percentiles of single-channel uint16 data come from the integers themselves (histogram, exact and fast)
-        stats_source = array[..., 0] if array.shape[-1] == 1 and kind == "uint16" and array.dtype.kind == "u" else x
-        if kind == "float" and not np.isfinite(x).all():
-            raise ValueError(
-                f"Received {_describe(image)} containing NaN or infinite values; float images must be finite."
-            )
-        if not do_rescale:
-            return x
-        if kind == "uint8":
-            x *= np.float32(rescale_factor)
-        elif kind == "uint16":
-            lo, hi = None, None
-            if bit_depth_scaling == "percentile":
-                lo, hi = _percentiles(stats_source, percentiles)
-                if not hi > lo:
-                    lo, hi = None, None
-            if lo is None:
-                lo, hi = (0.0, 65535.0) if intensity_range is None else (float(v) for v in intensity_range)
-            _stretch(x, lo, hi)
-        else:
-            if intensity_range is not None:
-                _stretch(x, float(intensity_range[0]), float(intensity_range[1]))
-            else:
-                if x.min() < -1e-3 or x.max() > 1.0 + 1e-3:
-                    logger.warning_once(
-                        "UnipImageProcessor: float input outside [0, 1] was clipped; float data are taken as already "
-                        "scaled to [0, 1]. Pass `intensity_range=(lo, hi)` for other ranges (e.g. temperatures)."
-                    )
-                np.clip(x, 0.0, 1.0, out=x)
-        return x
+        return decode_intensity(
+            image,
+            bit_depth_scaling=self.bit_depth_scaling if bit_depth_scaling is None else bit_depth_scaling,
+            intensity_range=self.intensity_range if intensity_range is None else intensity_range,
+            percentiles=self.percentiles if percentiles is None else percentiles,
+            do_rescale=self.do_rescale if do_rescale is None else do_rescale,
+            rescale_factor=self.rescale_factor if rescale_factor is None else rescale_factor,
+            input_data_format=input_data_format,
+        )
 
     @staticmethod
     def image_size_of(image: Any, input_data_format: str | ChannelDimension | None = None) -> tuple[int, int]:
@@ -865,10 +1056,27 @@ class UnipImageProcessor(PilBackend):
 UnipImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
+def _fetch_urls(processor: UnipImageProcessor, images: Any) -> Any:
+    if isinstance(images, (list, tuple)):
+        return [_fetch_urls(processor, item) for item in images]
+    if isinstance(images, str) and images.startswith(("http://", "https://")):
+        return processor.fetch_images(images)
+    return images
+
+
 def _stack_if_possible(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     if len({array.shape for array in arrays}) == 1:
         return np.stack(arrays)
     return arrays
 
 
-__all__ = ["UnipImageProcessor", "load_infrared_image", "INFRARED_MEAN", "INFRARED_STD"]
+__all__ = [
+    "UnipImageProcessor",
+    "InfraredImageError",
+    "decode_intensity",
+    "load_infrared_image",
+    "to_intensity_image",
+    "INFRARED_MEAN",
+    "INFRARED_STD",
+    "MAX_IMAGE_PIXELS",
+]

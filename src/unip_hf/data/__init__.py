@@ -22,7 +22,6 @@ from .segmentation import (
     SplitFolderBuilder,
     load_segmentation_dataset,
     segmentation_metadata,
-    to_intensity,
 )
 from .synthetic import SYNTHETIC_CLASSES, make_thermal_scene, write_synthetic_dataset
 from .transforms import (
@@ -43,7 +42,7 @@ __all__ = [
     "export_parquet", "push_to_hub", "write_dataset_readme",
     "IGNORE_INDEX", "SEGMENTATION_BUILDERS", "SEGMENTATION_SPECS", "SegmentationSpec", "SegmentationBuilder",
     "SodaBuilder", "MFNetBuilder", "ScutSegBuilder", "SirstBuilder", "IrstdBuilder", "SplitFolderBuilder",
-    "MassMindBuilder", "GenericFolderBuilder", "load_segmentation_dataset", "segmentation_metadata", "to_intensity",
+    "MassMindBuilder", "GenericFolderBuilder", "load_segmentation_dataset", "segmentation_metadata",
     "SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset",
     "UNIP_MEAN", "UNIP_STD", "PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform",
     "IndexedTransformDataset", "sample_rng", "sliding_window_positions", "merge_window_logits", "sliding_window_inference",

@@ -110,6 +110,8 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
     import numpy as np
     from PIL import Image
 
+    from ..image_processing_unip import decode_intensity
+
     rows = max(1, -(-len(images) // cols))
     sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
     pal = np.zeros((256, 3), dtype=np.uint8)
@@ -117,10 +119,7 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
         pal[i] = c
     pal[255] = (255, 0, 255)
     for k, im in enumerate(images):
-        arr = np.asarray(im.convert("L") if im.mode not in ("I;16", "I", "F") else im, dtype=np.float32)
-        if im.mode in ("I;16", "I", "F"):
-            lo, hi = np.percentile(arr, (1, 99))
-            arr = np.clip((arr - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+        arr = decode_intensity(im) * 255.0  # as the model sees it (16-bit: percentile stretch)
         rgb = np.repeat(arr[..., None], 3, axis=2)
         if masks[k] is not None:
             m = np.asarray(masks[k])
@@ -171,6 +170,9 @@ def data_inspect(args: argparse.Namespace) -> int:
     }
     if by_source:
         summary["sources"] = dict(sorted(by_source.items()))
+    skipped = meta.get("skipped", [])
+    if skipped:
+        summary["skipped"] = skipped
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
@@ -178,6 +180,10 @@ def data_inspect(args: argparse.Namespace) -> int:
     sheet_path = os.path.join(args.out, "contact_sheet.png")
     sheet.save(sheet_path)
     print(f"{args.dataset} [{args.split}]: {len(ds)} examples")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable pair(s) while building (image or mask could not be decoded):")
+        for item in skipped:
+            print(f"  [{item.get('split', '?')}] {item['error']}")
     print("sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(8)))
     print("modes: " + ", ".join(f"{k} ({v})" for k, v in modes.most_common()))
     if hist:

@@ -1,8 +1,9 @@
 """InfMix, the UNIP pre-training mix (Zhang et al., "UNIP", ICLR 2025), as a `datasets` builder.
 
-Many infrared sources plus grayscale-converted RGB images, with configurable composition. This file is
-self-contained (datasets, PIL, numpy and the standard library only; PyYAML, a dependency of `datasets`
-itself, is imported lazily for YAML manifests) so that it also works as a classic loading script.
+Many infrared sources plus grayscale-converted RGB images, with configurable composition. Images are decoded by
+the package's one decoding path (`image_processing_unip.load_infrared_image` / `to_intensity_image`: EXIF
+orientation, pixel limit, NaN refused); PyYAML, a dependency of `datasets` itself, is imported lazily for YAML
+manifests.
 
 Usage (datasets 5 refuses loading scripts, so use the class directly)::
 
@@ -25,7 +26,8 @@ import os
 from typing import Any, Iterator, Optional
 
 import datasets
-from PIL import Image
+
+from ..image_processing_unip import load_infrared_image, to_intensity_image
 
 __all__ = [
     "InfMix",
@@ -245,11 +247,12 @@ class InfMix(datasets.GeneratorBasedBuilder):
         b.download_and_prepare(); ds = b.as_dataset("train")   # b.config.name == "full.exclude-llvip"
 
     Features: ``image`` (bytes), ``source``, ``modality``, ``file`` (path relative to the source folder),
-    ``mode``, ``width``, ``height`` (of the original file) and ``content_hash`` (SHA-256 of the original
-    file bytes). Files that cannot be decoded are skipped and listed in ``report["unreadable"]``.
+    ``mode`` (of the original file), ``width``, ``height`` (as decoded, EXIF orientation applied) and
+    ``content_hash`` (SHA-256 of the original file bytes). Files that the package cannot decode (corrupt, truncated,
+    over `MAX_IMAGE_PIXELS`, NaN/inf floats, 1-bit images) are skipped and listed in ``report["unreadable"]``.
     """
 
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (EXIF before grayscale, NaN refused)
     BUILDER_CONFIG_CLASS = InfMixConfig
     BUILDER_CONFIGS = [
         InfMixConfig(name="full", grayscale=True, description="all sources, RGB converted to grayscale (paper)"),
@@ -319,14 +322,15 @@ class InfMix(datasets.GeneratorBasedBuilder):
         # No lists in gen_kwargs: the sources must be read by one generator for cross-source de-duplication.
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"split": "train"})]
 
-    def _encode(self, data: bytes, modality: str) -> tuple[bytes, str, tuple[int, int]]:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # full decode: truncated or corrupt files raise here
-            mode, size = im.mode, im.size
-            if modality == "rgb" and self.config.grayscale and mode not in ("L", "I;16", "I;16B", "I", "F", "1"):
-                buf = io.BytesIO()
-                im.convert("L").save(buf, format="PNG", compress_level=1)
-                return buf.getvalue(), mode, size
+    def _encode(self, data: bytes, modality: str, path: str = "<image bytes>") -> tuple[bytes, str, tuple[int, int]]:
+        # full decode with the training-time checks: unreadable, truncated, too large or non-finite files raise here
+        image = load_infrared_image(data, name=path)
+        intensity = to_intensity_image(image, name=path)
+        mode, size = image.mode, image.size
+        if modality == "rgb" and self.config.grayscale and mode not in ("L", "I;16", "I;16B", "I", "F"):
+            buf = io.BytesIO()
+            intensity.save(buf, format="PNG", compress_level=1)  # luma of the upright image
+            return buf.getvalue(), mode, size
         return data, mode, size
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -346,7 +350,7 @@ class InfMix(datasets.GeneratorBasedBuilder):
                         row["duplicates"] += 1
                         logger.debug("duplicate %s (same bytes as %s)", path, seen[digest])
                         continue
-                    payload, mode, (w, h) = self._encode(data, s["modality"])
+                    payload, mode, (w, h) = self._encode(data, s["modality"], path)
                 except Exception as err:  # noqa: BLE001 - any decode failure is reported, never fatal
                     row["unreadable"] += 1
                     unreadable.append({"file": path, "error": f"{type(err).__name__}: {err}"})

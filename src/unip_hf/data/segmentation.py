@@ -1,8 +1,10 @@
 """Infrared segmentation data sets for UNIP fine-tuning (Zhang et al., ICLR 2025) as `datasets` builders.
 
 SODA, MFNet (thermal), SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, an ``images/{split}`` + ``masks/{split}``
-layout, colour-coded masks (MassMIND) and a generic folder layout. Every builder yields single-channel
-PNG images (luma, 16-bit kept) and PNG masks of class ids (255 = ignore), with checked masks.
+layout, colour-coded masks (MassMIND) and a generic folder layout. Every builder yields single-channel images
+decoded by `image_processing_unip` (EXIF orientation applied, luma for colour; PNG, 16-bit kept; float TIFFs stay
+float TIFFs) and PNG masks of class ids (255 = ignore), with checked masks. An image or mask that cannot be decoded
+(truncated, corrupt, NaN, over the pixel limit) skips its pair, named and counted (see `SegmentationBuilder`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -17,6 +20,8 @@ from typing import Any, Iterator, Optional
 import datasets
 import numpy as np
 from PIL import Image
+
+from ..image_processing_unip import InfraredImageError, load_infrared_image, to_intensity_image
 
 __all__ = [
     "IGNORE_INDEX",
@@ -39,10 +44,11 @@ __all__ = [
     "SEGMENTATION_BUILDERS",
     "load_segmentation_dataset",
     "segmentation_metadata",
-    "to_intensity",
     "encode_png",
     "colour_mask_to_ids",
 ]
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 METADATA_MARKER = "Segmentation metadata (JSON):"
@@ -151,33 +157,20 @@ SEGMENTATION_SPECS: dict[str, SegmentationSpec] = {
 
 
 # ----------------------------------------------------------------------------------------------- image helpers
-def to_intensity(image: Image.Image) -> Image.Image:
-    """Single-channel intensity: ITU-R 601 luma for colour modes (PIL ``convert("L")``), 16-bit kept.
-
-    Args:
-        image: any PIL image (1, L, P, RGB, RGBA, LA, I;16, I, F).
-
-    Returns:
-        An ``L`` image, or ``I;16`` for 16-bit / 32-bit integer input (32-bit values are clipped to 0..65535).
-    """
-    mode = image.mode
-    if mode in ("L", "I;16"):
-        return image
-    if mode in ("I;16B", "I;16L", "I;16N"):
-        return Image.fromarray(np.asarray(image).astype(np.uint16))
-    if mode in ("I", "F"):
-        arr = np.asarray(image)
-        return Image.fromarray(np.clip(arr, 0, 65535).astype(np.uint16))
-    if mode == "LA":
-        return image.getchannel("L")
-    return image.convert("L")
-
-
 def encode_png(array_or_image: Any) -> bytes:
     """PNG bytes of a PIL image or a 2-D uint8/uint16 array."""
     im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _encode_image(image: Image.Image) -> bytes:
+    """Lossless bytes of a stored image: PNG for `L` / `I;16`, TIFF for `F` (float) and 32-bit `I`."""
+    if image.mode not in ("F", "I"):
+        return encode_png(image)
+    buf = io.BytesIO()
+    image.save(buf, format="TIFF")
     return buf.getvalue()
 
 
@@ -208,7 +201,15 @@ def colour_mask_to_ids(rgb: np.ndarray, palette: tuple, path: str = "<mask>", ig
 
 # ----------------------------------------------------------------------------------------------- builders
 class SegmentationBuilder(datasets.GeneratorBasedBuilder):
-    """Base of the segmentation builders: yields ``image`` (PNG bytes), ``label`` (PNG of ids) and ``id``.
+    """Base of the segmentation builders: yields ``image`` (PNG bytes, TIFF for float images), ``label`` (PNG of ids)
+    and ``id``.
+
+    Images are decoded by `image_processing_unip.to_intensity_image` (the processor's decoding: EXIF orientation,
+    `MAX_IMAGE_PIXELS`, raw values kept, NaN refused), masks by `load_infrared_image`. A pair whose image or mask
+    cannot be decoded (`InfraredImageError`: truncated, corrupt, missing, too large, NaN) is skipped with a warning
+    naming the file, and listed in ``builder.skipped`` and in the metadata (``segmentation_metadata(ds)["skipped"]``,
+    ``{"split", "file", "error"}`` each); a split where every pair is skipped is a `ValueError` naming the files.
+    Wrong content that needs a decision (mask size or values, layout errors) still raises, naming the file.
 
     Subclasses set `SPEC` and implement `_splits` (available splits) and `_pairs` (image, mask paths).
     Use through `load_segmentation_dataset`, or directly::
@@ -218,7 +219,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
     """
 
     SPEC: SegmentationSpec = SegmentationSpec("generic", ("background", "foreground"))
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (float kept, EXIF, skipped pairs)
     DEFAULT_WRITER_BATCH_SIZE = 100
 
     def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False, **kwargs):
@@ -228,6 +229,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         super().__init__(*args, **kwargs)
         self.stray_counts: dict[str, int] = {}
         self.missing: list[str] = []
+        self.skipped: list[dict[str, str]] = []
 
     # -- to implement
     def _splits(self, root: str) -> list[str]:
@@ -259,15 +261,13 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in splits]
 
     def _load_image(self, path: str) -> Image.Image:
-        with Image.open(path) as im:
-            im.load()
-            return to_intensity(im)
+        return to_intensity_image(path)
 
     def _load_mask(self, path: str) -> np.ndarray:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA"):
-                raise ValueError(f"{path}: colour mask (mode {im.mode}) where a mask of class ids was expected")
-            arr = np.asarray(im.convert("L") if im.mode in ("1", "LA") else im)
+        im = load_infrared_image(path)
+        if im.mode in ("RGB", "RGBA"):
+            raise ValueError(f"{path}: colour mask (mode {im.mode}) where a mask of class ids was expected")
+        arr = np.asarray(im.convert("L") if im.mode in ("1", "LA") else im)
         if arr.ndim != 2:
             raise ValueError(f"{path}: mask must be single-channel, got shape {arr.shape}")
         return self._map_values(arr, path)
@@ -297,23 +297,45 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         return out.astype(np.uint8)
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        for img_path, mask_path in self._pairs(self._root(), split):
-            image = self._load_image(img_path)
-            mask = self._load_mask(mask_path)
+        pairs = self._pairs(self._root(), split)
+        kept, skipped_before = 0, len(self.skipped)
+        for img_path, mask_path in pairs:
+            current = img_path
+            try:
+                image = self._load_image(img_path)
+                current = mask_path
+                mask = self._load_mask(mask_path)
+            except InfraredImageError as err:
+                self.skipped.append({"split": split, "file": current, "error": str(err)})
+                logger.warning("%s: skipping the pair of %s (%s)", type(self).__name__, current, err)
+                continue
             if (mask.shape[1], mask.shape[0]) != image.size:
                 raise ValueError(
                     f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image {img_path} "
                     f"size {image.size[0]}x{image.size[1]}"
                 )
             key = os.path.splitext(os.path.basename(img_path))[0]
+            kept += 1
             yield f"{split}/{key}", {
                 "id": key,
-                "image": {"bytes": encode_png(image), "path": None},
+                "image": {"bytes": _encode_image(image), "path": None},
                 "label": {"bytes": encode_png(mask), "path": None},
             }
-        if self.stray_counts:
+        if pairs and not kept:
+            names = "; ".join(item["error"] for item in self.skipped[skipped_before:][:5])
+            raise ValueError(
+                f"{type(self).__name__}: no readable image pair in split {split!r} of {self.config.data_dir} "
+                f"({len(pairs)} skipped): {names}"
+            )
+        if len(self.skipped) > skipped_before:
+            logger.warning("%s: %d pair(s) of split %r skipped (unreadable files, listed in the metadata)",
+                           type(self).__name__, len(self.skipped) - skipped_before, split)
+        if self.stray_counts or self.skipped:
             meta = self.SPEC.to_dict()
-            meta["stray_counts"] = dict(self.stray_counts)
+            if self.stray_counts:
+                meta["stray_counts"] = dict(self.stray_counts)
+            if self.skipped:
+                meta["skipped"] = list(self.skipped)
             self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
 
 
@@ -380,9 +402,7 @@ class MFNetBuilder(_SplitFileBuilder):
     SPLIT_FILES = {"train": ("train.txt",), "val": ("val.txt",), "test": ("test.txt",)}
 
     def _load_image(self, path: str) -> Image.Image:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
+        arr = np.asarray(load_infrared_image(path))
         if arr.ndim != 3 or arr.shape[2] != 4:
             raise ValueError(f"{path}: MFNet images have 4 channels (RGB + thermal), got shape {arr.shape}")
         return Image.fromarray(np.ascontiguousarray(arr[..., 3]))
@@ -452,8 +472,7 @@ class MassMindBuilder(SegmentationBuilder):
         return pairs
 
     def _load_mask(self, path: str) -> np.ndarray:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        rgb = np.asarray(load_infrared_image(path).convert("RGB"))
         red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)
         palette = MASSMIND_ALT_PALETTE if red.any() else MASSMIND_PALETTE
         return colour_mask_to_ids(rgb, palette, path)
@@ -501,9 +520,9 @@ class GenericFolderBuilder(SegmentationBuilder):
         return [(os.path.join(img_dir, f), _find(mask_dir, os.path.splitext(f)[0], "mask")) for f in files]
 
     def _load_mask(self, path: str) -> np.ndarray:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA"):
-                return colour_mask_to_ids(np.asarray(im.convert("RGB")), self.SPEC.palette, path)
+        im = load_infrared_image(path)
+        if im.mode in ("RGB", "RGBA"):
+            return colour_mask_to_ids(np.asarray(im.convert("RGB")), self.SPEC.palette, path)
         return super()._load_mask(path)
 
 
@@ -542,12 +561,14 @@ def load_segmentation_dataset(
             instead of raising `FileNotFoundError`.
 
     Raises:
-        ValueError: a mask whose size differs from its image, or with values outside the classes (names the file).
+        ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);
+            a split in which no pair could be decoded.
         FileNotFoundError: a listed image or mask is absent (names the id and the split file).
 
     Returns:
         A `datasets.Dataset` with ``id``, ``image`` (single-channel) and ``label`` (class ids, 255 ignore);
-        its class names, palette and ignore index are in `segmentation_metadata(ds)`.
+        its class names, palette and ignore index are in `segmentation_metadata(ds)`, with the pairs skipped
+        because a file could not be decoded under ``"skipped"`` (see `SegmentationBuilder`).
     """
     key = name.lower().replace("_", "-")
     if key not in SEGMENTATION_BUILDERS:

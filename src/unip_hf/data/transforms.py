@@ -7,7 +7,6 @@ ignore 255), evaluation (resize, sliding windows). Randomness comes from a gener
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -15,12 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_processing_unip import INFRARED_MEAN as UNIP_MEAN
+from ..image_processing_unip import INFRARED_STD as UNIP_STD
+from ..image_processing_unip import decode_intensity, load_infrared_image
+
 __all__ = [
     "UNIP_MEAN",
     "UNIP_STD",
     "IGNORE_INDEX",
     "sample_rng",
-    "open_image",
     "to_working_image",
     "random_resized_crop_box",
     "PretrainTransform",
@@ -32,9 +34,6 @@ __all__ = [
     "sliding_window_inference",
 ]
 
-#: Mean and standard deviation of the UNIP pre-training normalisation (intensity in [0, 1]).
-UNIP_MEAN = 0.3801
-UNIP_STD = 0.1871
 IGNORE_INDEX = 255
 
 
@@ -43,49 +42,26 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch), int(index)])))
 
 
-def open_image(image: Any) -> Image.Image:
-    """A lazily decoded PIL image from a PIL image, bytes, a path or a `datasets` image dict."""
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        return Image.open(io.BytesIO(image))
-    return Image.open(image)
-
-
-HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
-_DEFAULT_PROCESSOR = None
-
-
-def _default_processor():
-    global _DEFAULT_PROCESSOR
-    if _DEFAULT_PROCESSOR is None:
-        from ..image_processing_unip import UnipImageProcessor
-
-        _DEFAULT_PROCESSOR = UnipImageProcessor()
-    return _DEFAULT_PROCESSOR
-
-
 def to_working_image(image: Image.Image, image_processor=None) -> Image.Image:
-    """The image in one of two working modes: 8-bit `L` (colour -> ITU-R 601 luma), or `F` already scaled to [0, 1].
+    """The image in one of two working modes: 8-bit `L`, or `F` holding its intensity in [0, 1].
 
-    High-depth images (16-bit, 32-bit integer, float) are scaled exactly as `UnipImageProcessor.to_intensity` does
-    (per-image percentile stretch or fixed range, as configured on `image_processor`, default settings otherwise),
-    on the whole image before any crop, so training views and inference see the same intensities.
+    Every mode other than `L` (colour, palette, 16-bit, float) goes through `decode_intensity`, the package's one
+    decoding function, with the 16-bit / float settings of `image_processor` (`UnipImageProcessor.to_intensity`;
+    default settings otherwise), on the whole image before any crop, so training views and inference see the same
+    intensities. `L` stays 8-bit so that crops resample in 8 bits (its intensity is the value / 255, as there).
     """
-    if image.mode in HIGH_DEPTH_MODES:
-        processor = image_processor or _default_processor()
-        return Image.fromarray(processor.to_intensity(image), mode="F")
-    return image if image.mode == "L" else image.convert("L")
+    if image.mode == "L":
+        return image
+    intensity = image_processor.to_intensity(image) if image_processor is not None else decode_intensity(image)
+    return Image.fromarray(intensity, mode="F")
 
 
 def _intensity_array(image: Image.Image) -> np.ndarray:
-    """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1])."""
+    """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1]), see `to_working_image`."""
     if image.mode == "F":
         return np.array(image, dtype=np.float32)  # a writable copy: normalisation works in place
     if image.mode != "L":
-        image = image.convert("L")
+        raise ValueError(f"expected a working image of mode L or F (see to_working_image), got mode {image.mode!r}")
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
@@ -172,20 +148,26 @@ class PretrainTransform:
         """Transform one image.
 
         Args:
-            image: PIL image, bytes, path or `datasets` image dict.
+            image: PIL image, bytes, path or `datasets` image dict (decoded by `load_infrared_image`).
             index: the sample index (reproducible views); without it an internal counter is used.
         """
         if index is None:
             index, self._counter = self._counter, self._counter + 1
         rng = sample_rng(self.seed, self.epoch, index)
-        im = open_image(image)
-        width, height = im.size
-        box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+        plan: dict[str, Any] = {}
+
+        def draft(width: int, height: int) -> tuple[int, int]:
+            # the crop is drawn on the image as displayed (EXIF orientation applied); a JPEG is then decoded straight
+            # to luma, at reduced scale when the crop allows it
+            box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+            plan.update(box=box, size=(width, height))
+            factor = max(1.0, min(box[2] - box[0], box[3] - box[1]) / self.size)
+            return int(width / factor), int(height / factor)
+
+        im = load_infrared_image(image, draft=draft)
+        box, (width, height) = plan["box"], plan["size"]
         flip = rng.random() < self.flip_prob
-        cw, ch = box[2] - box[0], box[3] - box[1]
-        if im.format == "JPEG":  # decode straight to luma, at reduced scale when the crop allows it
-            factor = max(1.0, min(cw, ch) / self.size)
-            im.draft("L", (int(width / factor), int(height / factor)))
+        if im.size != (width, height):
             sx, sy = im.size[0] / width, im.size[1] / height
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         im = to_working_image(im, self.image_processor)
@@ -249,7 +231,7 @@ class SegmentationTrainTransform:
         if index is None:
             index, self._counter = self._counter, self._counter + 1
         rng = sample_rng(self.seed, self.epoch, index)
-        im, mask = open_image(image), open_image(label)
+        im, mask = load_infrared_image(image), load_infrared_image(label)
         w, h = im.size
         if mask.size != (w, h):
             raise ValueError(f"label size {mask.size} differs from image size {(w, h)}")
@@ -322,7 +304,7 @@ class SegmentationEvalTransform:
         self.size, self.mean, self.std, self.num_channels = size, mean, std, num_channels
 
     def __call__(self, image: Any, label: Any = None) -> dict[str, torch.Tensor]:
-        im = open_image(image)
+        im = load_infrared_image(image)
         if self.size is not None:
             w, h = im.size
             if isinstance(self.size, int):
@@ -334,7 +316,7 @@ class SegmentationEvalTransform:
         arr = _intensity_array(to_working_image(im, self.image_processor))
         out = {"pixel_values": _to_tensor(arr, self.mean, self.std, self.num_channels)}
         if label is not None:
-            out["labels"] = torch.from_numpy(np.asarray(open_image(label), dtype=np.int64).copy())
+            out["labels"] = torch.from_numpy(np.asarray(load_infrared_image(label), dtype=np.int64).copy())
         return out
 
 
