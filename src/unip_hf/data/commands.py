@@ -67,6 +67,11 @@ def infmix_build(args: argparse.Namespace) -> int:
         print(f"skipped (unreadable): {len(skipped)}")
         for item in skipped:
             print(f"  {item['file']}: {item['error']}")
+        scan_skipped = report.get("skipped", [])
+        if scan_skipped:
+            print(f"skipped while scanning (not opened): {len(scan_skipped)}")
+            for item in scan_skipped:
+                print(f"  {item['file']}: {item['reason']}")
         print(f"duplicates dropped: {report.get('total_duplicates', 0)}")
         if args.format == "parquet" or args.push_to_hub:
             from .export import export_parquet, push_to_hub
