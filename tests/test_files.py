@@ -44,10 +44,19 @@ def messy(tmp_path):
 def _in_thread(fn, timeout=60):
     """Run fn in a thread so that a hang (a FIFO opened for reading) fails the test instead of blocking it."""
     out = {}
-    t = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = err
+
+    t = threading.Thread(target=target, daemon=True)
     t.start()
     t.join(timeout)
     assert not t.is_alive(), "scan hung (a FIFO was opened?)"
+    if "error" in out:
+        raise out["error"]
     return out["value"]
 
 
@@ -151,3 +160,34 @@ def test_manifest_file_column_relative_to_source_root(tmp_path):
     files = dict(zip(ds["file"], ds["source"]))
     # "both" (sorted first) keeps secret/deep/t.png; the same bytes in "outside" are a duplicate
     assert files == {"m/own/o.png": "both", "secret/deep/t.png": "both", "s.png": "outside"}
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+def test_segmentation_folder_skips_bad_names_and_fifos(tmp_path):
+    from unip_hf.data import load_segmentation_dataset
+    from unip_hf.data.segmentation import GenericFolderBuilder
+
+    root = tmp_path / "f"
+    os.makedirs(root / "masks")
+    for i in range(2):
+        _png(str(root / "images" / f"{i}.png"), i)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / f"{i}.png")
+    _bad_name_file(root / "images")
+    _bad_name_file(root / "masks")
+    os.mkfifo(root / "images" / "pipe.png")
+    ds = _in_thread(lambda: load_segmentation_dataset("folder", str(root), cache_dir=str(tmp_path / "c")))
+    assert sorted(ds["id"]) == ["0", "1"]
+    b = GenericFolderBuilder(data_dir=str(root), cache_dir=str(tmp_path / "c2"))
+    _in_thread(b.download_and_prepare)
+    assert sorted(s.kind for s in b.skipped) == ["name", "special"]
+
+
+def test_segmentation_fifo_mask_refused_by_name(tmp_path):
+    from unip_hf.data import load_segmentation_dataset
+
+    root = tmp_path / "f"
+    _png(str(root / "images" / "0.png"), 0)
+    os.makedirs(root / "masks")
+    os.mkfifo(root / "masks" / "0.png")
+    with pytest.raises(FileNotFoundError, match="not a regular file"):
+        _in_thread(lambda: load_segmentation_dataset("folder", str(root), cache_dir=str(tmp_path / "c")))

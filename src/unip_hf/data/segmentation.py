@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -17,6 +18,8 @@ from typing import Any, Iterator, Optional
 import datasets
 import numpy as np
 from PIL import Image
+
+from ..files import FileScan, data_fingerprint, scan_files
 
 __all__ = [
     "IGNORE_INDEX",
@@ -44,9 +47,14 @@ __all__ = [
     "colour_mask_to_ids",
 ]
 
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = 255
 METADATA_MARKER = "Segmentation metadata (JSON):"
 _EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
+#: caches written by older code are not reused.
+_CACHE_FORMAT = "segmentation-2"
 
 #: SODA (Li et al., 2021): 20 object classes plus background.
 SODA_CLASSES = (
@@ -215,6 +223,11 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
 
         b = SirstBuilder(data_dir="/data/sirst", cache_dir="/tmp/hf"); b.download_and_prepare()
         ds = b.as_dataset("train")
+
+    The cache key (the builder's ``hash``) is a fingerprint of every file under ``data_dir`` (relative names,
+    sizes, modification times), of the spec and of ``skip_missing``: editing a mask, adding or deleting an image
+    rebuilds the data set instead of returning the cached rows. Files skipped by the folder scan (names that
+    are not UTF-8, FIFOs, broken links, loops) are listed in ``builder.skipped``.
     """
 
     SPEC: SegmentationSpec = SegmentationSpec("generic", ("background", "foreground"))
@@ -225,9 +238,33 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         if spec is not None:
             self.SPEC = spec
         self.skip_missing = skip_missing
+        data_dir = kwargs.get("data_dir")
+        if kwargs.get("hash") is None and data_dir and os.path.isdir(data_dir):
+            kwargs["hash"] = self._data_hash(data_dir, kwargs.get("cache_dir"))
         super().__init__(*args, **kwargs)
         self.stray_counts: dict[str, int] = {}
         self.missing: list[str] = []
+        self.skipped: list = []
+
+    def _data_hash(self, data_dir: str, cache_dir: Optional[str]) -> str:
+        """Fingerprint of what `data_dir` holds (a cache folder inside it excluded) and of the build options."""
+        files = scan_files(data_dir, extensions=None).files
+        if cache_dir:
+            inside = os.path.abspath(cache_dir) + os.sep
+            files = [f for f in files if not os.path.abspath(f).startswith(inside)]
+        spec = self.SPEC
+        extra = json.dumps([_CACHE_FORMAT, type(self).__name__, spec.to_dict(),
+                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing])
+        return data_fingerprint(files, root=data_dir, extra=extra)
+
+    def _list_images(self, folder: str) -> list[str]:
+        """Image files directly in `folder` (sorted) through the package's walker; skipped names go to `skipped`."""
+        scan = FileScan()
+        scan.add(folder, _EXTS, recursive=False)
+        for item in scan.skipped:
+            self.skipped.append(item)
+            logger.warning("%s: skipping %s", type(self).__name__, item)
+        return scan.files
 
     # -- to implement
     def _splits(self, root: str) -> list[str]:
@@ -272,13 +309,15 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
             raise ValueError(f"{path}: mask must be single-channel, got shape {arr.shape}")
         return self._map_values(arr, path)
 
-    def _map_values(self, arr: np.ndarray, path: str) -> np.ndarray:
+    def _map_values(self, arr: np.ndarray, path: str, value_map: Optional[dict] = None) -> np.ndarray:
+        """Raw mask values -> class ids through `value_map` (default: the spec's), checked against the classes."""
         spec = self.SPEC
+        value_map = spec.value_map if value_map is None else value_map
         arr = arr.astype(np.int64)
         out = arr.copy()
-        if spec.value_map:
+        if value_map:
             out = np.full(arr.shape, -1, dtype=np.int64)
-            for raw, cid in spec.value_map.items():
+            for raw, cid in value_map.items():
                 out[arr == raw] = cid
             out[(arr == spec.ignore_index) & (out < 0)] = spec.ignore_index
         for raw, cid in spec.stray_values.items():
@@ -323,9 +362,12 @@ def _read_ids(path: str) -> list[str]:
 
 
 def _find(folder: str, stem: str, what: str) -> str:
+    """The file `stem` + one of `_EXTS` in `folder`; a FIFO or device of that name is refused, never opened."""
     for ext in _EXTS:
         p = os.path.join(folder, stem + ext)
         if os.path.exists(p):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{what} {p} is not a regular file (a FIFO, device or folder); replace it")
             return p
     raise FileNotFoundError(f"{what} for {stem!r} not found in {folder}")
 
@@ -427,8 +469,7 @@ class SplitFolderBuilder(SegmentationBuilder):
 
     def _pairs(self, root: str, split: str) -> list[tuple[str, str]]:
         img_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
-        files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(_EXTS))
-        return [(os.path.join(img_dir, f), _find(mask_dir, os.path.splitext(f)[0], "mask")) for f in files]
+        return [(f, _find(mask_dir, os.path.splitext(os.path.basename(f))[0], "mask")) for f in self._list_images(img_dir)]
 
 
 class MassMindBuilder(SegmentationBuilder):
@@ -462,10 +503,19 @@ class MassMindBuilder(SegmentationBuilder):
 class GenericFolderBuilder(SegmentationBuilder):
     """Generic layout: ``images/`` + ``masks/`` (flat: one split ``train``; or ``{split}`` sub-folders).
 
-    Class names come from ``classes.json`` (a list, or ``{"classes": [...], "palette": [...]}``) or
-    ``classes.txt`` (one per line) in the root, else from the ``spec`` argument. Masks hold ids; colour
-    masks (RGB) are mapped through the palette.
+    Class names come from ``classes.json`` (a list, or ``{"classes": [...], "palette": [...],
+    "value_map": {"<raw>": <id>}}``) or ``classes.txt`` (one per line) in the root, else from the ``spec``
+    argument. Masks hold ids (255 = ignore); colour masks (RGB) are mapped through the palette.
+
+    Binary masks stored as 0/255: with exactly two classes and no ``value_map``, a mask whose values are a
+    subset of {0, 255} and that contains 255 is read as background/foreground (255 -> 1), as the named binary
+    builders (``sirst``, ``buffalo-udder``) do; 255 is then not "ignore". A mask holding 1 is read as ids (255 =
+    ignore). A build in which both kinds occur stops with an error naming one file of each kind, since 255
+    would mean foreground in one and ignore in the other: convert the masks to one convention, or give
+    ``value_map`` in ``classes.json``.
     """
+
+    _mask_convention: Optional[tuple[str, str]] = None  # ("0/255" | "ids", first mask that decided it)
 
     def _splits(self, root: str) -> list[str]:
         self._maybe_read_classes(root)
@@ -482,7 +532,8 @@ class GenericFolderBuilder(SegmentationBuilder):
                 data = json.load(f)
             names = data if isinstance(data, list) else data["classes"]
             palette = tuple(tuple(c) for c in data.get("palette", ())) if isinstance(data, dict) else ()
-            self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), tuple(names), palette)
+            value_map = {int(k): int(v) for k, v in data.get("value_map", {}).items()} if isinstance(data, dict) else {}
+            self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), tuple(names), palette, value_map)
         elif os.path.exists(tpath):
             with open(tpath, encoding="utf-8") as f:
                 names = tuple(line.strip() for line in f if line.strip())
@@ -497,14 +548,33 @@ class GenericFolderBuilder(SegmentationBuilder):
         img_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
         if not os.path.isdir(img_dir):
             img_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
-        files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(_EXTS))
-        return [(os.path.join(img_dir, f), _find(mask_dir, os.path.splitext(f)[0], "mask")) for f in files]
+        return [(f, _find(mask_dir, os.path.splitext(os.path.basename(f))[0], "mask")) for f in self._list_images(img_dir)]
 
     def _load_mask(self, path: str) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):
                 return colour_mask_to_ids(np.asarray(im.convert("RGB")), self.SPEC.palette, path)
         return super()._load_mask(path)
+
+    def _map_values(self, arr: np.ndarray, path: str, value_map: Optional[dict] = None) -> np.ndarray:
+        spec = self.SPEC
+        if value_map is not None or spec.value_map or len(spec.class_names) != 2:
+            return super()._map_values(arr, path, value_map)
+        values = set(np.unique(arr).tolist())
+        kind = "0/255" if 255 in values and values <= {0, 255} else "ids" if values - {0, 255} else None
+        if kind is not None:
+            if self._mask_convention is None:
+                self._mask_convention = (kind, path)
+            elif self._mask_convention[0] != kind:
+                first_kind, first = self._mask_convention
+                binary, ids = (path, first) if kind == "0/255" else (first, path)
+                raise ValueError(
+                    f"{binary}: mask holds only 0 and 255 (read as background/foreground, 255 -> 1, for the 2 classes "
+                    f"{list(spec.class_names)}), but {ids} holds class ids (1 = {spec.class_names[1]}, 255 = ignore). "
+                    "Store every mask one way (all 0/255, or all 0/1 with 255 = ignore), or set "
+                    '"value_map" in classes.json (e.g. {"0": 0, "255": 1})'
+                )
+        return super()._map_values(arr, path, _BINARY if kind == "0/255" else None)
 
 
 #: name -> (builder class, spec) used by `load_segmentation_dataset`.
