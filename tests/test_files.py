@@ -191,3 +191,26 @@ def test_segmentation_fifo_mask_refused_by_name(tmp_path):
     os.mkfifo(root / "masks" / "0.png")
     with pytest.raises(FileNotFoundError, match="not a regular file"):
         _in_thread(lambda: load_segmentation_dataset("folder", str(root), cache_dir=str(tmp_path / "c")))
+
+
+# ------------------------------------------------------------------------------------------------ other users
+def test_pretraining_sources_skip_bad_names_fifos_and_loops(messy):
+    from unip_hf.distillation import load_training_sources, scan_image_folder
+
+    sources, skipped, described = _in_thread(lambda: load_training_sources([str(messy), str(messy / "sub")]))
+    assert len(sources) == 2  # x.png once (through again.png), sub/y.png once although named twice
+    assert skipped == 3 and "3 unreadable skipped" in described[0]  # bad name, FIFO, broken link
+    files, bad = _in_thread(lambda: scan_image_folder(str(messy), verify=False))
+    assert len(files) == 2 and bad == 3
+    with pytest.raises(ValueError, match="neither a folder nor a regular file"):
+        load_training_sources([str(messy / "pipe.png")])
+
+
+def test_attention_find_images_skips_and_names(messy):
+    from unip_hf.attention_analysis import find_images
+
+    skipped = []
+    found = _in_thread(lambda: find_images(messy, skipped=skipped))
+    assert [p.name for p in found] == ["again.png", "y.png"]
+    assert len(skipped) == 5 and any("a\\xff.png" in s for s in skipped) and any("FIFO" in s for s in skipped)
+    assert find_images(messy / "dangling.png") == []  # a named broken link is skipped, not a crash

@@ -83,7 +83,8 @@ class FileScan:
         key = (st.st_dev, st.st_ino)
         first = self._files_seen.get(key)
         if first is not None:
-            self._skip(path, "same-file", f"same file as {printable_path(first)} (listed once)")
+            where = "listed already" if first == path else f"same file as {printable_path(first)}"
+            self._skip(path, "same-file", f"{where} (each file is listed once)")
             return False
         self._files_seen[key] = path
         self.files.append(path)
