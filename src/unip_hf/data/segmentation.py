@@ -257,13 +257,14 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
                             sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing])
         return data_fingerprint(files, root=data_dir, extra=extra)
 
-    def _list_images(self, folder: str) -> list[str]:
-        """Image files directly in `folder` (sorted) through the package's walker; skipped names go to `skipped`."""
+    def _list_images(self, folder: str, recursive: bool = False) -> list[str]:
+        """Image files in `folder` (sorted) through the package's walker; skipped entries go to `skipped` (once)."""
         scan = FileScan()
-        scan.add(folder, _EXTS, recursive=False)
+        scan.add(folder, _EXTS, recursive=recursive)
         for item in scan.skipped:
-            self.skipped.append(item)
-            logger.warning("%s: skipping %s", type(self).__name__, item)
+            if item not in self.skipped:
+                self.skipped.append(item)
+                logger.warning("%s: skipping %s", type(self).__name__, item)
         return scan.files
 
     # -- to implement
@@ -487,7 +488,9 @@ class MassMindBuilder(SegmentationBuilder):
 
     def _pairs(self, root: str, split: str) -> list[tuple[str, str]]:
         pairs = []
-        for mask in sorted(glob.glob(os.path.join(root, "**", f"*{self.MASK_SUFFIX}.png"), recursive=True)):
+        for mask in self._list_images(root, recursive=True):
+            if not mask.endswith(f"{self.MASK_SUFFIX}.png"):
+                continue
             stem = os.path.basename(mask)[: -len(self.MASK_SUFFIX) - 4]
             pairs.append((_find(os.path.dirname(mask), stem, "image"), mask))
         return pairs
