@@ -214,3 +214,21 @@ def test_attention_find_images_skips_and_names(messy):
     assert [p.name for p in found] == ["again.png", "y.png"]
     assert len(skipped) == 5 and any("a\\xff.png" in s for s in skipped) and any("FIFO" in s for s in skipped)
     assert find_images(messy / "dangling.png") == []  # a named broken link is skipped, not a crash
+
+
+def test_data_inspect_reports_scan_skips(tmp_path, capsys):
+    from unip_hf.data import commands
+
+    root = tmp_path / "f"
+    os.makedirs(root / "masks")
+    _png(str(root / "images" / "0.png"), 0)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "0.png")
+    _bad_name_file(root / "images")
+    parser = argparse.ArgumentParser(prog="unip")
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "inspect", "folder", "--data_dir", str(root), "--out", str(tmp_path / "o"),
+                              "--cache-dir", str(tmp_path / "c")])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "skipped while scanning (not opened): 1" in text and "a\\xff.png" in text
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["skipped_files"][0].endswith("rename the file (e.g. `convmv -t utf-8`)")

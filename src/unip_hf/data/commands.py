@@ -176,6 +176,8 @@ def data_inspect(args: argparse.Namespace) -> int:
     }
     if by_source:
         summary["sources"] = dict(sorted(by_source.items()))
+    if meta.get("skipped_files"):
+        summary["skipped_files"] = meta["skipped_files"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
@@ -191,5 +193,9 @@ def data_inspect(args: argparse.Namespace) -> int:
             print(f"  {name:<20}{d['pixels']:>12}  {100 * d['fraction']:6.2f}%")
     if by_source:
         print("sources: " + ", ".join(f"{k} ({v})" for k, v in summary["sources"].items()))
+    if meta.get("skipped_files"):
+        print(f"skipped while scanning (not opened): {len(meta['skipped_files'])}")
+        for line in meta["skipped_files"]:
+            print(f"  {line}")
     print(f"wrote {os.path.join(args.out, 'summary.json')} and {sheet_path}")
     return 0

@@ -351,9 +351,12 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
                 "image": {"bytes": encode_png(image), "path": None},
                 "label": {"bytes": encode_png(mask), "path": None},
             }
-        if self.stray_counts:
+        if self.stray_counts or self.skipped:
             meta = self.SPEC.to_dict()
-            meta["stray_counts"] = dict(self.stray_counts)
+            if self.stray_counts:
+                meta["stray_counts"] = dict(self.stray_counts)
+            if self.skipped:
+                meta["skipped_files"] = [str(item) for item in self.skipped]
             self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
 
 
