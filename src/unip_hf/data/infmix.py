@@ -258,9 +258,8 @@ def read_report(info_or_dataset: Any) -> Optional[dict]:
     return json.loads(text.split(REPORT_MARKER, 1)[1].strip())
 
 
-def _data_hash(data_dir: str) -> str:
+def _data_hash(data_dir: str, sources: list[dict[str, Any]]) -> str:
     """Fingerprint of an InfMix root or manifest: every discovered file and the manifest itself."""
-    sources = discover_sources(data_dir)
     files = [f for s in sources for f in s["files"]] + ([] if os.path.isdir(data_dir) else [os.path.abspath(data_dir)])
     skipped = sorted(item.path for s in sources for item in s.get("skipped", ()))
     return data_fingerprint(files, extra=_CACHE_FORMAT + "\0".join(skipped))
@@ -315,7 +314,8 @@ class InfMix(datasets.GeneratorBasedBuilder):
             )
         if kwargs.get("hash") is None and kwargs.get("data_dir") and os.path.exists(kwargs["data_dir"]):
             try:
-                kwargs["hash"] = _data_hash(kwargs["data_dir"])
+                self._discovered = (kwargs["data_dir"], discover_sources(kwargs["data_dir"]))
+                kwargs["hash"] = _data_hash(kwargs["data_dir"], self._discovered[1])
             except ValueError:  # no sources / bad manifest: reported with the file name by the build
                 pass
         super().__init__(*args, **kwargs)
@@ -347,7 +347,8 @@ class InfMix(datasets.GeneratorBasedBuilder):
             raise ValueError("InfMix needs data_dir=<root folder or manifest file>")
         cfg = self.config
         chosen = []
-        for s in discover_sources(data_dir):
+        found = getattr(self, "_discovered", None)  # the scan whose fingerprint keys the cache
+        for s in found[1] if found and found[0] == data_dir else discover_sources(data_dir):
             if s["modality"] not in cfg.modalities:
                 continue
             if cfg.include_sources and not _matches(s["name"], s["modality"], cfg.include_sources):
