@@ -232,3 +232,27 @@ def test_data_inspect_reports_scan_skips(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "skipped while scanning (not opened): 1" in text and "a\\xff.png" in text
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["skipped_files"][0].endswith("rename the file (e.g. `convmv -t utf-8`)")
+
+
+def test_bad_folder_names_and_control_files_are_named(tmp_path):
+    from unip_hf.data import load_segmentation_dataset
+    from unip_hf.data.infmix import discover_sources
+    from unip_hf.distillation import contains_parquet
+
+    root = tmp_path / "root"
+    _png(str(root / "infrared" / "ok" / "a.png"))
+    os.makedirs(os.path.join(os.fsencode(str(root / "infrared")), b"src\xff"))
+    with pytest.raises(ValueError, match=r"source folder name .*src\\xff is not valid UTF-8"):
+        discover_sources(str(root))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_bytes(b"sources: [{name: caf\xe9, paths: [root]}]\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"manifest .*m\.yaml is not UTF-8"):
+        discover_sources(str(manifest))
+    seg = tmp_path / "seg"
+    _png(str(seg / "images" / "a.png"))
+    os.makedirs(seg / "masks")
+    (seg / "classes.json").write_text("{not json")
+    with pytest.raises(ValueError, match="classes.json is not valid JSON"):
+        load_segmentation_dataset("folder", str(seg), cache_dir=str(tmp_path / "c"))
+    os.symlink(".", tmp_path / "seg" / "loop")
+    assert _in_thread(lambda: contains_parquet(str(seg)), timeout=30) is False

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .configuration_unip import UnipConfig
-from .files import IMAGE_EXTENSIONS, FileScan
+from .files import IMAGE_EXTENSIONS, FileScan, scan_files
 from .modeling_unip import UnipViTModel
 from .training import (
     EpochSampler,
@@ -490,10 +490,8 @@ def is_saved_dataset(path: str) -> bool:
 
 
 def contains_parquet(path: str) -> bool:
-    for _root, _dirs, names in os.walk(path, followlinks=True):
-        if any(name.endswith(".parquet") for name in names):
-            return True
-    return False
+    """Whether `path` holds ``.parquet`` files at any depth (the package's walker: link loops are not followed)."""
+    return bool(scan_files(path, extensions=(".parquet",)).files)
 
 
 class PretrainImageDataset(Dataset):

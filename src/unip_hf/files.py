@@ -15,7 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["IMAGE_EXTENSIONS", "SkippedFile", "FileScan", "scan_files", "printable_path", "data_fingerprint"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "SkippedFile", "FileScan", "scan_files", "printable_path", "require_utf8_name", "read_text",
+    "data_fingerprint",
+]
 
 #: File suffixes taken as images when a folder is scanned (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -33,6 +36,27 @@ def _is_utf8(path: str) -> bool:
     except UnicodeEncodeError:  # undecodable bytes come back from the OS as lone surrogates
         return False
     return True
+
+
+def require_utf8_name(path: str, what: str = "folder") -> str:
+    """`path` itself, or a `ValueError` naming it (bytes escaped) when its name is not valid UTF-8 (a source or split
+    folder name becomes a column value, which must be text)."""
+    if not _is_utf8(path):
+        raise ValueError(f"{what} name {printable_path(path)} is not valid UTF-8; rename it (e.g. `convmv -t utf-8`)")
+    return path
+
+
+def read_text(path: str, what: str = "file") -> str:
+    """The UTF-8 text of a small control file (manifest, split list, class list); errors name the file."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read {what} {printable_path(path)}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {printable_path(path)} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
 
 
 def _file_kind(mode: int) -> str:

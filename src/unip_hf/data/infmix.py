@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 import datasets
 from PIL import Image
 
-from ..files import FileScan, data_fingerprint, printable_path
+from ..files import FileScan, data_fingerprint, read_text, require_utf8_name
 
 __all__ = [
     "InfMix",
@@ -121,10 +121,12 @@ def _glob_root(pattern: str) -> str:
 
 
 def _load_manifest(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "manifest")
     if path.lower().endswith(".json"):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"manifest {path} is not valid JSON: {err}") from None
     try:
         import yaml  # lazily: PyYAML is a dependency of `datasets`
     except ImportError as err:  # pragma: no cover - datasets always installs it
@@ -170,6 +172,7 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
             for name in sorted(os.listdir(mdir)):
                 sdir = os.path.join(mdir, name)
                 if os.path.isdir(sdir) and not name.startswith("."):
+                    require_utf8_name(sdir, "source folder")  # the name becomes the `source` column
                     scan = FileScan()
                     files = _walk_images(sdir, scan)
                     sources.append({"name": name, "modality": modality, "root": sdir, "files": files,

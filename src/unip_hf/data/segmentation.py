@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..files import FileScan, data_fingerprint, scan_files
+from ..files import FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
 
 __all__ = [
     "IGNORE_INDEX",
@@ -361,8 +361,8 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
 
 
 def _read_ids(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [os.path.splitext(line.strip().split()[0])[0] for line in f if line.strip()]
+    lines = read_text(path, "split file").splitlines()
+    return [os.path.splitext(line.strip().split()[0])[0] for line in lines if line.strip()]
 
 
 def _find(folder: str, stem: str, what: str) -> str:
@@ -469,7 +469,10 @@ class SplitFolderBuilder(SegmentationBuilder):
 
     def _splits(self, root: str) -> list[str]:
         img = os.path.join(root, "images")
-        return sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d))) if os.path.isdir(img) else []
+        if not os.path.isdir(img):
+            return []
+        return sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)) and not d.startswith(".")
+                      and require_utf8_name(os.path.join(img, d), "split folder"))
 
     def _pairs(self, root: str, split: str) -> list[tuple[str, str]]:
         img_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
@@ -528,21 +531,25 @@ class GenericFolderBuilder(SegmentationBuilder):
         img = os.path.join(root, "images")
         if not os.path.isdir(img):
             return []
-        subs = sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)))
+        subs = sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)) and not d.startswith(".")
+                      and require_utf8_name(os.path.join(img, d), "split folder"))
         return subs or ["train"]
 
     def _maybe_read_classes(self, root: str) -> None:
         jpath, tpath = os.path.join(root, "classes.json"), os.path.join(root, "classes.txt")
         if os.path.exists(jpath):
-            with open(jpath, encoding="utf-8") as f:
-                data = json.load(f)
+            try:
+                data = json.loads(read_text(jpath, "class list"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{jpath} is not valid JSON: {err}") from None
+            if not isinstance(data, list) and not (isinstance(data, dict) and isinstance(data.get("classes"), list)):
+                raise ValueError(f'{jpath}: expected a list of class names or {{"classes": [...], ...}}')
             names = data if isinstance(data, list) else data["classes"]
             palette = tuple(tuple(c) for c in data.get("palette", ())) if isinstance(data, dict) else ()
             value_map = {int(k): int(v) for k, v in data.get("value_map", {}).items()} if isinstance(data, dict) else {}
             self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), tuple(names), palette, value_map)
         elif os.path.exists(tpath):
-            with open(tpath, encoding="utf-8") as f:
-                names = tuple(line.strip() for line in f if line.strip())
+            names = tuple(line.strip() for line in read_text(tpath, "class list").splitlines() if line.strip())
             self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), names)
 
     def _info(self) -> datasets.DatasetInfo:
