@@ -438,3 +438,29 @@ def test_cli_analyze_attention_on_real_images(tmp_path, capsys):
     report = AttentionReport.load(out / "report.json")
     assert report.num_images == 6 and report.grid_size == [8, 8] and report.num_layers == 3
     assert report.teacher_layer is not None and 0 <= report.teacher_layer < 3
+
+
+def test_cli_names_and_counts_scan_skips(tmp_path, capsys):
+    """A dangling link, a FIFO named .png and a non-UTF-8 name are skipped and named, never a crash or a hang."""
+    pytest.importorskip("matplotlib")
+    from unip_hf import UnipConfig, UnipViTModel
+    from unip_hf.cli import main
+
+    images = tmp_path / "imgs"
+    write_images(images, 3)
+    os.symlink(images / "gone.png", images / "dangling.png")
+    os.mkfifo(images / "pipe.png")
+    with open(os.path.join(os.fsencode(str(images)), b"b\xff.png"), "wb") as handle:
+        Image.new("L", (32, 32), 7).save(handle, format="PNG")
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny-unip"
+    UnipViTModel(UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                            patch_size=8)).save_pretrained(checkpoint)
+    out = tmp_path / "out"
+    assert main(["analyze-attention", str(checkpoint), "--images", str(images), "--image-size", "32",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 3 unreadable or unusable file(s)" in printed
+    assert "dangling.png: broken symbolic link" in printed and "FIFO" in printed and "b\\xff.png" in printed
+    report = AttentionReport.load(out / "report.json")
+    assert report.num_images == 3 and len(report.skipped_images) == 3

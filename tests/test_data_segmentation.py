@@ -189,3 +189,60 @@ def test_massmind_real(tmp_path):
         lab = np.asarray(ex["label"])
         assert np.bincount(lab[:20].ravel(), minlength=7).argmax() in (0, 2)  # sky (or a bridge overhead)
         assert np.bincount(lab[-60:].ravel(), minlength=7).argmax() == 1
+
+
+def _udder_folder(tmp_path, n=3):
+    """A `folder`-layout copy (links) of n real buffalo-udder pairs with classes.txt of two classes."""
+    src = data_path("buffalo-udder")
+    root = tmp_path / "udder_folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in sorted(os.listdir(src / "images" / "train"))[:n]:
+        os.symlink(src / "images" / "train" / name, root / "images" / name)
+        os.symlink(src / "masks" / "train" / name, root / "masks" / name)
+    (root / "classes.txt").write_text("background\nudder\n")
+    return root
+
+
+def test_folder_layout_binary_0_255_masks_map_to_1(tmp_path):
+    root = _udder_folder(tmp_path)
+    ds = _load("folder", root, "train", tmp_path)
+    labels = _labels(ds)
+    assert set(np.unique(labels).tolist()) == {0, 1}  # the udder is class 1, not ignore
+    ref = _labels(_load("buffalo-udder", data_path("buffalo-udder"), "train", tmp_path))
+    assert (labels == 1).sum() > 0 and ref.size > 0
+
+
+def test_folder_layout_mixed_mask_conventions_stop_naming_files(tmp_path):
+    root = _udder_folder(tmp_path, n=2)
+    first = sorted(os.listdir(root / "masks"))[1]
+    os.remove(root / "masks" / first)
+    m = np.zeros((480, 640), np.uint8)
+    m[10:20, 10:20] = 1
+    Image.fromarray(m).save(root / "masks" / first)  # ids 0/1 while the other mask is 0/255
+    with pytest.raises(ValueError, match="0 and 255") as err:
+        _load("folder", root, "train", tmp_path)
+    assert first in str(err.value) and "value_map" in str(err.value)
+    # an explicit value_map in classes.json settles it
+    os.remove(root / "classes.txt")
+    (root / "classes.json").write_text('{"classes": ["background", "udder"], "value_map": {"0": 0, "1": 1, "255": 1}}')
+    assert set(np.unique(_labels(_load("folder", root, "train", tmp_path))).tolist()) == {0, 1}
+
+
+def test_cache_rebuilt_after_mask_edit_or_image_deletion(tmp_path):
+    root = tmp_path / "f"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(4):
+        Image.fromarray(_rng_img(8, 8, seed=i)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / f"{i}.png")
+    (root / "classes.txt").write_text("background\nthing\nother\n")
+    assert len(_load("folder", root, "train", tmp_path)) == 4
+    os.remove(root / "images" / "3.png")
+    ds = _load("folder", root, "train", tmp_path)
+    assert len(ds) == 3  # not the cached 4 rows
+    m = np.zeros((8, 8), np.uint8)
+    m[:2] = 2
+    Image.fromarray(m).save(root / "masks" / "0.png")
+    ds = _load("folder", root, "train", tmp_path)
+    assert int(np.asarray(ds[[e for e in ds["id"]].index("0")]["label"]).max()) == 2  # the edited mask

@@ -296,3 +296,16 @@ def test_saved_dataset_source(tmp_path):
     dataset = PretrainImageDataset(sources, PretrainTransform(size=16))
     assert len(dataset) == 6 and skipped == 0
     assert dataset[(0, 4)]["pixel_values"].shape == (3, 16, 16)
+
+
+def test_unreadable_image_counted_once_however_often_drawn(tmp_path):
+    write_images(tmp_path, 3)
+    data = (tmp_path / "im1.png").read_bytes()
+    (tmp_path / "im1.png").write_bytes(data[: len(data) // 3])
+    from unip_hf.data.transforms import PretrainTransform
+
+    sources, _, _ = load_training_sources([str(tmp_path)])
+    dataset = PretrainImageDataset(sources, PretrainTransform(size=16))
+    for epoch in range(3):
+        assert dataset[(epoch, 1)]["pixel_values"].shape == (3, 16, 16)
+    assert dataset.skipped_at_load == 1

@@ -233,7 +233,7 @@ def test_analyze_attention_skips_names_and_counts_dangling_links_and_nan_tiffs(t
                  "--image-size", "32", "--out", str(tmp_path / "out"), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "skipped 2 unreadable image(s)" in printed and "dangling.png" in printed and "nan.tif" in printed
+    assert "skipped 2 unreadable or unusable file(s)" in printed and "dangling.png" in printed and "nan.tif" in printed
 
     from unip_hf.attention_analysis import AttentionReport
 

@@ -270,3 +270,19 @@ def test_tensorboard_tracker(assets, tmp_path):
     run_pretraining(*make_args(assets, tmp_path, max_steps=2, checkpointing_steps=0, report_to="tensorboard"))
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events, "no tensorboard event file written"
+
+
+def test_skipped_images_counts_files_not_events(assets, tmp_path):
+    """A truncated image drawn in each of 3 epochs is one skipped image in the summary, not three."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(folder / f"im{i}.png")
+    data = (folder / "im3.png").read_bytes()
+    (folder / "im3.png").write_bytes(data[: len(data) // 3])  # header fine, pixels missing
+    os.symlink(folder / "im0.png", folder / "same_as_im0.png")  # a second name: used once, not a skip
+    result = run_pretraining(*make_args(assets, tmp_path / "run", train_data=[str(folder), str(folder / "im1.png")],
+                                        max_steps=6, checkpointing_steps=0))
+    summary = json.loads((tmp_path / "run" / "pretraining_summary.json").read_text())
+    assert result.images == summary["images"] == 8 and summary["skipped_images"] == result.skipped_images == 1

@@ -72,7 +72,8 @@ def run_analyze_attention(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = _load_model(args.model, args.trust_remote_code)
     model.to(device)
-    paths = find_images(args.images)
+    scan_skipped: list[str] = []  # bad names, FIFOs, broken links: named in the report with the unreadable ones
+    paths = find_images(args.images, skipped=scan_skipped)
     if not paths:
         raise SystemExit(f"error: no image files found in {' '.join(args.images)}")
     try:
@@ -82,10 +83,11 @@ def run_analyze_attention(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
+    report.skipped_images = scan_skipped + list(report.skipped_images)
     report.save(out / "report.json")
     print(report.format_table())
     if report.skipped_images:
-        print(f"skipped {len(report.skipped_images)} unreadable image(s):")
+        print(f"skipped {len(report.skipped_images)} unreadable or unusable file(s):")
         for item in report.skipped_images:
             print(f"  {item}")
     plot_layer_curves(report, out / "nmi_by_layer.png", names=[Path(args.model).name or args.model])

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .files import IMAGE_EXTENSIONS, FileScan
 from .image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from .image_processing_unip import INFRARED_STD as UNIP_STD
 from .image_processing_unip import UnipImageProcessor, decode_intensity, load_infrared_image
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 PATTERNS = ("local", "hybrid", "global")
 _TINY = 1e-30
 
@@ -444,7 +444,7 @@ class AttentionReport:
         num_prefix_tokens: Special tokens before the patches (CLS, distillation, registers).
         image_size: `[height, width]` of the analysed images.
         num_images: Images measured.
-        skipped_images: Images that could not be read.
+        skipped_images: Images that could not be read, and entries the folder scan skipped (bad names, FIFOs, broken links).
         thresholds: The labelling rule's thresholds (`PatternThresholds` as a dict).
         labels: Pattern label per layer.
         teacher_layer: `choose_teacher_layer` of this report.
@@ -546,36 +546,32 @@ def _concentrations(report: "AttentionReport") -> list[float | None]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def find_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+def find_images(sources: str | os.PathLike | Sequence[str | os.PathLike], skipped: list[str] | None = None) -> list[Path]:
     """Image files named by `sources`: files, or folders searched recursively (following symbolic links).
 
     Files are taken as given (their readability is checked later); folders contribute files with an image extension,
-    sorted. Duplicates (same resolved path) are dropped.
+    sorted, through the package's walker (`unip_hf.files`): each real file once, link loops not followed, names that
+    are not UTF-8, broken links and non-regular files (FIFOs) skipped, never opened.
 
     Args:
         sources: A path or a list of paths.
+        skipped: Optional list that receives one ``"path: reason"`` line per skipped entry.
+
+    Raises:
+        FileNotFoundError: a named path does not exist (a broken link is skipped instead).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    found: list[Path] = []
-    seen: set[str] = set()
+    scan = FileScan()
     for src in sources:
-        p = Path(src)
-        if p.is_dir():
-            files = []
-            for root, _dirs, names in os.walk(p, followlinks=True):
-                files.extend(Path(root) / n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
-            candidates = sorted(files)
-        elif p.exists() or p.is_symlink():  # a dangling link is a file given (skipped and named when read)
-            candidates = [p]
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {p}")
-        for c in candidates:
-            key = os.path.realpath(c)
-            if key not in seen:
-                seen.add(key)
-                found.append(c)
-    return found
+        if not os.path.lexists(src):
+            raise FileNotFoundError(f"no such image file or folder: {src}")
+        scan.add(src, IMAGE_EXTENSIONS)
+    for item in scan.skipped:
+        logger.warning("skipping %s", item)
+        if skipped is not None:
+            skipped.append(str(item))
+    return [Path(f) for f in scan.files]
 
 
 def _spread_order(n: int, k: int | None) -> list[int]:
@@ -792,15 +788,15 @@ def _batches(images, image_size: int, batch_size: int, num_images: int | None, p
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     items: list[Any] = []
+    skipped: list[str] = []
     for item in images:
         if isinstance(item, Image.Image):
             items.append(item)
         else:
-            items.extend(find_images(item))
+            items.extend(find_images(item, skipped=skipped))
     if not items:
-        raise ValueError("no images found")
+        raise ValueError("no images found" + (f" ({len(skipped)} skipped: {'; '.join(skipped[:3])})" if skipped else ""))
     order = _spread_order(len(items), num_images)
-    skipped: list[str] = []
     batch, names, used = [], [], 0
     for idx in order:
         if num_images is not None and used >= num_images:

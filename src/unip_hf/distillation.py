@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .configuration_unip import UnipConfig
+from .files import IMAGE_EXTENSIONS, FileScan, scan_files
 from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .training import (
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 DISTILL_TARGETS = ("attention", "features", "none")
 FEATURE_LOSSES = ("cosine", "smooth_l1")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 # Where the blocks, their pre-attention norm, their attention module and its query/key projections live, by family.
 _LAYER_LISTS = ("encoder.layer", "encoder.layers", "layers", "layer", "blocks")
@@ -491,16 +491,16 @@ def is_saved_dataset(path: str) -> bool:
 
 
 def contains_parquet(path: str) -> bool:
-    for _root, _dirs, names in os.walk(path, followlinks=True):
-        if any(name.endswith(".parquet") for name in names):
-            return True
-    return False
+    """Whether `path` holds ``.parquet`` files at any depth (the package's walker: link loops are not followed)."""
+    return bool(scan_files(path, extensions=(".parquet",)).files)
 
 
 class PretrainImageDataset(Dataset):
     """Pre-training images from files and/or `datasets` data sets, each turned into the same augmented view for
     teacher and student. Keys are `(epoch, index)` from an `EpochSampler`; the view depends only on
-    `(seed, epoch, index)`. An image that cannot be decoded is skipped (the next one is used) and counted.
+    `(seed, epoch, index)`. An image that cannot be decoded is skipped (the next one is used) and counted once,
+    however often it is drawn (`skipped_at_load` counts distinct images; with DataLoader workers each worker
+    process counts its own).
 
     Args:
         sources (`list`): entries are file paths (`str`) or `(datasets.Dataset, image_column)` pairs.
@@ -517,7 +517,12 @@ class PretrainImageDataset(Dataset):
             self.offsets.append(self.offsets[-1] + len(table))
         self.transform = transform
         self.skipped_at_scan = skipped_at_scan
-        self.skipped_at_load = 0
+        self.unreadable: set[int] = set()  # indices found undecodable; not tried again
+
+    @property
+    def skipped_at_load(self) -> int:
+        """Distinct images that could not be decoded so far (in this process)."""
+        return len(self.unreadable)
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -535,27 +540,40 @@ class PretrainImageDataset(Dataset):
         self.transform.epoch = epoch
         for attempt in range(min(len(self), 100)):
             current = (index + attempt) % len(self)
+            if current in self.unreadable:
+                continue
             try:
                 return {"pixel_values": self.transform(self._raw(current), index=index)}
             except Exception as error:  # noqa: BLE001 - any decoding failure: skip the image
-                self.skipped_at_load += 1
+                self.unreadable.add(current)
                 logger.warning("skipping unreadable image %s: %s", self.files[current] if current < len(self.files)
                                else f"#{current}", error)
         raise RuntimeError("100 consecutive images could not be read; check the training data")
 
 
-def scan_image_folder(folder: str, verify: bool = True) -> tuple[list[str], int]:
-    """Image files under `folder` (recursive, following symbolic links, sorted) and how many were unreadable
-    (header check with PIL when `verify`)."""
+def scan_image_folder(folder: str, verify: bool = True, scan: FileScan | None = None) -> tuple[list[str], int]:
+    """Image files under `folder` (recursive, following symbolic links, sorted, each real file once) and how many
+    distinct files were skipped: names that are not UTF-8, broken links, FIFOs and other non-regular files (see
+    `unip_hf.files`), and, when `verify`, files whose header PIL cannot parse.
+
+    Args:
+        folder: the folder to scan.
+        verify: parse each header with PIL.
+        scan: a `FileScan` shared by several folders, so that a file reached from two of them is listed once.
+    """
     from PIL import Image
 
-    files = []
-    for root, _dirs, names in os.walk(folder, followlinks=True):
-        files.extend(os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
-    files.sort()
+    scan = scan if scan is not None else FileScan()
+    start_files, start_skipped = len(scan.files), len(scan.skipped)
+    scan.add(folder, IMAGE_EXTENSIONS)
+    files = scan.files[start_files:]
+    bad = 0
+    for item in scan.skipped[start_skipped:]:
+        logger.warning("skipping %s", item)
+        bad += item.kind not in ("loop", "same-file")  # a second path to a listed file is not a lost image
     if not verify:
-        return files, 0
-    readable, bad = [], 0
+        return files, bad
+    readable = []
     for path in files:
         try:
             with Image.open(path) as image:
@@ -582,6 +600,7 @@ def load_training_sources(train_data: Sequence[str], image_column: str = "image"
     sources: list = []
     skipped = 0
     described = []
+    scan = FileScan()  # one scan for all entries: a file named twice is used once
     for entry in train_data:
         if os.path.isdir(entry):
             if is_saved_dataset(entry):
@@ -589,18 +608,29 @@ def load_training_sources(train_data: Sequence[str], image_column: str = "image"
             elif contains_parquet(entry):
                 table = datasets.load_dataset(entry, split="train")
             else:
-                files, bad = scan_image_folder(entry)
+                first_skip = len(scan.skipped)
+                files, bad = scan_image_folder(entry, scan=scan)
+                if not files and any(s.kind == "same-file" for s in scan.skipped[first_skip:]):
+                    described.append(f"{entry} (no new images: all already listed)")
+                    continue
                 if not files:
-                    raise ValueError(f"no readable image found under {entry} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+                    raise ValueError(f"no readable image found under {entry} (extensions {', '.join(IMAGE_EXTENSIONS)})"
+                                     + (f"; {bad} skipped, see the warnings above" if bad else ""))
                 sources.extend(files)
                 skipped += bad
                 described.append(f"{entry} ({len(files)} images{f', {bad} unreadable skipped' if bad else ''})")
                 continue
         elif os.path.isfile(entry):
-            sources.append(entry)
-            described.append(entry)
+            if scan.add_file(entry):
+                sources.append(entry)
+                described.append(entry)
+            else:
+                logger.warning("skipping %s", scan.skipped[-1])
+                skipped += scan.skipped[-1].kind != "same-file"
             continue
-        elif os.path.exists(entry) or entry.startswith((".", "/")):
+        elif os.path.exists(entry):
+            raise ValueError(f"training data {entry!r} is neither a folder nor a regular file (a FIFO or a device?)")
+        elif entry.startswith((".", "/")):
             raise FileNotFoundError(f"training data {entry!r} does not exist")
         else:
             table = datasets.load_dataset(entry, split="train")

@@ -67,6 +67,11 @@ def infmix_build(args: argparse.Namespace) -> int:
         print(f"skipped (unreadable): {len(skipped)}")
         for item in skipped:
             print(f"  {item['file']}: {item['error']}")
+        scan_skipped = report.get("skipped", [])
+        if scan_skipped:
+            print(f"skipped while scanning (not opened): {len(scan_skipped)}")
+            for item in scan_skipped:
+                print(f"  {item['file']}: {item['reason']}")
         print(f"duplicates dropped: {report.get('total_duplicates', 0)}")
         if args.format == "parquet" or args.push_to_hub:
             from .export import export_parquet, push_to_hub
@@ -173,6 +178,8 @@ def data_inspect(args: argparse.Namespace) -> int:
     skipped = meta.get("skipped", [])
     if skipped:
         summary["skipped"] = skipped
+    if meta.get("skipped_files"):
+        summary["skipped_files"] = meta["skipped_files"]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
@@ -192,5 +199,9 @@ def data_inspect(args: argparse.Namespace) -> int:
             print(f"  {name:<20}{d['pixels']:>12}  {100 * d['fraction']:6.2f}%")
     if by_source:
         print("sources: " + ", ".join(f"{k} ({v})" for k, v in summary["sources"].items()))
+    if meta.get("skipped_files"):
+        print(f"skipped while scanning (not opened): {len(meta['skipped_files'])}")
+        for line in meta["skipped_files"]:
+            print(f"  {line}")
     print(f"wrote {os.path.join(args.out, 'summary.json')} and {sheet_path}")
     return 0

@@ -1,9 +1,9 @@
 """InfMix, the UNIP pre-training mix (Zhang et al., "UNIP", ICLR 2025), as a `datasets` builder.
 
-Many infrared sources plus grayscale-converted RGB images, with configurable composition. Images are decoded by
-the package's one decoding path (`image_processing_unip.load_infrared_image` / `to_intensity_image`: EXIF
-orientation, pixel limit, NaN refused); PyYAML, a dependency of `datasets` itself, is imported lazily for YAML
-manifests.
+Many infrared sources plus grayscale-converted RGB images, with configurable composition. Files are found by
+the package's one walker (`unip_hf.files`) and decoded by its one decoding path
+(`image_processing_unip.load_infrared_image` / `to_intensity_image`: EXIF orientation, pixel limit, NaN refused);
+PyYAML, a dependency of `datasets` itself, is imported lazily for YAML manifests.
 
 Usage (datasets 5 refuses loading scripts, so use the class directly)::
 
@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 
 import datasets
 
+from ..files import FileScan, data_fingerprint, read_text, require_utf8_name
 from ..image_processing_unip import load_infrared_image, to_intensity_image
 
 __all__ = [
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: File suffixes picked up when scanning a folder (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: Bumped when the rows built from the same files change, so that older caches are not reused.
+_CACHE_FORMAT = "infmix-2"
 #: Line that precedes the JSON build report inside ``DatasetInfo.description``.
 REPORT_MARKER = "InfMix build report (JSON):"
 MODALITIES: tuple[str, ...] = ("infrared", "rgb")
@@ -100,21 +103,31 @@ def _matches(source: str, modality: str, patterns: Optional[tuple]) -> bool:
     return any(fnmatch.fnmatch(source, p) or fnmatch.fnmatch(f"{modality}/{source}", p) for p in patterns or ())
 
 
-def _walk_images(root: str) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for fname in sorted(filenames):
-            if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
-                found.append(os.path.join(dirpath, fname))
-    return found
+def _walk_images(root: str, scan: Optional[FileScan] = None) -> list[str]:
+    """Image files under `root` (sorted, each real file once); what was skipped goes to ``scan.skipped``."""
+    scan = scan if scan is not None else FileScan()
+    start = len(scan.files)
+    scan.add(root, IMAGE_EXTENSIONS)
+    return scan.files[start:]
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder part of a glob pattern before its first wildcard."""
+    parts, kept = pattern.split(os.sep), []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        kept.append(part)
+    return os.sep.join(kept) or os.sep
 
 
 def _load_manifest(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "manifest")
     if path.lower().endswith(".json"):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"manifest {path} is not valid JSON: {err}") from None
     try:
         import yaml  # lazily: PyYAML is a dependency of `datasets`
     except ImportError as err:  # pragma: no cover - datasets always installs it
@@ -135,12 +148,19 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
             every: 5                   # optional: every k-th file of the sorted list
             max: 1000                  # optional: at most n files (after `every`)
 
+    A manifest reads what it names: relative paths may leave its folder (``../other``) and absolute paths are
+    allowed, so build only manifests you trust. A source's ``root`` is the deepest folder holding all its paths
+    (wildcards excluded), so the ``file`` column never starts with ``..``. File names that are not UTF-8,
+    non-regular files (FIFOs, devices), broken links and folders reached again through a link loop are skipped
+    and listed in the source's ``skipped``; each real file is listed once.
+
     Args:
         root_or_manifest: folder or manifest file.
 
     Returns:
-        One dict per source: ``name``, ``modality``, ``root`` (for relative file names) and ``files``
-        (sorted absolute paths after sampling), ordered by modality then name.
+        One dict per source: ``name``, ``modality``, ``root`` (for relative file names), ``files``
+        (sorted absolute paths after sampling) and ``skipped`` (`unip_hf.files.SkippedFile` items), ordered by
+        modality then name.
     """
     if not os.path.exists(root_or_manifest):
         raise FileNotFoundError(f"InfMix root or manifest not found: {root_or_manifest}")
@@ -153,7 +173,11 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
             for name in sorted(os.listdir(mdir)):
                 sdir = os.path.join(mdir, name)
                 if os.path.isdir(sdir) and not name.startswith("."):
-                    sources.append({"name": name, "modality": modality, "root": sdir, "files": _walk_images(sdir)})
+                    require_utf8_name(sdir, "source folder")  # the name becomes the `source` column
+                    scan = FileScan()
+                    files = _walk_images(sdir, scan)
+                    sources.append({"name": name, "modality": modality, "root": sdir, "files": files,
+                                    "skipped": scan.skipped})
         if not sources:
             raise ValueError(
                 f"{root_or_manifest} has no sources: expected infrared/<source>/ or rgb/<source>/ sub-folders"
@@ -178,22 +202,26 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
         paths = [paths] if isinstance(paths, str) else list(paths or [])
         if not paths:
             raise ValueError(f"manifest {root_or_manifest}: source {name!r} has no 'paths'")
-        files: list[str] = []
+        scan, roots = FileScan(), []
         for p in paths:
             p = os.path.expanduser(p)
-            p = p if os.path.isabs(p) else os.path.join(base, p)
+            p = os.path.abspath(p if os.path.isabs(p) else os.path.join(base, p))
             if os.path.isdir(p):
-                files.extend(_walk_images(p))
+                roots.append(p)
+                _walk_images(p, scan)
             else:
-                files.extend(sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f)))
-        files = sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+                roots.append(_glob_root(p))
+                for f in sorted(glob.glob(p, recursive=True)):
+                    if not os.path.isdir(f):
+                        scan.add_file(os.path.abspath(f))
+        files = sorted(scan.files)
         every, limit = int(entry.get("every", 1) or 1), entry.get("max")
         files = files[::every]
         if limit is not None:
             files = files[: int(limit)]
-        first = paths[0] if os.path.isabs(paths[0]) else os.path.join(base, paths[0])
-        root = first if os.path.isdir(first) else base
-        sources.append({"name": name, "modality": modality, "root": root, "files": files})
+        root = os.path.commonpath(roots) if roots else base
+        root = root if os.path.isdir(root) else os.path.dirname(root)
+        sources.append({"name": name, "modality": modality, "root": root, "files": files, "skipped": scan.skipped})
     sources.sort(key=lambda s: (MODALITIES.index(s["modality"]), s["name"]))
     return sources
 
@@ -234,6 +262,13 @@ def read_report(info_or_dataset: Any) -> Optional[dict]:
     return json.loads(text.split(REPORT_MARKER, 1)[1].strip())
 
 
+def _data_hash(data_dir: str, sources: list[dict[str, Any]]) -> str:
+    """Fingerprint of an InfMix root or manifest: every discovered file and the manifest itself."""
+    files = [f for s in sources for f in s["files"]] + ([] if os.path.isdir(data_dir) else [os.path.abspath(data_dir)])
+    skipped = sorted(item.path for s in sources for item in s.get("skipped", ()))
+    return data_fingerprint(files, extra=_CACHE_FORMAT + "\0".join(skipped))
+
+
 class InfMix(datasets.GeneratorBasedBuilder):
     """InfMix builder over a root folder of sources or a manifest (see `discover_sources`).
 
@@ -250,6 +285,11 @@ class InfMix(datasets.GeneratorBasedBuilder):
     ``mode`` (of the original file), ``width``, ``height`` (as decoded, EXIF orientation applied) and
     ``content_hash`` (SHA-256 of the original file bytes). Files that the package cannot decode (corrupt, truncated,
     over `MAX_IMAGE_PIXELS`, NaN/inf floats, 1-bit images) are skipped and listed in ``report["unreadable"]``.
+    Names that are not UTF-8, non-regular files, broken links and link loops are skipped when scanning and listed
+    in ``report["skipped"]``.
+
+    The cache key includes a fingerprint of the discovered files (names, sizes, modification times) and of the
+    manifest, so a changed, added or deleted file rebuilds the data set instead of returning the old rows.
     """
 
     VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (EXIF before grayscale, NaN refused)
@@ -277,6 +317,12 @@ class InfMix(datasets.GeneratorBasedBuilder):
                 include_sources=include,
                 exclude_sources=exclude,
             )
+        if kwargs.get("hash") is None and kwargs.get("data_dir") and os.path.exists(kwargs["data_dir"]):
+            try:
+                self._discovered = (kwargs["data_dir"], discover_sources(kwargs["data_dir"]))
+                kwargs["hash"] = _data_hash(kwargs["data_dir"], self._discovered[1])
+            except ValueError:  # no sources / bad manifest: reported with the file name by the build
+                pass
         super().__init__(*args, **kwargs)
         self.report: dict[str, Any] = {}
 
@@ -306,7 +352,8 @@ class InfMix(datasets.GeneratorBasedBuilder):
             raise ValueError("InfMix needs data_dir=<root folder or manifest file>")
         cfg = self.config
         chosen = []
-        for s in discover_sources(data_dir):
+        found = getattr(self, "_discovered", None)  # the scan whose fingerprint keys the cache
+        for s in found[1] if found and found[0] == data_dir else discover_sources(data_dir):
             if s["modality"] not in cfg.modalities:
                 continue
             if cfg.include_sources and not _matches(s["name"], s["modality"], cfg.include_sources):
@@ -336,8 +383,12 @@ class InfMix(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         sources = self._selected_sources()
         seen: dict[bytes, str] = {}
-        rows, unreadable = [], []
+        rows, unreadable, skipped = [], [], []
         for s in sources:
+            for item in s.get("skipped", ()):
+                skipped.append({"source": f"{s['modality']}/{s['name']}", "file": item.path, "kind": item.kind,
+                                "reason": item.reason})
+                logger.warning("InfMix: skipping %s (%s)", item.path, item.reason)
             row = {"source": s["name"], "modality": s["modality"], "files": len(s["files"]), "kept": 0, "duplicates": 0, "unreadable": 0}
             rows.append(row)
             for path in s["files"]:
@@ -375,6 +426,7 @@ class InfMix(datasets.GeneratorBasedBuilder):
             "total_kept": sum(r["kept"] for r in rows),
             "total_duplicates": sum(r["duplicates"] for r in rows),
             "unreadable": unreadable,
+            "skipped": skipped,
         }
         logger.info("InfMix %s per-source counts:\n%s", self.config.name, format_report_table(self.report))
         self.info.description = f"{_DESCRIPTION}\n\n{REPORT_MARKER}\n{json.dumps(self.report, indent=1)}"

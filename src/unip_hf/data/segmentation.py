@@ -21,6 +21,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ..files import FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
 from ..image_processing_unip import InfraredImageError, load_infrared_image, to_intensity_image
 
 __all__ = [
@@ -53,6 +54,9 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
 METADATA_MARKER = "Segmentation metadata (JSON):"
 _EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
+#: caches written by older code are not reused.
+_CACHE_FORMAT = "segmentation-2"
 
 #: SODA (Li et al., 2021): 20 object classes plus background.
 SODA_CLASSES = (
@@ -216,6 +220,11 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
 
         b = SirstBuilder(data_dir="/data/sirst", cache_dir="/tmp/hf"); b.download_and_prepare()
         ds = b.as_dataset("train")
+
+    The cache key (the builder's ``hash``) is a fingerprint of every file under ``data_dir`` (relative names,
+    sizes, modification times), of the spec and of ``skip_missing``: editing a mask, adding or deleting an image
+    rebuilds the data set instead of returning the cached rows. Files skipped by the folder scan (names that
+    are not UTF-8, FIFOs, broken links, loops) are listed in ``builder.scan_skipped``.
     """
 
     SPEC: SegmentationSpec = SegmentationSpec("generic", ("background", "foreground"))
@@ -226,10 +235,35 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         if spec is not None:
             self.SPEC = spec
         self.skip_missing = skip_missing
+        data_dir = kwargs.get("data_dir")
+        if kwargs.get("hash") is None and data_dir and os.path.isdir(data_dir):
+            kwargs["hash"] = self._data_hash(data_dir, kwargs.get("cache_dir"))
         super().__init__(*args, **kwargs)
         self.stray_counts: dict[str, int] = {}
         self.missing: list[str] = []
         self.skipped: list[dict[str, str]] = []
+        self.scan_skipped: list = []  # SkippedFile items: entries the folder scan did not open
+
+    def _data_hash(self, data_dir: str, cache_dir: Optional[str]) -> str:
+        """Fingerprint of what `data_dir` holds (a cache folder inside it excluded) and of the build options."""
+        files = scan_files(data_dir, extensions=None).files
+        if cache_dir:
+            inside = os.path.abspath(cache_dir) + os.sep
+            files = [f for f in files if not os.path.abspath(f).startswith(inside)]
+        spec = self.SPEC
+        extra = json.dumps([_CACHE_FORMAT, type(self).__name__, spec.to_dict(),
+                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing])
+        return data_fingerprint(files, root=data_dir, extra=extra)
+
+    def _list_images(self, folder: str, recursive: bool = False) -> list[str]:
+        """Image files in `folder` (sorted) through the package's walker; skipped entries go to `scan_skipped` (once)."""
+        scan = FileScan()
+        scan.add(folder, _EXTS, recursive=recursive)
+        for item in scan.skipped:
+            if item not in self.scan_skipped:
+                self.scan_skipped.append(item)
+                logger.warning("%s: skipping %s", type(self).__name__, item)
+        return scan.files
 
     # -- to implement
     def _splits(self, root: str) -> list[str]:
@@ -272,13 +306,15 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
             raise ValueError(f"{path}: mask must be single-channel, got shape {arr.shape}")
         return self._map_values(arr, path)
 
-    def _map_values(self, arr: np.ndarray, path: str) -> np.ndarray:
+    def _map_values(self, arr: np.ndarray, path: str, value_map: Optional[dict] = None) -> np.ndarray:
+        """Raw mask values -> class ids through `value_map` (default: the spec's), checked against the classes."""
         spec = self.SPEC
+        value_map = spec.value_map if value_map is None else value_map
         arr = arr.astype(np.int64)
         out = arr.copy()
-        if spec.value_map:
+        if value_map:
             out = np.full(arr.shape, -1, dtype=np.int64)
-            for raw, cid in spec.value_map.items():
+            for raw, cid in value_map.items():
                 out[arr == raw] = cid
             out[(arr == spec.ignore_index) & (out < 0)] = spec.ignore_index
         for raw, cid in spec.stray_values.items():
@@ -330,24 +366,29 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         if len(self.skipped) > skipped_before:
             logger.warning("%s: %d pair(s) of split %r skipped (unreadable files, listed in the metadata)",
                            type(self).__name__, len(self.skipped) - skipped_before, split)
-        if self.stray_counts or self.skipped:
+        if self.stray_counts or self.skipped or self.scan_skipped:
             meta = self.SPEC.to_dict()
             if self.stray_counts:
                 meta["stray_counts"] = dict(self.stray_counts)
             if self.skipped:
                 meta["skipped"] = list(self.skipped)
+            if self.scan_skipped:
+                meta["skipped_files"] = [str(item) for item in self.scan_skipped]
             self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
 
 
 def _read_ids(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [os.path.splitext(line.strip().split()[0])[0] for line in f if line.strip()]
+    lines = read_text(path, "split file").splitlines()
+    return [os.path.splitext(line.strip().split()[0])[0] for line in lines if line.strip()]
 
 
 def _find(folder: str, stem: str, what: str) -> str:
+    """The file `stem` + one of `_EXTS` in `folder`; a FIFO or device of that name is refused, never opened."""
     for ext in _EXTS:
         p = os.path.join(folder, stem + ext)
         if os.path.exists(p):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{what} {p} is not a regular file (a FIFO, device or folder); replace it")
             return p
     raise FileNotFoundError(f"{what} for {stem!r} not found in {folder}")
 
@@ -443,12 +484,14 @@ class SplitFolderBuilder(SegmentationBuilder):
 
     def _splits(self, root: str) -> list[str]:
         img = os.path.join(root, "images")
-        return sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d))) if os.path.isdir(img) else []
+        if not os.path.isdir(img):
+            return []
+        return sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)) and not d.startswith(".")
+                      and require_utf8_name(os.path.join(img, d), "split folder"))
 
     def _pairs(self, root: str, split: str) -> list[tuple[str, str]]:
         img_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
-        files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(_EXTS))
-        return [(os.path.join(img_dir, f), _find(mask_dir, os.path.splitext(f)[0], "mask")) for f in files]
+        return [(f, _find(mask_dir, os.path.splitext(os.path.basename(f))[0], "mask")) for f in self._list_images(img_dir)]
 
 
 class MassMindBuilder(SegmentationBuilder):
@@ -466,7 +509,9 @@ class MassMindBuilder(SegmentationBuilder):
 
     def _pairs(self, root: str, split: str) -> list[tuple[str, str]]:
         pairs = []
-        for mask in sorted(glob.glob(os.path.join(root, "**", f"*{self.MASK_SUFFIX}.png"), recursive=True)):
+        for mask in self._list_images(root, recursive=True):
+            if not mask.endswith(f"{self.MASK_SUFFIX}.png"):
+                continue
             stem = os.path.basename(mask)[: -len(self.MASK_SUFFIX) - 4]
             pairs.append((_find(os.path.dirname(mask), stem, "image"), mask))
         return pairs
@@ -481,30 +526,44 @@ class MassMindBuilder(SegmentationBuilder):
 class GenericFolderBuilder(SegmentationBuilder):
     """Generic layout: ``images/`` + ``masks/`` (flat: one split ``train``; or ``{split}`` sub-folders).
 
-    Class names come from ``classes.json`` (a list, or ``{"classes": [...], "palette": [...]}``) or
-    ``classes.txt`` (one per line) in the root, else from the ``spec`` argument. Masks hold ids; colour
-    masks (RGB) are mapped through the palette.
+    Class names come from ``classes.json`` (a list, or ``{"classes": [...], "palette": [...],
+    "value_map": {"<raw>": <id>}}``) or ``classes.txt`` (one per line) in the root, else from the ``spec``
+    argument. Masks hold ids (255 = ignore); colour masks (RGB) are mapped through the palette.
+
+    Binary masks stored as 0/255: with exactly two classes and no ``value_map``, a mask whose values are a
+    subset of {0, 255} and that contains 255 is read as background/foreground (255 -> 1), as the named binary
+    builders (``sirst``, ``buffalo-udder``) do; 255 is then not "ignore". A mask holding 1 is read as ids (255 =
+    ignore). A build in which both kinds occur stops with an error naming one file of each kind, since 255
+    would mean foreground in one and ignore in the other: convert the masks to one convention, or give
+    ``value_map`` in ``classes.json``.
     """
+
+    _mask_convention: Optional[tuple[str, str]] = None  # ("0/255" | "ids", first mask that decided it)
 
     def _splits(self, root: str) -> list[str]:
         self._maybe_read_classes(root)
         img = os.path.join(root, "images")
         if not os.path.isdir(img):
             return []
-        subs = sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)))
+        subs = sorted(d for d in os.listdir(img) if os.path.isdir(os.path.join(img, d)) and not d.startswith(".")
+                      and require_utf8_name(os.path.join(img, d), "split folder"))
         return subs or ["train"]
 
     def _maybe_read_classes(self, root: str) -> None:
         jpath, tpath = os.path.join(root, "classes.json"), os.path.join(root, "classes.txt")
         if os.path.exists(jpath):
-            with open(jpath, encoding="utf-8") as f:
-                data = json.load(f)
+            try:
+                data = json.loads(read_text(jpath, "class list"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{jpath} is not valid JSON: {err}") from None
+            if not isinstance(data, list) and not (isinstance(data, dict) and isinstance(data.get("classes"), list)):
+                raise ValueError(f'{jpath}: expected a list of class names or {{"classes": [...], ...}}')
             names = data if isinstance(data, list) else data["classes"]
             palette = tuple(tuple(c) for c in data.get("palette", ())) if isinstance(data, dict) else ()
-            self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), tuple(names), palette)
+            value_map = {int(k): int(v) for k, v in data.get("value_map", {}).items()} if isinstance(data, dict) else {}
+            self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), tuple(names), palette, value_map)
         elif os.path.exists(tpath):
-            with open(tpath, encoding="utf-8") as f:
-                names = tuple(line.strip() for line in f if line.strip())
+            names = tuple(line.strip() for line in read_text(tpath, "class list").splitlines() if line.strip())
             self.SPEC = SegmentationSpec(os.path.basename(os.path.abspath(root)), names)
 
     def _info(self) -> datasets.DatasetInfo:
@@ -516,14 +575,33 @@ class GenericFolderBuilder(SegmentationBuilder):
         img_dir, mask_dir = os.path.join(root, "images", split), os.path.join(root, "masks", split)
         if not os.path.isdir(img_dir):
             img_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
-        files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(_EXTS))
-        return [(os.path.join(img_dir, f), _find(mask_dir, os.path.splitext(f)[0], "mask")) for f in files]
+        return [(f, _find(mask_dir, os.path.splitext(os.path.basename(f))[0], "mask")) for f in self._list_images(img_dir)]
 
     def _load_mask(self, path: str) -> np.ndarray:
         im = load_infrared_image(path)
         if im.mode in ("RGB", "RGBA"):
             return colour_mask_to_ids(np.asarray(im.convert("RGB")), self.SPEC.palette, path)
         return super()._load_mask(path)
+
+    def _map_values(self, arr: np.ndarray, path: str, value_map: Optional[dict] = None) -> np.ndarray:
+        spec = self.SPEC
+        if value_map is not None or spec.value_map or len(spec.class_names) != 2:
+            return super()._map_values(arr, path, value_map)
+        values = set(np.unique(arr).tolist())
+        kind = "0/255" if 255 in values and values <= {0, 255} else "ids" if values - {0, 255} else None
+        if kind is not None:
+            if self._mask_convention is None:
+                self._mask_convention = (kind, path)
+            elif self._mask_convention[0] != kind:
+                first_kind, first = self._mask_convention
+                binary, ids = (path, first) if kind == "0/255" else (first, path)
+                raise ValueError(
+                    f"{binary}: mask holds only 0 and 255 (read as background/foreground, 255 -> 1, for the 2 classes "
+                    f"{list(spec.class_names)}), but {ids} holds class ids (1 = {spec.class_names[1]}, 255 = ignore). "
+                    "Store every mask one way (all 0/255, or all 0/1 with 255 = ignore), or set "
+                    '"value_map" in classes.json (e.g. {"0": 0, "255": 1})'
+                )
+        return super()._map_values(arr, path, _BINARY if kind == "0/255" else None)
 
 
 #: name -> (builder class, spec) used by `load_segmentation_dataset`.
