@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 
 import datasets
 
-from ..files import FileScan, data_fingerprint, read_text, require_utf8_name
+from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
 from ..image_processing_unip import load_infrared_image, to_intensity_image
 
 __all__ = [
@@ -43,8 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes picked up when scanning a folder (case-insensitive).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: Bumped when the rows built from the same files change, so that older caches are not reused.
 _CACHE_FORMAT = "infmix-2"
 #: Line that precedes the JSON build report inside ``DatasetInfo.description``.

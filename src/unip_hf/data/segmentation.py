@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..files import FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
+from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
 from ..image_processing_unip import InfraredImageError, load_infrared_image, to_intensity_image
 
 __all__ = [
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 METADATA_MARKER = "Segmentation metadata (JSON):"
-_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_EXTS = IMAGE_EXTENSIONS  # one list of image file extensions for the package (unip_hf.files)
 #: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
 #: caches written by older code are not reused.
 _CACHE_FORMAT = "segmentation-2"
