@@ -159,17 +159,59 @@ def test_attention_logits_match_probabilities(tester):
 
 def test_explicit_attention_only_for_requested_layers(tester, monkeypatch):
     calls = []
-    original = modeling_unip.eager_attention_forward
+    original = modeling_unip.attention_scores
 
-    def counting(module, *args, **kwargs):
-        calls.append(module)
-        return original(module, *args, **kwargs)
+    def counting(query, *args, **kwargs):
+        calls.append(query.shape[1])  # heads of the block that built an N x N score matrix
+        return original(query, *args, **kwargs)
 
-    monkeypatch.setattr(modeling_unip, "eager_attention_forward", counting)
-    model = UnipViTModel(tester.get_config()).eval()
+    monkeypatch.setattr(modeling_unip, "attention_scores", counting)
+    model = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4)).eval()
     out = model(tester.pixel_values(), attention_logits_layers=[3])
-    assert calls == [model.encoder.layer[3].attention]
+    assert calls == [4]  # the last block only; the others ran SDPA
     assert out.attention_logits[0].requires_grad  # logits carry gradients (distillation trains through them)
+
+
+def test_attention_returns_logits_without_side_channel(tester):
+    """The attention module returns its logits (no attribute set on it during forward, no second computation):
+    the explicit path, the logits-only path and the eager attention function agree."""
+    model = UnipViTModel(tester.get_config()).eval()
+    attention = model.encoder.layer[0].attention
+    hidden = torch.randn(2, tester.seq_len, 32)
+    state = set(vars(attention))
+    output, probs, logits = attention(hidden, output_attentions=True, output_logits=True)
+    assert set(vars(attention)) == state
+    torch.testing.assert_close(probs, logits.softmax(-1))
+    assert attention(hidden, logits_only=True)[:2] == (None, None)
+    torch.testing.assert_close(attention(hidden, logits_only=True)[2], logits)
+    sdpa_output, no_probs, no_logits = attention(hidden)
+    assert no_probs is None and no_logits is None
+    torch.testing.assert_close(sdpa_output, output, atol=1e-6, rtol=1e-5)
+    # eager_attention_forward keeps transformers' signature and returns (output, probabilities)
+    query, key, value = attention.project(hidden)
+    eager_out, eager_probs = modeling_unip.eager_attention_forward(attention, query, key, value, None, attention.scaling, 0.0)
+    torch.testing.assert_close(eager_probs, probs)
+    torch.testing.assert_close(attention.proj(eager_out.reshape(2, tester.seq_len, -1)), output)
+
+
+def test_registered_attention_function_is_used(tester):
+    """`_supports_attention_backend`: a function registered with transformers' AttentionInterface runs when asked
+    for, with transformers' calling convention."""
+    from transformers import AttentionInterface
+
+    calls = []
+
+    def custom(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        calls.append(type(module).__name__)
+        return modeling_unip.eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+    AttentionInterface.register("unip_test_attention", custom)
+    model = UnipViTModel(tester.get_config()).eval()
+    pixels = tester.pixel_values()
+    reference = model(pixels).last_hidden_state
+    model.set_attn_implementation("unip_test_attention")
+    torch.testing.assert_close(model(pixels).last_hidden_state, reference, atol=1e-5, rtol=1e-5)
+    assert calls == ["UnipSelfAttention"] * tester.num_hidden_layers
 
 
 def test_attention_logits_method_computes_only_what_is_needed(tester):
@@ -364,7 +406,7 @@ def test_auxiliary_loss_weight(tester):
     pixels, labels = tester.pixel_values(), tester.labels()
     total = model(pixels, labels=labels).loss
     main = model.compute_loss(model(pixels).logits, labels)
-    maps = model.unip.get_feature_maps(pixels, [-1])
+    maps = model.unip.forward_intermediates(pixels, [-1])
     aux = model.compute_loss(model.auxiliary_head(maps[0]), labels)
     torch.testing.assert_close(total, main + 0.4 * aux)
     no_aux = UnipForSemanticSegmentation(tester.get_config(use_auxiliary_head=False))
