@@ -1,7 +1,9 @@
 """UNIP vision transformers (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared Semantic
 Segmentation", ICLR 2025): the plain ViT backbone that NMI-HAD distils into (its last block may have as many heads
 as the teacher), with capture of pre-softmax attention logits of chosen layers and early exit, and the segmentation
-model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe.
+model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe. Block features come from one method,
+`UnipViTModel.forward_intermediates`, which the segmentation heads and `UnipBackbone` (`AutoBackbone`, hence
+transformers' UperNet) share; attention logits are returned by the attention module itself.
 
 This file imports only torch, transformers and the configuration file next to it, so that it travels with saved
 checkpoints as remote code (`trust_remote_code=True`).
@@ -422,8 +424,12 @@ class UnipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["UnipEmbeddings", "UnipLayer"]
+    # What the tests exercise: eager and SDPA give the same outputs (test_sdpa_and_eager_identical), and a function
+    # registered with transformers' AttentionInterface is called with its convention (_supports_attention_backend).
     _supports_sdpa = True
+    # False: never run here (FlashAttention needs CUDA and the flash-attn package; the test suite runs on CPU).
     _supports_flash_attn = False
+    # False: flex attention (which needs torch.compile) is not tested.
     _supports_flex_attn = False
     _supports_attention_backend = True
 
@@ -538,6 +544,19 @@ class UnipViTModel(UnipPreTrainedModel):
             raise ValueError(f"{what}={index} is out of range for a model with {depth} blocks (0-based indices)")
         return index % depth
 
+    def _resolve_flags(
+        self, pixel_values: torch.Tensor | None, output_attentions, output_hidden_states, return_dict
+    ) -> tuple[bool, bool, bool]:
+        """`output_attentions`, `output_hidden_states`, `return_dict`, the configuration's where not given."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        config = self.config
+        return (
+            bool(output_attentions if output_attentions is not None else config.output_attentions),
+            bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states),
+            bool(return_dict if return_dict is not None else config.return_dict),
+        )
+
     def _model_output(self, encoded: UnipEncoderOutput, logits_layers: Sequence[int]) -> UnipModelOutput:
         """The final norm and pooling when every block ran; the raw output of the last block run otherwise."""
         if encoded.num_layers_run == self.config.num_hidden_layers:
@@ -583,13 +602,9 @@ class UnipViTModel(UnipPreTrainedModel):
                 Run blocks `0..stop_after_layer` only. `last_hidden_state` is then that block's raw output (no final
                 norm) and `pooler_output` is `None`: the same early exit as `forward_intermediates(stop_early=True)`.
         """
-        if pixel_values is None:
-            raise ValueError("pixel_values is required")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
+            pixel_values, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         logits_layers = [self._resolve_layer(i, "attention_logits_layers") for i in (attention_logits_layers or ())]
         last = self.config.num_hidden_layers - 1
         if stop_after_layer is not None:
@@ -599,7 +614,7 @@ class UnipViTModel(UnipPreTrainedModel):
                     f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={last}"
                 )
         encoded = self.encoder(
-            self.embeddings(pixel_values), last, bool(output_attentions), bool(output_hidden_states), logits_layers
+            self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers
         )
         output = self._model_output(encoded, logits_layers)
         if not return_dict:
@@ -733,24 +748,18 @@ class UnipBackbone(BackboneMixin, UnipViTModel):
             output_attentions (`bool`, *optional*): also return every layer's attention (all blocks then run).
             return_dict (`bool`, *optional*): return a `BackboneOutput` instead of a tuple.
         """
-        if pixel_values is None:
-            raise ValueError("pixel_values is required")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
+            pixel_values, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        everything = bool(output_attentions or output_hidden_states)
         outputs, maps = self.forward_intermediates(
             pixel_values,
             self.out_indices,
-            stop_early=not everything,
+            stop_early=not (output_attentions or output_hidden_states),  # all blocks run when those are asked for
             intermediates_only=False,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
-        hidden_states = outputs.hidden_states if output_hidden_states else None
-        attentions = outputs.attentions if output_attentions else None
+        hidden_states, attentions = outputs.hidden_states, outputs.attentions  # None unless asked for
         if not return_dict:
             return (tuple(maps),) + tuple(x for x in (hidden_states, attentions) if x is not None)
         return BackboneOutput(feature_maps=tuple(maps), hidden_states=hidden_states, attentions=attentions)
