@@ -386,7 +386,7 @@ class UnipEncoder(nn.Module):
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         logits_by_layer: dict[int, torch.Tensor] = {}
-        kept: dict[int, torch.Tensor] = {}
+        kept: dict[int, object] = {}
         wanted, keep = set(attention_logits_layers), set(keep_layers)
         for index in range(last_layer + 1):
             hidden_states, probs, logits = self.layer[index](hidden_states, output_attentions, index in wanted)
