@@ -159,17 +159,59 @@ def test_attention_logits_match_probabilities(tester):
 
 def test_explicit_attention_only_for_requested_layers(tester, monkeypatch):
     calls = []
-    original = modeling_unip.eager_attention_forward
+    original = modeling_unip.attention_scores
 
-    def counting(module, *args, **kwargs):
-        calls.append(module)
-        return original(module, *args, **kwargs)
+    def counting(query, *args, **kwargs):
+        calls.append(query.shape[1])  # heads of the block that built an N x N score matrix
+        return original(query, *args, **kwargs)
 
-    monkeypatch.setattr(modeling_unip, "eager_attention_forward", counting)
-    model = UnipViTModel(tester.get_config()).eval()
+    monkeypatch.setattr(modeling_unip, "attention_scores", counting)
+    model = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4)).eval()
     out = model(tester.pixel_values(), attention_logits_layers=[3])
-    assert calls == [model.encoder.layer[3].attention]
+    assert calls == [4]  # the last block only; the others ran SDPA
     assert out.attention_logits[0].requires_grad  # logits carry gradients (distillation trains through them)
+
+
+def test_attention_returns_logits_without_side_channel(tester):
+    """The attention module returns its logits (no attribute set on it during forward, no second computation):
+    the explicit path, the logits-only path and the eager attention function agree."""
+    model = UnipViTModel(tester.get_config()).eval()
+    attention = model.encoder.layer[0].attention
+    hidden = torch.randn(2, tester.seq_len, 32)
+    state = set(vars(attention))
+    output, probs, logits = attention(hidden, output_attentions=True, output_logits=True)
+    assert set(vars(attention)) == state
+    torch.testing.assert_close(probs, logits.softmax(-1))
+    assert attention(hidden, logits_only=True)[:2] == (None, None)
+    torch.testing.assert_close(attention(hidden, logits_only=True)[2], logits)
+    sdpa_output, no_probs, no_logits = attention(hidden)
+    assert no_probs is None and no_logits is None
+    torch.testing.assert_close(sdpa_output, output, atol=1e-6, rtol=1e-5)
+    # eager_attention_forward keeps transformers' signature and returns (output, probabilities)
+    query, key, value = attention.project(hidden)
+    eager_out, eager_probs = modeling_unip.eager_attention_forward(attention, query, key, value, None, attention.scaling, 0.0)
+    torch.testing.assert_close(eager_probs, probs)
+    torch.testing.assert_close(attention.proj(eager_out.reshape(2, tester.seq_len, -1)), output)
+
+
+def test_registered_attention_function_is_used(tester):
+    """`_supports_attention_backend`: a function registered with transformers' AttentionInterface runs when asked
+    for, with transformers' calling convention."""
+    from transformers import AttentionInterface
+
+    calls = []
+
+    def custom(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        calls.append(type(module).__name__)
+        return modeling_unip.eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+    AttentionInterface.register("unip_test_attention", custom)
+    model = UnipViTModel(tester.get_config()).eval()
+    pixels = tester.pixel_values()
+    reference = model(pixels).last_hidden_state
+    model.set_attn_implementation("unip_test_attention")
+    torch.testing.assert_close(model(pixels).last_hidden_state, reference, atol=1e-5, rtol=1e-5)
+    assert calls == ["UnipSelfAttention"] * tester.num_hidden_layers
 
 
 def test_attention_logits_method_computes_only_what_is_needed(tester):
@@ -208,6 +250,102 @@ def test_stop_after_layer_runs_fewer_blocks(tester):
         model(pixels, stop_after_layer=1, attention_logits_layers=[2])
     with pytest.raises(ValueError, match="out of range"):
         model(pixels, stop_after_layer=7)
+
+
+def test_forward_intermediates(tester):
+    model = UnipViTModel(tester.get_config()).eval()
+    pixels = torch.randn(2, 3, 32, 48)
+    full = model(pixels, output_hidden_states=True)
+    seen = []
+    for index, layer in enumerate(model.encoder.layer):
+        layer.register_forward_hook(lambda *_, i=index: seen.append(i))
+    maps = model.forward_intermediates(pixels, [2, 0, 2])
+    assert seen == [0, 1, 2]  # stop_early: nothing after the deepest requested block
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 4, 6)] * 3
+    expected = full.hidden_states[3][:, 1:].reshape(2, 4, 6, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(maps[0], expected)
+    torch.testing.assert_close(maps[1], full.hidden_states[1][:, 1:].reshape(2, 4, 6, 32).permute(0, 3, 1, 2))
+    seen.clear()
+    tokens = model.forward_intermediates(pixels, 2, output_fmt="NLC", norm=True, return_prefix_tokens=True)
+    assert seen == [0, 1, 2, 3] and len(tokens) == 2  # the last 2 blocks
+    patches, cls = tokens[1]
+    torch.testing.assert_close(torch.cat([cls, patches], dim=1), full.last_hidden_state)  # last block, final norm
+    assert len(model.forward_intermediates(pixels)) == tester.num_hidden_layers
+    output, maps = model.forward_intermediates(pixels, [1], stop_early=False, intermediates_only=False,
+                                               output_hidden_states=True)
+    torch.testing.assert_close(output.last_hidden_state, full.last_hidden_state)
+    assert len(output.hidden_states) == 5
+    early, _ = model.forward_intermediates(pixels, [1], intermediates_only=False)
+    torch.testing.assert_close(early.last_hidden_state, model(pixels, stop_after_layer=1).last_hidden_state)
+    assert early.pooler_output is None and early.num_layers_run == 2
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(pixels, [4])
+    with pytest.raises(ValueError, match="output_fmt"):
+        model.forward_intermediates(pixels, [1], output_fmt="NHWC")
+
+
+def test_backbone_config_out_indices_and_features(tester):
+    config = tester.get_config()
+    assert config.stage_names == ["stage1", "stage2", "stage3", "stage4"]
+    assert config.out_indices == [0, 1, 2, 3] and config.out_features == config.stage_names  # default_out_indices
+    by_name = tester.get_config(out_features=["stage2", "stage4"])
+    assert by_name.out_indices == [1, 3]
+    assert tester.get_config(out_indices=[0, 1, 1, 1]).out_features == ["stage1", "stage2", "stage2", "stage2"]
+    assert UnipConfig().out_indices == [3, 5, 7, 11] and UnipConfig().out_features[0] == "stage4"
+    with pytest.raises(ValueError, match="block order"):
+        tester.get_config(out_indices=[2, 1])
+    with pytest.raises(ValueError, match="not stages"):
+        tester.get_config(out_features=["stem"])
+    with pytest.raises(ValueError, match="name different blocks"):
+        tester.get_config(out_indices=[1], out_features=["stage1"])
+
+
+def test_unip_backbone(tmp_path, tester):
+    from transformers import AutoBackbone
+    from transformers.modeling_outputs import BackboneOutput
+
+    config = tester.get_config(out_indices=[1, 3], last_layer_num_attention_heads=4)
+    backbone = AutoBackbone.from_config(config).eval()
+    assert isinstance(backbone, unip_hf.UnipBackbone)
+    assert backbone.out_features == ["stage2", "stage4"] and backbone.channels == [32, 32]
+    pixels = tester.pixel_values()
+    out = backbone(pixels)
+    assert isinstance(out, BackboneOutput) and out.hidden_states is None and out.attentions is None
+    for got, expected in zip(out.feature_maps, backbone.forward_intermediates(pixels, [1, 3])):
+        torch.testing.assert_close(got, expected)
+    everything = backbone(pixels, output_hidden_states=True, output_attentions=True)
+    assert len(everything.hidden_states) == 5 and len(everything.attentions) == 4
+    as_tuple = backbone(pixels, return_dict=False)
+    torch.testing.assert_close(as_tuple[0][1], out.feature_maps[1])
+    # a backbone loads the weights of a backbone or segmentation checkpoint
+    segmenter = UnipForSemanticSegmentation(config)
+    segmenter.save_pretrained(tmp_path)
+    # (UnipBackbone.from_pretrained: transformers 5.24's AutoBackbone.from_pretrained asks the Hub about any path
+    # before loading, so it fails offline on a local folder)
+    loaded = unip_hf.UnipBackbone.from_pretrained(tmp_path, out_indices=[3]).eval()
+    assert loaded.out_features == ["stage4"]
+    torch.testing.assert_close(loaded(pixels).feature_maps[0],
+                               segmenter.unip.eval().forward_intermediates(pixels, [3])[0])
+
+
+def test_upernet_with_unip_backbone(tester):
+    """transformers' own UperNet builds on a UNIP backbone (through AutoBackbone) and trains."""
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone_config = UnipConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                 num_attention_heads=2, out_indices=[0, 1, 2, 3])
+    config = UperNetConfig(backbone_config=backbone_config, hidden_size=16, auxiliary_channels=8, num_labels=3)
+    model = UperNetForSemanticSegmentation(config)
+    assert isinstance(model.backbone, unip_hf.UnipBackbone)
+    pixels = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    out = model(pixels, labels=labels)
+    assert out.logits.shape == (2, 3, 64, 64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    out.loss.backward()
+    assert model.backbone.encoder.layer[0].attention.qkv.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert torch.isfinite(model(pixels, labels=labels).loss)
 
 
 def test_interpolate_position_embeddings(tester):
@@ -364,7 +502,7 @@ def test_auxiliary_loss_weight(tester):
     pixels, labels = tester.pixel_values(), tester.labels()
     total = model(pixels, labels=labels).loss
     main = model.compute_loss(model(pixels).logits, labels)
-    maps = model.unip.get_feature_maps(pixels, [-1])
+    maps = model.unip.forward_intermediates(pixels, [-1])
     aux = model.compute_loss(model.auxiliary_head(maps[0]), labels)
     torch.testing.assert_close(total, main + 0.4 * aux)
     no_aux = UnipForSemanticSegmentation(tester.get_config(use_auxiliary_head=False))
@@ -430,6 +568,7 @@ def test_checkpoint_carries_remote_code(tmp_path, tester):
     assert auto_map["AutoModel"] == "modeling_unip.UnipViTModel"
     assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip.UnipForSemanticSegmentation"
     assert auto_map["AutoConfig"] == "configuration_unip.UnipConfig"
+    assert auto_map["AutoBackbone"] == "modeling_unip.UnipBackbone"
     # remote code imports only torch, transformers and its siblings
     for name in ("configuration_unip.py", "modeling_unip.py"):
         imports = re.findall(r"^(?:from|import)\s+([\w.]+)", (tmp_path / name).read_text(), flags=re.M)
@@ -493,7 +632,7 @@ def test_remote_code_loads_without_package(tmp_path, tester):
 
 
 def test_package_exports():
-    for name in ("UnipConfig", "UnipViTModel", "UnipForSemanticSegmentation"):
+    for name in ("UnipConfig", "UnipViTModel", "UnipForSemanticSegmentation", "UnipBackbone"):
         assert hasattr(unip_hf, name)
 
 

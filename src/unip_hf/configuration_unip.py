@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 # Named size presets. The width/depth/heads of the ViT-T/S/B/L family used by the paper.
 UNIP_PRESETS: dict[str, dict[str, Any]] = {
@@ -39,7 +40,7 @@ def default_out_indices(num_hidden_layers: int) -> list[int]:
     return [round(num_hidden_layers * f) - 1 for f in (0.25, 0.5, 0.75, 1.0)]
 
 
-class UnipConfig(PreTrainedConfig):
+class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`UnipViTModel`] or a [`UnipForSemanticSegmentation`]. The defaults give a `unip-small`
     backbone (ViT-S/16) with an LL-FPN + UPerNet segmentation head. Named sizes are available through
@@ -88,7 +89,13 @@ class UnipConfig(PreTrainedConfig):
             block only), `"multilevel_fpn"` (the same four scale operations on the blocks in `out_indices`) or
             `"linear_probe"` (frozen backbone, blocks in `out_indices` concatenated, one 1x1 convolution).
         out_indices (`list[int]`, *optional*):
-            Blocks tapped by `multilevel_fpn` and `linear_probe`. `None` gives `[3, 5, 7, 11]` for 12 blocks.
+            Blocks tapped by `multilevel_fpn`, `linear_probe` and [`UnipBackbone`] (0-based, in block order; a block
+            may repeat). `None` (with `out_features` also `None`) gives [`default_out_indices`]: `[3, 5, 7, 11]` for
+            12 blocks.
+        out_features (`list[str]`, *optional*):
+            The same blocks by stage name (transformers' backbone convention): `stage_names` is
+            `["stage1", ..., f"stage{num_hidden_layers}"]`, `"stageK"` being the output of block `K - 1` (the same
+            names as DINOv2's stages). Give `out_indices` or `out_features`; the other is derived.
         decoder_hidden_size (`int`, *optional*):
             Channels of the UPerNet head; `None` means `hidden_size`.
         pool_scales (`list[int]`, *optional*, defaults to `[1, 2, 3, 6]`):
@@ -141,7 +148,9 @@ class UnipConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     # segmentation
     decode_head: str = "ll_fpn"
-    out_indices: list[int] | None = None
+    # set through `out_indices` / `out_features` (BackboneConfigMixin keeps them aligned)
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
     decoder_hidden_size: int | None = None
     pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6)
     decoder_dropout: float = 0.1
@@ -153,10 +162,46 @@ class UnipConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.pool_scales = list(self.pool_scales)
-        if self.out_indices is not None:
-            self.out_indices = [int(i) for i in self.out_indices]
+        # Stage k (1-based) is the output of block k - 1; there is no "stem" stage, so that `out_indices` are block
+        # indices, as everywhere in UNIP (and `"stage4"` names the same block as in DINOv2).
+        self.stage_names = [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        if out_indices is None and out_features is None:
+            out_indices = default_out_indices(self.num_hidden_layers)
+        if out_indices is not None:
+            out_indices = [int(i) for i in out_indices]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__post_init__(**kwargs)
         self.validate_unip()
+
+    def verify_out_features_out_indices(self) -> None:
+        """transformers' checks of `out_indices` / `out_features` (known stages, in stage order, naming the same
+        stages), except that a block may repeat: the multi-level FPN takes four maps, and a model with fewer blocks
+        feeds one block to several scales."""
+        depth = len(self.stage_names)
+        if self._out_indices is not None:
+            if not isinstance(self._out_indices, list):
+                raise ValueError(f"out_indices must be a list, got {type(self._out_indices).__name__}")
+            bad = [i for i in self._out_indices if not -depth <= i < depth]
+            if bad:
+                raise ValueError(f"out_indices {bad} out of range for {depth} blocks (0-based block indices)")
+            positive = [i % depth for i in self._out_indices]
+            if positive != sorted(positive):
+                raise ValueError(f"out_indices must be in block order, got {self._out_indices}")
+        if self._out_features is not None:
+            if not isinstance(self._out_features, list):
+                raise ValueError(f"out_features must be a list, got {type(self._out_features).__name__}")
+            unknown = [name for name in self._out_features if name not in self.stage_names]
+            if unknown:
+                raise ValueError(f"out_features {unknown} are not stages of this model: {self.stage_names}")
+            order = [self.stage_names.index(name) for name in self._out_features]
+            if order != sorted(order):
+                raise ValueError(f"out_features must be in stage order, got {self._out_features}")
+        if self._out_features is not None and self._out_indices is not None:
+            if self._out_features != [self.stage_names[i] for i in self._out_indices]:
+                raise ValueError(
+                    f"out_features {self._out_features} and out_indices {self._out_indices} name different blocks"
+                )
 
     def validate_unip(self) -> None:
         """Raise a `ValueError` naming the field when the configuration cannot build a model."""
@@ -179,12 +224,8 @@ class UnipConfig(PreTrainedConfig):
             raise ValueError(f"semantic_loss_type must be one of {LOSS_TYPES}, got {self.semantic_loss_type!r}")
         if self.decode_head not in DECODE_HEADS:
             raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
-        if self.out_indices is not None:
-            bad = [i for i in self.out_indices if not -self.num_hidden_layers <= i < self.num_hidden_layers]
-            if bad:
-                raise ValueError(f"out_indices {bad} out of range for {self.num_hidden_layers} blocks")
-            if self.decode_head == "multilevel_fpn" and len(self.out_indices) != 4:
-                raise ValueError(f"multilevel_fpn needs 4 out_indices (one per scale), got {self.out_indices}")
+        if self.decode_head == "multilevel_fpn" and len(self.out_indices) != 4:
+            raise ValueError(f"multilevel_fpn needs 4 out_indices (one per scale), got {self.out_indices}")
 
     @property
     def last_block_heads(self) -> int:
@@ -193,9 +234,8 @@ class UnipConfig(PreTrainedConfig):
 
     @property
     def feature_indices(self) -> list[int]:
-        """The resolved, non-negative `out_indices`."""
-        indices = self.out_indices if self.out_indices is not None else default_out_indices(self.num_hidden_layers)
-        return [i % self.num_hidden_layers for i in indices]
+        """The non-negative `out_indices`."""
+        return [i % self.num_hidden_layers for i in self.out_indices]
 
     def num_heads_of_layer(self, layer_idx: int) -> int:
         """Attention heads of block `layer_idx` (0-based)."""

@@ -1,7 +1,9 @@
 """UNIP vision transformers (Zhang et al., "UNIP: Rethinking Pre-trained Attention Patterns for Infrared Semantic
 Segmentation", ICLR 2025): the plain ViT backbone that NMI-HAD distils into (its last block may have as many heads
 as the teacher), with capture of pre-softmax attention logits of chosen layers and early exit, and the segmentation
-model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe.
+model with LL-FPN / multi-level FPN + UPerNet heads or a linear probe. Block features come from one method,
+`UnipViTModel.forward_intermediates`, which the segmentation heads and `UnipBackbone` (`AutoBackbone`, hence
+transformers' UperNet) share; attention logits are returned by the attention module itself.
 
 This file imports only torch, transformers and the configuration file next to it, so that it travels with saved
 checkpoints as remote code (`trust_remote_code=True`).
@@ -21,8 +23,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_unip import UnipConfig
@@ -33,6 +36,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_unip.UnipConfig",
     "AutoModel": "modeling_unip.UnipViTModel",
     "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
+    "AutoBackbone": "modeling_unip.UnipBackbone",
     "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
 }
 
@@ -160,6 +164,29 @@ class UnipEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
+def attention_scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Scaled pre-softmax scores `q k^T * scaling` (+ the additive mask), `(batch, heads, seq, seq)`: the attention
+    logits [`UnipViTModel`] returns, and the first half of [`eager_attention_forward`]."""
+    logits = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    return logits
+
+
+def attend(
+    module: nn.Module, logits: torch.Tensor, value: torch.Tensor, dropout: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of `logits` (in float32), dropout, weighted sum of `value`: the second half of
+    [`eager_attention_forward`]. Returns the output as `(batch, seq, heads, head_dim)` and the probabilities
+    `(batch, heads, seq, seq)` (before dropout)."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(value.dtype)
+    probs_dropped = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs_dropped, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -170,22 +197,10 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit attention: softmax(q k^T * scaling) v with the softmax in float32.
-
-    Returns the output as `(batch, seq, heads, head_dim)` (the layout of transformers' attention functions) and the
-    attention probabilities `(batch, heads, seq, seq)`. If `module` has a `_logits_sink` list, the scaled pre-softmax
-    scores are appended to it (this is how [`UnipViTModel`] returns attention logits without computing them twice).
-    """
-    logits = torch.matmul(query, key.transpose(-2, -1)) * scaling
-    if attention_mask is not None:
-        logits = logits + attention_mask
-    sink = getattr(module, "_logits_sink", None)
-    if sink is not None:
-        sink.append(logits)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs_dropped = F.dropout(probs, p=dropout, training=module.training)
-    output = torch.matmul(probs_dropped, value).transpose(1, 2).contiguous()
-    return output, probs
+    """Explicit attention with transformers' attention-function signature: softmax(q k^T * scaling) v, the softmax in
+    float32. Returns the output as `(batch, seq, heads, head_dim)` and the attention probabilities
+    `(batch, heads, seq, seq)`."""
+    return attend(module, attention_scores(query, key, scaling, attention_mask), value, dropout)
 
 
 def head_count_error(where: str, saved: int, configured: int) -> str:
@@ -226,53 +241,54 @@ class UnipSelfAttention(nn.Module):
             raise ValueError(head_count_error(prefix, int(saved), self.num_heads))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(
-        self, hidden_states: torch.Tensor, need_weights: bool = False, need_logits: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns `(output, probabilities or None, logits or None)`.
-
-        The explicit (eager) path runs when the configured implementation is eager or when probabilities or logits
-        are requested; otherwise the configured fused kernel (SDPA by default) runs and no `N x N` matrix is stored.
-        """
-        batch, seq_len, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
-        implementation = self.config._attn_implementation or "sdpa"
-        explicit = need_weights or need_logits or implementation == "eager"
-        attention: Callable = (
-            eager_attention_forward if explicit else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        )
-        logits = None
-        if need_logits:
-            self._logits_sink = []
-        try:
-            output, probs = attention(
-                self,
-                query,
-                key,
-                value,
-                None,
-                scaling=self.scaling,
-                dropout=self.dropout_prob if self.training else 0.0,
-            )
-            if need_logits:
-                logits = self._logits_sink[0]
-        finally:
-            self._logits_sink = None
-        output = self.proj_dropout(self.proj(output.reshape(batch, seq_len, -1)))
-        return output, (probs if need_weights else None), logits
-
-
-    def query_key_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Scaled pre-softmax scores `q k^T / sqrt(d)` of `hidden_states` (already normed), `(batch, heads, N, N)`.
-
-        Only the query and key rows of the fused projection are applied: no values, no softmax, no output projection.
-        """
+    def project(
+        self, hidden_states: torch.Tensor, values: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Queries, keys and (when `values`) values, each `(batch, heads, seq, head_dim)`. Without values only the
+        query and key rows of the fused projection are applied."""
         batch, seq_len, width = hidden_states.shape
+        if values:
+            qkv = self.qkv(hidden_states).reshape(batch, seq_len, 3, self.num_heads, self.head_dim)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            return query, key, value
         bias = self.qkv.bias[: 2 * width] if self.qkv.bias is not None else None
         qk = F.linear(hidden_states, self.qkv.weight[: 2 * width], bias)
         query, key = qk.reshape(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return torch.matmul(query, key.transpose(-2, -1)) * self.scaling
+        return query, key, None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        output_logits: bool = False,
+        logits_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Returns `(output, probabilities or None, logits or None)`.
+
+        When neither probabilities nor logits are asked for, the configured attention function runs (SDPA by
+        default, [`eager_attention_forward`] for `"eager"`) and no `N x N` matrix is kept. Otherwise the scores are
+        computed once ([`attention_scores`]), returned, and attended to ([`attend`]) on the same explicit path.
+        `logits_only` returns `(None, None, logits)` after applying only the query/key rows of the projection.
+        """
+        batch, seq_len, _ = hidden_states.shape
+        dropout = self.dropout_prob if self.training else 0.0
+        query, key, value = self.project(hidden_states, values=not logits_only)
+        logits = probs = None
+        if output_attentions or output_logits or logits_only:
+            logits = attention_scores(query, key, self.scaling)
+            if logits_only:
+                return None, None, logits
+            output, probs = attend(self, logits, value, dropout)
+        else:
+            implementation = self.config._attn_implementation or "sdpa"
+            attention: Callable = (
+                eager_attention_forward
+                if implementation == "eager"
+                else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            )
+            output, _ = attention(self, query, key, value, None, scaling=self.scaling, dropout=dropout)
+        output = self.proj_dropout(self.proj(output.reshape(batch, seq_len, -1)))
+        return output, (probs if output_attentions else None), (logits if output_logits else None)
 
 
 class UnipMLP(nn.Module):
@@ -335,9 +351,9 @@ class UnipLayer(GradientCheckpointingLayer):
         self.drop_path = UnipDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, hidden_states: torch.Tensor, need_weights: bool = False, need_logits: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_logits: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, probs, logits = self.attention(self.norm1(hidden_states), need_weights, need_logits)
+        attended, probs, logits = self.attention(self.norm1(hidden_states), output_attentions, output_logits)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attended))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, probs, logits
@@ -358,17 +374,21 @@ class UnipEncoder(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
+        last_layer: int,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         attention_logits_layers: Sequence[int] = (),
-        stop_after_layer: int | None = None,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None, dict[int, torch.Tensor], int]:
-        last = self.config.num_hidden_layers - 1 if stop_after_layer is None else stop_after_layer
+        keep_layers: Sequence[int] = (),
+        keep_fn: Callable[[torch.Tensor], object] | None = None,
+    ) -> UnipEncoderOutput:
+        """Run blocks `0..last_layer` (none when `last_layer` is -1); this loop is the only place blocks run. The
+        outputs of `keep_layers` are kept (through `keep_fn` as soon as each is computed, when given)."""
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         logits_by_layer: dict[int, torch.Tensor] = {}
-        wanted = set(attention_logits_layers)
-        for index in range(last + 1):
+        kept: dict[int, object] = {}
+        wanted, keep = set(attention_logits_layers), set(keep_layers)
+        for index in range(last_layer + 1):
             hidden_states, probs, logits = self.layer[index](hidden_states, output_attentions, index in wanted)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
@@ -376,7 +396,22 @@ class UnipEncoder(nn.Module):
                 all_attentions = all_attentions + (probs,)
             if logits is not None:
                 logits_by_layer[index] = logits
-        return hidden_states, all_hidden, all_attentions, logits_by_layer, last + 1
+            if index in keep:
+                kept[index] = keep_fn(hidden_states) if keep_fn is not None else hidden_states
+        return UnipEncoderOutput(hidden_states, all_hidden, all_attentions, logits_by_layer, kept, last_layer + 1)
+
+
+@dataclass
+class UnipEncoderOutput:
+    """What [`UnipEncoder`] computed: the last block's output, the per-layer tuples asked for, the logits and kept
+    block outputs by block index, and the number of blocks run."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    logits_by_layer: dict[int, torch.Tensor]
+    kept: dict[int, object]
+    num_layers_run: int
 
 
 class UnipPreTrainedModel(PreTrainedModel):
@@ -389,8 +424,12 @@ class UnipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["UnipEmbeddings", "UnipLayer"]
+    # What the tests exercise: eager and SDPA give the same outputs (test_sdpa_and_eager_identical), and a function
+    # registered with transformers' AttentionInterface is called with its convention (_supports_attention_backend).
     _supports_sdpa = True
+    # False: never run here (FlashAttention needs CUDA and the flash-attn package; the test suite runs on CPU).
     _supports_flash_attn = False
+    # False: flex attention (which needs torch.compile) is not tested.
     _supports_flex_attn = False
     _supports_attention_backend = True
 
@@ -471,7 +510,9 @@ class UnipViTModel(UnipPreTrainedModel):
 
     Beyond the usual outputs it can return the pre-softmax attention logits of chosen layers
     (`attention_logits_layers`) and stop after a given block (`stop_after_layer`); only the requested layers build
-    an explicit attention matrix, the others run the configured fused kernel (SDPA by default).
+    an explicit attention matrix, the others run the configured fused kernel (SDPA by default). Feature maps of
+    chosen blocks come from [`~UnipViTModel.forward_intermediates`], the one feature path that the segmentation
+    heads and [`UnipBackbone`] (hence UperNet) use.
 
     Example:
 
@@ -503,6 +544,36 @@ class UnipViTModel(UnipPreTrainedModel):
             raise ValueError(f"{what}={index} is out of range for a model with {depth} blocks (0-based indices)")
         return index % depth
 
+    def _resolve_flags(
+        self, pixel_values: torch.Tensor | None, output_attentions, output_hidden_states, return_dict
+    ) -> tuple[bool, bool, bool]:
+        """`output_attentions`, `output_hidden_states`, `return_dict`, the configuration's where not given."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        config = self.config
+        return (
+            bool(output_attentions if output_attentions is not None else config.output_attentions),
+            bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states),
+            bool(return_dict if return_dict is not None else config.return_dict),
+        )
+
+    def _model_output(self, encoded: UnipEncoderOutput, logits_layers: Sequence[int]) -> UnipModelOutput:
+        """The final norm and pooling when every block ran; the raw output of the last block run otherwise."""
+        if encoded.num_layers_run == self.config.num_hidden_layers:
+            sequence_output = self.layernorm(encoded.last_hidden_state)
+            pooled = sequence_output[:, 0]
+        else:
+            sequence_output, pooled = encoded.last_hidden_state, None
+        attention_logits = tuple(encoded.logits_by_layer[i] for i in logits_layers) if logits_layers else None
+        return UnipModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+            attention_logits=attention_logits,
+            num_layers_run=encoded.num_layers_run,
+        )
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -529,41 +600,91 @@ class UnipViTModel(UnipPreTrainedModel):
                 Negative indices count from the end.
             stop_after_layer (`int`, *optional*):
                 Run blocks `0..stop_after_layer` only. `last_hidden_state` is then that block's raw output (no final
-                norm) and `pooler_output` is `None`.
+                norm) and `pooler_output` is `None`: the same early exit as `forward_intermediates(stop_early=True)`.
         """
-        if pixel_values is None:
-            raise ValueError("pixel_values is required")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
+            pixel_values, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         logits_layers = [self._resolve_layer(i, "attention_logits_layers") for i in (attention_logits_layers or ())]
-        stop = None if stop_after_layer is None else self._resolve_layer(stop_after_layer, "stop_after_layer")
-        if stop is not None and any(i > stop for i in logits_layers):
-            raise ValueError(f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={stop}")
-
-        hidden = self.embeddings(pixel_values)
-        hidden, all_hidden, all_attentions, logits_by_layer, num_run = self.encoder(
-            hidden, bool(output_attentions), bool(output_hidden_states), logits_layers, stop
+        last = self.config.num_hidden_layers - 1
+        if stop_after_layer is not None:
+            last = self._resolve_layer(stop_after_layer, "stop_after_layer")
+            if any(i > last for i in logits_layers):
+                raise ValueError(
+                    f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={last}"
+                )
+        encoded = self.encoder(
+            self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers
         )
-        if stop is None:
-            sequence_output = self.layernorm(hidden)
-            pooled = sequence_output[:, 0]
-        else:
-            sequence_output, pooled = hidden, None
-        attention_logits = tuple(logits_by_layer[i] for i in logits_layers) if logits_layers else None
+        output = self._model_output(encoded, logits_layers)
         if not return_dict:
-            extras = (all_hidden, all_attentions, attention_logits)
-            return (sequence_output, pooled) + tuple(x for x in extras if x is not None)
-        return UnipModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
-            attention_logits=attention_logits,
-            num_layers_run=num_run,
+            extras = (output.hidden_states, output.attentions, output.attention_logits)
+            return (output.last_hidden_state, output.pooler_output) + tuple(x for x in extras if x is not None)
+        return output
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        output_fmt: str = "NCHW",
+        norm: bool = False,
+        stop_early: bool = True,
+        return_prefix_tokens: bool = False,
+        intermediates_only: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> list | tuple[UnipModelOutput, list]:
+        """Outputs of chosen blocks (in the spirit of timm's `forward_intermediates`): the feature path of the
+        LL-FPN and multi-level FPN necks, the linear probe and [`UnipBackbone`].
+
+        Args:
+            pixel_values (`torch.Tensor`): normalised images `(batch, channels, height, width)`.
+            indices (`int` or `Sequence[int]`, *optional*): 0-based blocks (negative counts from the end, repeats
+                allowed, returned in the given order); an int `n` means the last `n` blocks; `None` means all.
+            output_fmt (`str`, defaults to `"NCHW"`): `"NCHW"` gives `(batch, hidden, H/p, W/p)` maps, `"NLC"` gives
+                the patch tokens `(batch, H/p * W/p, hidden)`.
+            norm (`bool`, defaults to `False`): apply the final layer norm to each output (UNIP's necks use the raw
+                block outputs).
+            stop_early (`bool`, defaults to `True`): run no block after the deepest requested one.
+            return_prefix_tokens (`bool`, defaults to `False`): return `(features, cls_token)` pairs, the CLS token
+                as `(batch, 1, hidden)`.
+            intermediates_only (`bool`, defaults to `True`): return only the list; otherwise
+                `(UnipModelOutput, list)`, the output of the run (with the final norm when every block ran, otherwise
+                the raw output of the last block run, as with `stop_after_layer`).
+            output_attentions, output_hidden_states (`bool`): fill those fields of the `UnipModelOutput`.
+        """
+        depth = self.config.num_hidden_layers
+        if indices is None:
+            indices = list(range(depth))
+        elif isinstance(indices, int):
+            if not 0 < indices <= depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} of {depth} blocks")
+            indices = list(range(depth - indices, depth))
+        indices = [self._resolve_layer(i, "indices") for i in indices]
+        if not indices:
+            raise ValueError("forward_intermediates needs at least one block index")
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+
+        def features(hidden: torch.Tensor):
+            if norm:
+                hidden = self.layernorm(hidden)
+            tokens = hidden[:, 1:]
+            if output_fmt == "NCHW":
+                tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height // patch, width // patch)
+            return (tokens, hidden[:, :1]) if return_prefix_tokens else tokens
+
+        last = max(indices) if stop_early else depth - 1
+        encoded = self.encoder(
+            self.embeddings(pixel_values), last, output_attentions, output_hidden_states,
+            keep_layers=indices, keep_fn=features,
         )
+        intermediates = [encoded.kept[index] for index in indices]
+        if intermediates_only:
+            return intermediates
+        return self._model_output(encoded, ()), intermediates
 
     def attention_logits(self, pixel_values: torch.Tensor, layers: Sequence[int] = (-1,)) -> tuple[torch.Tensor, ...]:
         """Pre-softmax attention logits of the given blocks (all heads, CLS first), computing nothing that they do not
@@ -583,32 +704,65 @@ class UnipViTModel(UnipPreTrainedModel):
         if not indices:
             raise ValueError("attention_logits needs at least one layer index")
         deepest = max(indices)
-        hidden = self.embeddings(pixel_values)
-        found: dict[int, torch.Tensor] = {}
-        for index in range(deepest):
-            hidden, _, logits = self.encoder.layer[index](hidden, False, index in indices)
-            if logits is not None:
-                found[index] = logits
+        encoded = self.encoder(self.embeddings(pixel_values), deepest - 1, attention_logits_layers=indices)
         block = self.encoder.layer[deepest]
-        found[deepest] = block.attention.query_key_logits(block.norm1(hidden))
+        found = dict(encoded.logits_by_layer)
+        found[deepest] = block.attention(block.norm1(encoded.last_hidden_state), logits_only=True)[2]
         return tuple(found[i] for i in indices)
 
-    def get_feature_maps(self, pixel_values: torch.Tensor, layer_indices: Sequence[int]) -> list[torch.Tensor]:
-        """Outputs of the given blocks (no final norm, CLS dropped) as `(batch, hidden, H/p, W/p)` maps.
 
-        Blocks after the deepest requested one are not computed.
+class UnipBackbone(BackboneMixin, UnipViTModel):
+    """[`UnipViTModel`] as a transformers backbone (`AutoBackbone`): `feature_maps` are the raw outputs of the blocks
+    `config.out_indices` / `config.out_features` as `(batch, hidden, H/p, W/p)` maps, from
+    [`~UnipViTModel.forward_intermediates`] (no block after the deepest one runs). This is what
+    `UperNetForSemanticSegmentation(UperNetConfig(backbone_config=UnipConfig(...)))` builds.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import AutoBackbone
+    >>> from unip_hf import UnipConfig
+    >>> backbone = AutoBackbone.from_config(UnipConfig.from_preset("unip-tiny", out_indices=[3, 5, 7, 11]))
+    >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 224, 224)).feature_maps][0]
+    (1, 192, 14, 14)
+    ```
+    """
+
+    def __init__(self, config: UnipConfig):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * config.num_hidden_layers
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): normalised images.
+            output_hidden_states (`bool`, *optional*): also return every hidden state (all blocks then run).
+            output_attentions (`bool`, *optional*): also return every layer's attention (all blocks then run).
+            return_dict (`bool`, *optional*): return a `BackboneOutput` instead of a tuple.
         """
-        indices = [self._resolve_layer(i, "layer_indices") for i in layer_indices]
-        height, width = pixel_values.shape[-2:]
-        patch = self.config.patch_size
-        hidden = self.embeddings(pixel_values)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(indices) + 1):
-            hidden = self.encoder.layer[index](hidden)[0]
-            if index in indices:
-                tokens = hidden[:, 1:]
-                maps[index] = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height // patch, width // patch)
-        return [maps[i] for i in indices]
+        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
+            pixel_values, output_attentions, output_hidden_states, return_dict
+        )
+        outputs, maps = self.forward_intermediates(
+            pixel_values,
+            self.out_indices,
+            stop_early=not (output_attentions or output_hidden_states),  # all blocks run when those are asked for
+            intermediates_only=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states, attentions = outputs.hidden_states, outputs.attentions  # None unless asked for
+        if not return_dict:
+            return (tuple(maps),) + tuple(x for x in (hidden_states, attentions) if x is not None)
+        return BackboneOutput(feature_maps=tuple(maps), hidden_states=hidden_states, attentions=attentions)
 
 
 class UnipConvModule(nn.Sequential):
@@ -790,16 +944,15 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
         if labels is not None and self.config.num_labels < 1:
             raise ValueError("num_labels must be at least 1 to compute a segmentation loss")
         backbone_outputs = None
-        if output_attentions or output_hidden_states:
-            backbone_outputs = self.unip(
-                pixel_values, output_attentions=output_attentions, output_hidden_states=True, return_dict=True
-            )
-            maps = self._maps_from_hidden(backbone_outputs.hidden_states, pixel_values.shape[-2:])
-        elif self.config.decode_head == "linear_probe":
-            with torch.no_grad():
-                maps = self.unip.get_feature_maps(pixel_values, self._tapped_layers())
-        else:
-            maps = self.unip.get_feature_maps(pixel_values, self._tapped_layers())
+        # the probe's backbone is frozen: no graph is kept for it
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.decode_head != "linear_probe"):
+            if output_attentions or output_hidden_states:  # every block runs, for the hidden states / attentions
+                backbone_outputs, maps = self.unip.forward_intermediates(
+                    pixel_values, self._tapped_layers(), stop_early=False, intermediates_only=False,
+                    output_attentions=bool(output_attentions), output_hidden_states=bool(output_hidden_states),
+                )
+            else:
+                maps = self.unip.forward_intermediates(pixel_values, self._tapped_layers())
 
         if self.config.decode_head == "linear_probe":
             logits = self.decode_head(maps)
@@ -823,14 +976,6 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
             output = (logits,) + tuple(x for x in (hidden_states, attentions) if x is not None)
             return ((loss,) + output) if loss is not None else output
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
-
-    def _maps_from_hidden(self, hidden_states: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
-        patch = self.config.patch_size
-        maps = []
-        for index in self._tapped_layers():
-            tokens = hidden_states[index + 1][:, 1:]
-            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, size[0] // patch, size[1] // patch))
-        return maps
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of `logits` upsampled (bilinear) to the label size, ignoring the configured index: cross-entropy,
@@ -864,6 +1009,7 @@ __all__ = [
     "UnipPreTrainedModel",
     "UnipViTModel",
     "UnipForSemanticSegmentation",
+    "UnipBackbone",
     "UnipModelOutput",
     "sincos_position_embedding",
     "eager_attention_forward",
