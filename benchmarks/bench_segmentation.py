@@ -44,8 +44,9 @@ def build_unip(size: int) -> UnipForSemanticSegmentation:
 
 
 def build_upernet(size: int) -> UperNetForSemanticSegmentation:
+    # transformers backbones count the embeddings as stage 0: stages 4, 6, 8, 12 are blocks 3, 5, 7, 11 (0-based)
     backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=16,
-                            image_size=size, out_indices=[3, 5, 7, 11], layerscale_value=1.0, reshape_hidden_states=True)
+                            image_size=size, out_indices=[4, 6, 8, 12], layerscale_value=1.0, reshape_hidden_states=True)
     config = UperNetConfig(backbone_config=backbone, hidden_size=384, num_labels=NUM_LABELS, pool_scales=[1, 2, 3, 6],
                            use_auxiliary_head=False)
     return UperNetForSemanticSegmentation(config).eval()
@@ -53,7 +54,7 @@ def build_upernet(size: int) -> UperNetForSemanticSegmentation:
 
 def build_upernet_beit(size: int) -> UperNetForSemanticSegmentation:
     backbone = BeitConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                          patch_size=16, image_size=size, out_indices=[3, 5, 7, 11], add_fpn=True,
+                          patch_size=16, image_size=size, out_indices=[4, 6, 8, 12], add_fpn=True,
                           reshape_hidden_states=True, use_absolute_position_embeddings=True)
     config = UperNetConfig(backbone_config=backbone, hidden_size=384, num_labels=NUM_LABELS, pool_scales=[1, 2, 3, 6],
                            use_auxiliary_head=False)
