@@ -170,8 +170,9 @@ def test_two_processes_match_one(assets, tmp_path, monkeypatch):
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=3e-4)
     assert json.loads((tmp_path / "two" / "pretraining_summary.json").read_text())["total_batch_size"] == 4
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "two"))] == ["checkpoint-2", "checkpoint-4"]
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoint-4").glob("random_states_*.pkl")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]
+    checkpoint = tmp_path / "two" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.json")) == ["rng_state_0.json", "rng_state_1.json"]
+    assert not list(checkpoint.glob("*.pkl")) and not list(checkpoint.glob("*.bin"))  # pickle-free
 
 
 def test_push_to_hub_patched(assets, tmp_path, monkeypatch):

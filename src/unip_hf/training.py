@@ -87,6 +87,9 @@ class TrainingLoopArguments:
     checkpointing_steps: int = field(default=500, metadata={"help": "Save state every N steps (0: never)."})
     checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep the last K checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint path or 'latest'."})
+    checkpoint_format: str = field(default="safetensors", metadata={
+        "help": "safetensors (pickle-free, default) or accelerate (accelerate's save_state: pickles, needed under "
+                "FSDP/DeepSpeed; resume only checkpoints you trust)."})
     logging_steps: int = field(default=1, metadata={"help": "Log every N steps."})
     seed: int = field(default=0)
     report_to: str = field(default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard)."})
@@ -104,6 +107,7 @@ class TrainingLoopArguments:
             "checkpoints_total_limit": self.checkpoints_total_limit,
             "resume_from_checkpoint": self.resume_from_checkpoint,
             "logging_steps": self.logging_steps,
+            "checkpoint_format": self.checkpoint_format,
         }
 
 
@@ -1112,6 +1116,17 @@ def _save_after_interrupt(accelerator, checkpoints: CheckpointManager, step: int
     raise TrainingInterrupted(message, step, saved) from None
 
 
+def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """What a recipe's `main()` does with Ctrl-C: no traceback; `train_loop` already said how to resume (other
+    interrupts, e.g. while loading data or in the final evaluation, get a short note); returns 130 (128 + SIGINT)."""
+    import sys
+
+    if not isinstance(interrupt, TrainingInterrupted):
+        print("Interrupted; resume a run that saved checkpoints with --resume_from_checkpoint latest",
+              file=sys.stderr)
+    return 130
+
+
 def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], groups_now: list[dict[str, Any]],
                                optimizer: torch.optim.Optimizer, scheduler) -> list[str]:
     """After a resume: compare the run's settings with those recorded in the checkpoint, apply this run's optimizer
@@ -1175,6 +1190,7 @@ __all__ = [
     "restore_rng_state",
     "write_json_atomic",
     "create_accelerator",
+    "interrupted_exit_code",
     "parse_recipe_args",
     "CheckpointManager",
     "EpochSampler",
