@@ -953,7 +953,8 @@ def train_loop(
             f"({accumulation} micro-batch(es)); the batch size is larger than the data set allows. Lower "
             "--per_device_train_batch_size / --gradient_accumulation_steps or add data."
         )
-    per_device = getattr(dataloader, "batch_size", None)
+    per_device = (getattr(dataloader, "batch_size", None)
+                  or getattr(getattr(dataloader, "batch_sampler", None), "batch_size", None))
     settings = {
         "per_device_train_batch_size": per_device,
         "num_processes": accelerator.num_processes,
