@@ -361,3 +361,31 @@ def test_finetuning_redoes_an_evaluation_that_did_not_complete(tmp_path, monkeyp
     assert [entry["step"] for entry in result.eval_history] == [2, 4]
     log = json.loads((tmp_path / "ft" / "eval_log.json").read_text())
     assert [entry["step"] for entry in log["history"]] == [2, 4]
+
+
+# ------------------------------------------------------------------------------------------------- two processes
+def _two_process_save_and_resume(out):
+    import faulthandler
+
+    import torch.distributed as dist
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a hung child fails the test instead of blocking it
+    torch.set_num_threads(1)
+    _, straight = tiny_run(out / "a", 6)
+    tiny_run(out / "b", 3, checkpointing_steps=3)
+    folder = out / "b" / "checkpoint-3"
+    if dist.get_rank() == 0:
+        assert sorted(p.name for p in folder.glob("rng_state_*.json")) == ["rng_state_0.json", "rng_state_1.json"]
+        plant_pickles(folder, out / "code-ran")
+    dist.barrier()
+    result, resumed = tiny_run(out / "b", 6, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-3") and not (out / "code-ran").exists()
+    assert_same(resumed, straight)
+
+
+def test_two_processes_save_and_resume_exactly(tmp_path, monkeypatch):
+    from accelerate import debug_launcher
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(_two_process_save_and_resume, args=(tmp_path,), num_processes=2)
+    assert names(tmp_path / "b") == ["checkpoint-3"] and not list((tmp_path / "b").glob(".tmp-*"))
