@@ -18,18 +18,26 @@ API (all names are in `__all__`):
 - `EpochSampler`: a sampler whose order depends only on `(seed, epoch)` and that yields `(epoch, index)` keys, so a
   dataset can seed each sample's augmentation from `(seed, epoch, index)`; with it, resumed and multi-process runs
   see exactly the samples and augmentations of an uninterrupted single-process run.
-- `CheckpointManager`: `save(step)` writes `output_dir/checkpoint-{step}` with `accelerator.save_state` plus a
-  `training_state.json`, keeps the last `total_limit` checkpoints; `resolve(resume_from_checkpoint)` turns a path or
-  `"latest"` into a checkpoint directory; `load(path)` restores model, optimizer, scheduler, RNG and returns the
-  global step.
+- `CheckpointManager`: `save(step)` writes `output_dir/checkpoint-{step}` atomically (into `.tmp-checkpoint-{step}`,
+  `training_state.json` last as the completion mark, then a rename) in a pickle-free format (model and optimizer
+  tensors in safetensors, structure, scheduler, scaler and RNG states in JSON, one RNG file per process), refuses to
+  save non-finite parameters or optimizer state, keeps the last `total_limit` complete checkpoints;
+  `resolve(resume_from_checkpoint)` turns a path or `"latest"` (the newest complete checkpoint; incomplete ones are
+  named and skipped) into a checkpoint directory; `load(path)` restores model, optimizer, scheduler, RNG (nothing is
+  unpickled) and returns the `training_state.json`. `checkpoint_format="accelerate"` keeps accelerate's
+  `save_state` (pickles) for FSDP / DeepSpeed. `checkpoint_problem(path)` says why a folder cannot be resumed.
 - `StepLog`: the `trainer_state.json`-like JSON log (`log_history` of per-step dicts), written by the main process.
 - `resolve_report_to(report_to)`: tracker names for `Accelerator(log_with=...)`; `"none"`, `"all"`, or a comma list;
   trackers whose package is missing are dropped with a warning.
-- `NonFiniteLossError` and `check_finite(value, step, checkpoint)`: the NaN guard.
+- `NonFiniteLossError` (and its `NonFiniteStateError` for NaN/inf weights or optimizer state) and
+  `check_finite(value, step, checkpoint)`: the NaN guard; `all_finite(tensors)`: its fused check.
+- `TrainingInterrupted`: what `train_loop` raises after Ctrl-C, once the last completed step is saved;
+  `interrupted_exit_code` turns it into the recipes' exit code 130.
 - `train_loop(accelerator, model, optimizer, scheduler, dataloader, sampler, loss_fn, ...)`: the step loop
-  (gradient accumulation with `no_sync`, clipping, NaN guard, tqdm with loss / lr / images per second on the main
+  (gradient accumulation with `no_sync`, clipping, NaN guard on the loss and the updated weights, tqdm with loss / lr / images per second on the main
   process, tracker logging, step log, periodic checkpoints, exact resume by skipping the data already consumed
-  with `accelerator.skip_first_batches`). Returns a `TrainLoopResult`.
+  with `accelerator.skip_first_batches`, a report of the settings that differ from the checkpoint's, Ctrl-C saves).
+  Returns a `TrainLoopResult`.
 """
 
 from __future__ import annotations
@@ -371,8 +379,10 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
             norms = torch._foreach_norm(group, math.inf)
         except (RuntimeError, TypeError, NotImplementedError):  # dtypes the fused kernel does not take
             norms = [t.abs().amax() for t in group]
-        flags.append(torch.stack([n.float() for n in norms]).isfinite().all().cpu())
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+        flags.append(torch.stack([n.float() for n in norms]).isfinite().all())
+    if not flags:
+        return torch.tensor(True)
+    return flags[0] if len(flags) == 1 else torch.stack([flag.cpu() for flag in flags]).all()
 
 
 def write_json_atomic(path: str, data: Any, fsync: bool = False) -> None:
@@ -601,7 +611,7 @@ class CheckpointManager:
         params = [p for p in self.model.parameters()] if self.model is not None else []
         moments = [value for state in (self.optimizer.state.values() if self.optimizer is not None else [])
                    for value in state.values() if isinstance(value, torch.Tensor)]
-        flags = torch.stack([all_finite(params), all_finite(moments)]).float()
+        flags = torch.stack([all_finite(params).cpu(), all_finite(moments).cpu()]).float()
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags.to(self.accelerator.device), reduction="sum").cpu()
             flags = flags >= self.accelerator.num_processes
