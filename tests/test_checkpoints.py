@@ -389,3 +389,48 @@ def test_two_processes_save_and_resume_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     debug_launcher(_two_process_save_and_resume, args=(tmp_path,), num_processes=2)
     assert names(tmp_path / "b") == ["checkpoint-3"] and not list((tmp_path / "b").glob(".tmp-*"))
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("best_logged_at", [1, 2])
+def test_finetuning_resume_never_keeps_a_best_model_of_a_later_step(tmp_path, capsys, best_logged_at):
+    # The killed run evaluated steps 1-3 (best_model/ = step 3) but its last checkpoint is step 2. Resumed, the best
+    # evaluation up to step 2 is step `best_logged_at` (the log is edited so no later evaluation beats it): the run
+    # must not keep best_model/ (the step-3 model of the killed run) under the metrics of another step.
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from safetensors.torch import load_file
+    from unip_hf.data import write_synthetic_dataset
+
+    scenes = tmp_path / "scenes"
+    write_synthetic_dataset(str(scenes), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    out = tmp_path / "ft"
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=1, checkpointing_steps=2)
+
+    def kill_after_step_3(step, logs):
+        if step == 3:
+            raise Killed()
+
+    reset_accelerate()
+    with pytest.raises(Killed):
+        finetuning.run_finetuning(model, data, train, on_step_end=kill_after_step_3)
+    log = json.loads((out / "eval_log.json").read_text())
+    assert [e["step"] for e in log["history"]] == [1, 2, 3]
+    log["history"][best_logged_at - 1]["metrics"]["mean_iou"] = 2.0  # unbeatable
+    log["best_step"] = 3
+    (out / "eval_log.json").write_text(json.dumps(log))
+    expected = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    capsys.readouterr()
+    result = finetuning.run_finetuning(model, data, train)
+    if best_logged_at == 2:  # the restored weights are the best model: it is saved again and kept
+        assert result.best_step == 2
+        kept = load_file(str(out / "model.safetensors"))
+        for key in expected:
+            torch.testing.assert_close(kept[key], expected[key], msg=key)
+    else:  # the step-1 model is gone: the last one is kept, and said so
+        assert result.best_step == 4 and "overwritten by an interrupted run" in capsys.readouterr().out

@@ -915,13 +915,9 @@ def run_finetuning(
         if improved:
             best.update(value=value, step=step)
         accelerator.wait_for_everyone()
+        if improved:
+            save_best_model(step, metrics)
         if accelerator.is_main_process:
-            if improved:
-                result = benchmark_result(data.dataset, eval_split, task, metrics, model_args.mode, data.eval_mode,
-                                          data.crop_size, stride, data.hub_dataset_id)
-                save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
-                                        {**training_table, "best step": step}, model_args.model_name_or_path,
-                                        train.hub_model_id, size=inference_size)
             write_json_atomic(eval_log_path, {"main_metric": main_metric, "best_step": best["step"],
                                               "best_value": best["value"], "history": history})
         accelerator.wait_for_everyone()
@@ -930,6 +926,15 @@ def run_finetuning(
         accelerator.print(f"step {step}: eval {main_metric} = {value:.4f}"
                           + (" (best)" if improved else f" (best {best['value']:.4f} at step {best['step']})"))
         return metrics
+
+    def save_best_model(step: int, metrics: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            result = benchmark_result(data.dataset, eval_split, task, metrics, model_args.mode, data.eval_mode,
+                                      data.crop_size, stride, data.hub_dataset_id)
+            save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
+                                    {**training_table, "best step": step}, model_args.model_name_or_path,
+                                    train.hub_model_id, size=inference_size)
+        best["on_disk"] = True
 
     def evaluation_due(step: int) -> bool:
         return bool(train.eval_steps) and step % train.eval_steps == 0 and step < max_steps
@@ -943,12 +948,21 @@ def run_finetuning(
     def on_resume(step: int) -> None:
         # the evaluations of the steps up to the checkpoint; one that was due at the checkpoint's own step but did
         # not complete (the run stopped during it) is done again before training continues
-        history[:] = [entry for entry in read_eval_log(eval_log_path) if entry["step"] <= step]
+        logged, logged_best_step = read_eval_log(eval_log_path)
+        history[:] = [entry for entry in logged if entry["step"] <= step]
         best.update(value=None, step=None)
         for entry in history:
             value = entry["metrics"].get(main_metric)
             if value is not None and (best["value"] is None or value > best["value"]):
                 best.update(value=value, step=entry["step"])
+        if best["step"] is not None and best["step"] != logged_best_step:
+            # best_model/ holds the model of a later evaluation of the interrupted run (or a half-written one)
+            if best["step"] == step:  # the restored weights are that model
+                save_best_model(step, next(e["metrics"] for e in history if e["step"] == step))
+            else:
+                best["on_disk"] = False
+                accelerator.print(f"{BEST_MODEL_DIR}/ no longer holds the best evaluated model up to step {step} "
+                                  f"(step {best['step']}); unless a later evaluation beats it, the last model is kept")
         if evaluation_due(step) and not any(entry["step"] == step for entry in history):
             accelerator.print(f"step {step}: its evaluation did not complete before the run stopped; evaluating again")
             evaluate_now(step)
@@ -966,6 +980,10 @@ def run_finetuning(
     if final is None:
         final = evaluate_now(result.global_step)
     keep_best = train.load_best_model_at_end and best["step"] is not None and best["step"] != result.global_step
+    if keep_best and not best.get("on_disk", True):
+        accelerator.print(f"the best model (step {best['step']}) was overwritten by an interrupted run; keeping the "
+                          f"last model (step {result.global_step})")
+        keep_best = False
     kept_step = best["step"] if keep_best else result.global_step
     kept_metrics = next(entry["metrics"] for entry in history if entry["step"] == kept_step)
     accelerator.wait_for_everyone()
@@ -991,14 +1009,16 @@ def run_finetuning(
                             main_metric, task, list(history), result.resumed_from)
 
 
-def read_eval_log(path: str) -> list[dict[str, Any]]:
-    """The `history` of an `eval_log.json` (empty when there is none); a clear error when it is unreadable."""
+def read_eval_log(path: str) -> tuple[list[dict[str, Any]], int | None]:
+    """The `history` and `best_step` of an `eval_log.json` (`([], None)` when there is none); a clear error when it
+    is unreadable."""
     if not os.path.isfile(path):
-        return []
+        return [], None
     try:
         with open(path, encoding="utf-8") as handle:
-            history = json.load(handle).get("history", [])
-        return [entry for entry in history if isinstance(entry.get("step"), int) and "metrics" in entry]
+            log = json.load(handle)
+        history = [entry for entry in log.get("history", []) if isinstance(entry.get("step"), int) and "metrics" in entry]
+        return history, log.get("best_step")
     except (OSError, ValueError, AttributeError) as error:
         raise ValueError(f"{path} is unreadable ({error}); move it away to resume without the earlier evaluations")
 
