@@ -271,3 +271,19 @@ def test_tensorboard_tracker(assets, tmp_path):
     run_pretraining(*make_args(assets, tmp_path, max_steps=2, checkpointing_steps=0, report_to="tensorboard"))
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events, "no tensorboard event file written"
+
+
+def test_huge_learning_rate_never_leaves_a_non_finite_checkpoint(assets, tmp_path):
+    # the issue's `--learning_rate 1000 --checkpointing_steps 1`: before the fix the run stopped at step 3 naming
+    # checkpoint-2, whose weights / optimizer state were already non-finite (the loss was checked, not the state)
+    from safetensors.torch import load_file
+
+    with pytest.raises(NonFiniteLossError, match=r"checkpoint-\d") as error:
+        run_pretraining(*make_args(assets, tmp_path, learning_rate=1000.0, checkpointing_steps=1, max_steps=8))
+    checkpoints = list_checkpoints(str(tmp_path))
+    assert checkpoints and checkpoints[-1] in str(error.value)
+    for folder in checkpoints:
+        for name in os.listdir(folder):
+            if name.endswith(".safetensors"):
+                for key, value in load_file(os.path.join(folder, name)).items():
+                    assert not value.is_floating_point() or torch.isfinite(value).all(), f"{folder}/{name}: {key}"
