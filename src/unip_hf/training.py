@@ -1176,7 +1176,9 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
     step = int(state.get("global_step", 0))
     lines = ["Resuming with other settings than the checkpoint was saved with:"]
     if changed:
-        lines.append("  changed: " + "; ".join(changed))
+        lines.append("  changed: " + "; ".join(changed)
+                     + ("; the learning-rate schedule is rebuilt for this run's steps"
+                        if any(c.startswith("max_steps") for c in changed) else ""))
     if applied:
         lines.append("  applied from this run: " + "; ".join(applied)
                      + f" (the schedule continues at step {step} with them)")
