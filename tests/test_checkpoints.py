@@ -382,6 +382,18 @@ def _two_process_save_and_resume(out):
     assert result.resumed_from.endswith("checkpoint-3") and not (out / "code-ran").exists()
     assert_same(resumed, straight)
 
+    def interrupt(step, logs):  # Ctrl-C reaches every process of the group
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        tiny_run(out / "c", 6, on_step_end=interrupt)
+    dist.barrier()
+    assert sorted(p.name for p in (out / "c" / "checkpoint-2").glob("rng_state_*.json")) == [
+        "rng_state_0.json", "rng_state_1.json"]
+    _, resumed = tiny_run(out / "c", 6, resume="latest")
+    assert_same(resumed, straight)
+
 
 def test_two_processes_save_and_resume_exactly(tmp_path, monkeypatch):
     from accelerate import debug_launcher
