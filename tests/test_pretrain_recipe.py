@@ -170,8 +170,9 @@ def test_two_processes_match_one(assets, tmp_path, monkeypatch):
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=3e-4)
     assert json.loads((tmp_path / "two" / "pretraining_summary.json").read_text())["total_batch_size"] == 4
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "two"))] == ["checkpoint-2", "checkpoint-4"]
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoint-4").glob("random_states_*.pkl")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]
+    checkpoint = tmp_path / "two" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.json")) == ["rng_state_0.json", "rng_state_1.json"]
+    assert not list(checkpoint.glob("*.pkl")) and not list(checkpoint.glob("*.bin"))  # pickle-free
 
 
 def test_push_to_hub_patched(assets, tmp_path, monkeypatch):
@@ -286,3 +287,19 @@ def test_skipped_images_counts_files_not_events(assets, tmp_path):
                                         max_steps=6, checkpointing_steps=0))
     summary = json.loads((tmp_path / "run" / "pretraining_summary.json").read_text())
     assert result.images == summary["images"] == 8 and summary["skipped_images"] == result.skipped_images == 1
+
+
+def test_huge_learning_rate_never_leaves_a_non_finite_checkpoint(assets, tmp_path):
+    # the issue's `--learning_rate 1000 --checkpointing_steps 1`: before the fix the run stopped at step 3 naming
+    # checkpoint-2, whose weights / optimizer state were already non-finite (the loss was checked, not the state)
+    from safetensors.torch import load_file
+
+    with pytest.raises(NonFiniteLossError, match=r"checkpoint-\d") as error:
+        run_pretraining(*make_args(assets, tmp_path, learning_rate=1000.0, checkpointing_steps=1, max_steps=8))
+    checkpoints = list_checkpoints(str(tmp_path))
+    assert checkpoints and checkpoints[-1] in str(error.value)
+    for folder in checkpoints:
+        for name in os.listdir(folder):
+            if name.endswith(".safetensors"):
+                for key, value in load_file(os.path.join(folder, name)).items():
+                    assert not value.is_floating_point() or torch.isfinite(value).all(), f"{folder}/{name}: {key}"

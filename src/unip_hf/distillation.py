@@ -44,6 +44,7 @@ from .training import (
     create_accelerator,
     create_optimizer,
     create_scheduler,
+    interrupted_exit_code,
     parse_recipe_args,
     num_warmup_steps,
     resolve_learning_rate,
@@ -932,6 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_pretraining(distill_args, data_args, training_args)
     except NonFiniteLossError:
         return 1
+    except KeyboardInterrupt as interrupt:
+        return interrupted_exit_code(interrupt)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

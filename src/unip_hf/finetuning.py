@@ -44,10 +44,11 @@ from .training import (
     create_accelerator,
     create_optimizer,
     create_scheduler,
+    interrupted_exit_code,
     parse_recipe_args,
-    list_checkpoints,
     num_warmup_steps,
     train_loop,
+    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -893,17 +894,8 @@ def run_finetuning(
 
     main_metric = train.metric_for_best_model or SegmentationEvaluator(task, len(id2label)).main_metric
     eval_log_path = os.path.join(train.output_dir, EVAL_LOG_NAME)
-    history: list[dict[str, Any]] = []
-    if train.resume_from_checkpoint and os.path.isfile(eval_log_path):
-        with open(eval_log_path, encoding="utf-8") as handle:
-            history = json.load(handle).get("history", [])
-    if train.resume_from_checkpoint:
-        resume_step = _checkpoint_step(train.output_dir, train.resume_from_checkpoint)
-        history = [entry for entry in history if resume_step is not None and entry["step"] <= resume_step]
+    history: list[dict[str, Any]] = []  # filled from eval_log.json when a checkpoint is restored (on_resume)
     best = {"value": None, "step": None}
-    for entry in history:
-        if best["value"] is None or entry["metrics"].get(main_metric, -math.inf) > best["value"]:
-            best = {"value": entry["metrics"].get(main_metric), "step": entry["step"]}
     unwrapped = accelerator.unwrap_model(prepared)
     stride = data.eval_stride
     inference_size = processor_size(eval_dataset, config.patch_size)
@@ -923,16 +915,11 @@ def run_finetuning(
         if improved:
             best.update(value=value, step=step)
         accelerator.wait_for_everyone()
+        if improved:
+            save_best_model(step, metrics)
         if accelerator.is_main_process:
-            if improved:
-                result = benchmark_result(data.dataset, eval_split, task, metrics, model_args.mode, data.eval_mode,
-                                          data.crop_size, stride, data.hub_dataset_id)
-                save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
-                                        {**training_table, "best step": step}, model_args.model_name_or_path,
-                                        train.hub_model_id, size=inference_size)
-            with open(eval_log_path, "w", encoding="utf-8") as handle:
-                json.dump({"main_metric": main_metric, "best_step": best["step"], "best_value": best["value"],
-                           "history": history}, handle, indent=2)
+            write_json_atomic(eval_log_path, {"main_metric": main_metric, "best_step": best["step"],
+                                              "best_value": best["value"], "history": history})
         accelerator.wait_for_everyone()
         scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         accelerator.log(scalars, step=step)
@@ -940,11 +927,45 @@ def run_finetuning(
                           + (" (best)" if improved else f" (best {best['value']:.4f} at step {best['step']})"))
         return metrics
 
+    def save_best_model(step: int, metrics: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            result = benchmark_result(data.dataset, eval_split, task, metrics, model_args.mode, data.eval_mode,
+                                      data.crop_size, stride, data.hub_dataset_id)
+            save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
+                                    {**training_table, "best step": step}, model_args.model_name_or_path,
+                                    train.hub_model_id, size=inference_size)
+        best["on_disk"] = True
+
+    def evaluation_due(step: int) -> bool:
+        return bool(train.eval_steps) and step % train.eval_steps == 0 and step < max_steps
+
     def step_callback(step: int, logs: dict[str, float]) -> None:
-        if train.eval_steps and step % train.eval_steps == 0 and step < max_steps:
+        if evaluation_due(step):
             evaluate_now(step)
         if on_step_end is not None:
             on_step_end(step, logs)
+
+    def on_resume(step: int) -> None:
+        # the evaluations of the steps up to the checkpoint; one that was due at the checkpoint's own step but did
+        # not complete (the run stopped during it) is done again before training continues
+        logged, logged_best_step = read_eval_log(eval_log_path)
+        history[:] = [entry for entry in logged if entry["step"] <= step]
+        best.update(value=None, step=None)
+        for entry in history:
+            value = entry["metrics"].get(main_metric)
+            if value is not None and (best["value"] is None or value > best["value"]):
+                best.update(value=value, step=entry["step"])
+        if best["step"] is not None and best["step"] != logged_best_step:
+            # best_model/ holds the model of a later evaluation of the interrupted run (or a half-written one)
+            if best["step"] == step:  # the restored weights are that model
+                save_best_model(step, next(e["metrics"] for e in history if e["step"] == step))
+            else:
+                best["on_disk"] = False
+                accelerator.print(f"{BEST_MODEL_DIR}/ no longer holds the best evaluated model up to step {step} "
+                                  f"(step {best['step']}); unless a later evaluation beats it, the last model is kept")
+        if evaluation_due(step) and not any(entry["step"] == step for entry in history):
+            accelerator.print(f"step {step}: its evaluation did not complete before the run stopped; evaluating again")
+            evaluate_now(step)
 
     def loss_fn(batch):
         with accelerator.autocast():
@@ -953,11 +974,16 @@ def run_finetuning(
     result = train_loop(
         accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
         **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
+        on_resume=on_resume,
     )
     final = next((entry["metrics"] for entry in history if entry["step"] == result.global_step), None)
     if final is None:
         final = evaluate_now(result.global_step)
     keep_best = train.load_best_model_at_end and best["step"] is not None and best["step"] != result.global_step
+    if keep_best and not best.get("on_disk", True):
+        accelerator.print(f"the best model (step {best['step']}) was overwritten by an interrupted run; keeping the "
+                          f"last model (step {result.global_step})")
+        keep_best = False
     kept_step = best["step"] if keep_best else result.global_step
     kept_metrics = next(entry["metrics"] for entry in history if entry["step"] == kept_step)
     accelerator.wait_for_everyone()
@@ -983,23 +1009,18 @@ def run_finetuning(
                             main_metric, task, list(history), result.resumed_from)
 
 
-def _checkpoint_step(output_dir: str, resume_from_checkpoint: str) -> int | None:
-    """Global step of the checkpoint a run resumes from (None when there is none)."""
-    from .training import TRAINING_STATE_NAME
-
-    if resume_from_checkpoint == "latest":
-        found = list_checkpoints(output_dir)
-        path = found[-1] if found else None
-    else:
-        path = resume_from_checkpoint
-    if not path or not os.path.isdir(path):
-        return None
-    state_file = os.path.join(path, TRAINING_STATE_NAME)
-    if os.path.isfile(state_file):
-        with open(state_file, encoding="utf-8") as handle:
-            return int(json.load(handle).get("global_step", 0))
-    digits = os.path.basename(os.path.normpath(path)).rsplit("-", 1)[-1]
-    return int(digits) if digits.isdigit() else None
+def read_eval_log(path: str) -> tuple[list[dict[str, Any]], int | None]:
+    """The `history` and `best_step` of an `eval_log.json` (`([], None)` when there is none); a clear error when it
+    is unreadable."""
+    if not os.path.isfile(path):
+        return [], None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            log = json.load(handle)
+        history = [entry for entry in log.get("history", []) if isinstance(entry.get("step"), int) and "metrics" in entry]
+        return history, log.get("best_step")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); move it away to resume without the earlier evaluations")
 
 
 def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequence[Any], private: bool = False,
@@ -1113,6 +1134,8 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
         result = run_finetuning(model_args, data_args, training_args)
     except NonFiniteLossError:
         return 1
+    except KeyboardInterrupt as interrupt:
+        return interrupted_exit_code(interrupt)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

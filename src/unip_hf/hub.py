@@ -58,6 +58,8 @@ EVAL_RESULTS_JSON = "eval_results.json"
 # `*` also crosses `/`). Pass `ignore_patterns=[]` to `push_to_hub` to upload everything.
 DEFAULT_PUSH_IGNORE_PATTERNS = (
     "checkpoint-*",
+    ".tmp-checkpoint-*",
+    ".old-checkpoint-*",
     "checkpoints/*",
     "step_*",
     "epoch_*",

@@ -1,0 +1,448 @@
+"""Tests of checkpoint and training-state trust (`unip_hf.training`): no non-finite checkpoint, atomic saves and a
+`latest` that skips incomplete ones, a pickle-free format that never unpickles what it finds, Ctrl-C, resuming with
+other settings, and fine-tuning evaluations redone after an interruption. Tiny models, seconds each."""
+
+import json
+import logging
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from test_training import KeyedNoise, Tiny, fresh_accelerator
+from unip_hf.training import (
+    CheckpointError,
+    CheckpointManager,
+    EpochSampler,
+    NonFiniteLossError,
+    NonFiniteStateError,
+    TrainingInterrupted,
+    create_optimizer,
+    create_scheduler,
+    list_checkpoints,
+    train_loop,
+)
+
+
+def tiny_run(out, max_steps, *, lr=0.05, bs=2, sgd=False, lr_lambda=None, checkpointing_steps=0, total_limit=None,
+             resume=None, loss_hook=None, on_step_end=None, accumulation=1, **loop):
+    """Train `Tiny` on `KeyedNoise`; returns (result, final weights). `loss_hook(call, loss)` may replace a loss."""
+    from accelerate.utils import set_seed
+
+    accelerator = fresh_accelerator()
+    set_seed(0)
+    model = Tiny()
+    dataset = KeyedNoise()
+    sampler = EpochSampler(len(dataset), seed=1)
+    loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True)
+    if sgd:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda or (lambda step: 1.0))
+    else:
+        optimizer = create_optimizer(model, lr, weight_decay=0.05)
+        scheduler = create_scheduler("cosine", optimizer, 2, 10)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    calls = {"n": 0}
+
+    def loss_fn(batch):
+        calls["n"] += 1
+        x, y = batch
+        loss = nn.functional.mse_loss(model(x), y)
+        return loss_hook(calls["n"], loss) if loss_hook else loss
+
+    result = train_loop(accelerator, model, optimizer, scheduler, loader, sampler, loss_fn, max_steps, str(out),
+                        checkpointing_steps=checkpointing_steps, checkpoints_total_limit=total_limit,
+                        resume_from_checkpoint=resume, on_step_end=on_step_end,
+                        gradient_accumulation_steps=accumulation, **loop)
+    weights = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    return result, weights
+
+
+def checkpoint_tensors(path):
+    from safetensors.torch import load_file
+
+    return {f"{name}:{key}": value for name in os.listdir(path) if name.endswith(".safetensors")
+            for key, value in load_file(os.path.join(path, name)).items()}
+
+
+def assert_all_finite(path):
+    for key, value in checkpoint_tensors(path).items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), f"{path}: {key} is not finite"
+
+
+def names(out):
+    return [os.path.basename(p) for p in list_checkpoints(str(out))]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+# ------------------------------------------------------------------------------------------------- item 1: NaN guard
+def scaled(call, loss):
+    return loss * 1e3  # big gradients, so that a learning rate near the float32 limit overflows the weights
+
+
+def test_huge_learning_rate_never_saves_non_finite_parameters(tmp_path):
+    # lr 3e38: the first update makes the weights infinite while the loss of that step was finite. Before the fix the
+    # loss was checked before optimizer.step(), so checkpoint-1 held inf weights and the error of step 2 named it.
+    with pytest.raises(NonFiniteStateError, match="step 1.*no checkpoint was saved yet"):
+        tiny_run(tmp_path, 4, sgd=True, lr=3e38, loss_hook=scaled, checkpointing_steps=1)
+    assert names(tmp_path) == []
+
+
+def test_nan_guard_names_a_checkpoint_that_is_finite(tmp_path):
+    # the learning rate jumps to 3e38 at step 3: steps 1-2 are fine, step 3 makes the weights non-finite
+    out = tmp_path / "sgd"
+    with pytest.raises(NonFiniteLossError, match="checkpoint-2") as error:
+        tiny_run(out, 6, sgd=True, lr=3e38, lr_lambda=lambda step: 1.0 if step >= 2 else 1e-42, loss_hook=scaled,
+                 checkpointing_steps=1)
+    assert isinstance(error.value, NonFiniteStateError) and "--resume_from_checkpoint" in str(error.value)
+    assert names(out) == ["checkpoint-1", "checkpoint-2"]
+    for path in list_checkpoints(str(out)):
+        assert_all_finite(path)
+    result, _ = tiny_run(out, 2, sgd=True, lr=1.0, resume="latest")  # the named checkpoint resumes
+    assert result.resumed_from.endswith("checkpoint-2")
+
+
+def test_save_refuses_non_finite_optimizer_state(tmp_path):
+    accelerator = fresh_accelerator()
+    model = Tiny()
+    optimizer = create_optimizer(model, 0.01)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    next(iter(optimizer.state.values()))["exp_avg_sq"].fill_(float("inf"))
+    manager = CheckpointManager(accelerator, str(tmp_path), model=model, optimizer=optimizer)
+    with pytest.raises(NonFiniteStateError, match="optimizer state"):
+        manager.save(1)
+    assert not [n for n in os.listdir(tmp_path) if "checkpoint" in n]
+
+
+def test_resume_refuses_a_non_finite_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_run(tmp_path, 2, checkpointing_steps=2)
+    model_file = tmp_path / "checkpoint-2" / "model.safetensors"
+    tensors = load_file(str(model_file))
+    tensors["linear.weight"][0, 0] = float("nan")
+    save_file(tensors, str(model_file))
+    state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
+    state["files"]["model.safetensors"] = model_file.stat().st_size
+    (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="non-finite model parameters"):
+        tiny_run(tmp_path, 4, resume="latest")
+
+
+# ------------------------------------------------------------------------------------------------- item 4: atomic saves
+def test_latest_skips_empty_and_half_written_checkpoints(tmp_path, caplog):
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    (tmp_path / "checkpoint-25").mkdir()  # empty
+    half = tmp_path / "checkpoint-30"  # a copy cut short: truncated weights, no training_state.json
+    half.mkdir()
+    (half / "model.safetensors").write_bytes((tmp_path / "checkpoint-4" / "model.safetensors").read_bytes()[:50])
+    truncated = tmp_path / "checkpoint-40"  # complete marker, but a file shorter than recorded
+    os.system(f"cp -r {tmp_path / 'checkpoint-4'} {truncated}")
+    data = (truncated / "optimizer.safetensors").read_bytes()
+    (truncated / "optimizer.safetensors").write_bytes(data[: len(data) // 2])
+    manager = CheckpointManager(None, str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        assert manager.resolve("latest").endswith("checkpoint-4")
+    for skipped in ("checkpoint-25", "checkpoint-30", "checkpoint-40"):
+        assert skipped in caplog.text
+    assert "truncated optimizer.safetensors" in caplog.text
+    for named, why in ((tmp_path / "checkpoint-25", "no training_state.json"),
+                       (truncated, "truncated optimizer.safetensors")):
+        with pytest.raises(CheckpointError, match=why):
+            manager.resolve(str(named))
+    result, _ = tiny_run(tmp_path, 6, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-4") and result.global_step == 6
+
+
+def test_killed_save_leaves_no_checkpoint_and_is_cleaned_up(tmp_path, monkeypatch):
+    import unip_hf.training as training
+
+    real = training.save_state_file
+
+    def dies_on_the_optimizer(folder, name, state):
+        if name == "optimizer" and folder.endswith("checkpoint-4"):
+            raise SystemExit("killed during the save")
+        return real(folder, name, state)
+
+    monkeypatch.setattr(training, "save_state_file", dies_on_the_optimizer)
+    with pytest.raises(SystemExit):
+        tiny_run(tmp_path, 4, checkpointing_steps=2)
+    assert names(tmp_path) == ["checkpoint-2"] and (tmp_path / ".tmp-checkpoint-4").is_dir()
+    monkeypatch.setattr(training, "save_state_file", real)
+    result, _ = tiny_run(tmp_path, 4, checkpointing_steps=2, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-2")
+    assert names(tmp_path) == ["checkpoint-2", "checkpoint-4"] and not (tmp_path / ".tmp-checkpoint-4").exists()
+
+
+def test_rotation_keeps_the_complete_checkpoint_when_newer_folders_are_incomplete(tmp_path):
+    (tmp_path / "checkpoint-9").mkdir(parents=True)  # an incomplete folder with a higher step
+    # before the fix the oldest-first rotation counted checkpoint-9 and deleted every checkpoint just written
+    tiny_run(tmp_path, 4, checkpointing_steps=2, total_limit=1)
+    assert names(tmp_path) == ["checkpoint-4", "checkpoint-9"]
+    assert CheckpointManager(None, str(tmp_path)).resolve("latest").endswith("checkpoint-4")
+
+
+# ------------------------------------------------------------------------------------------------- item 17: no pickle
+class _Marker:
+    """Unpickling this creates a file: proof that code from a checkpoint ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def plant_pickles(folder, marker):
+    payload = pickle.dumps(_Marker(str(marker)))
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "pytorch_model.bin",
+                 "scheduler.bin"):
+        (folder / name).write_bytes(payload)
+
+
+def test_checkpoints_are_pickle_free_and_crafted_pickles_never_run(tmp_path):
+    _, straight = tiny_run(tmp_path / "a", 6)
+    tiny_run(tmp_path / "b", 3, checkpointing_steps=3)
+    folder = tmp_path / "b" / "checkpoint-3"
+    assert all(name.endswith((".json", ".safetensors")) for name in os.listdir(folder)), os.listdir(folder)
+    marker = tmp_path / "code-ran"
+    plant_pickles(folder, marker)
+    result, resumed = tiny_run(tmp_path / "b", 6, resume="latest")
+    assert not marker.exists()
+    assert result.resumed_from.endswith("checkpoint-3")
+    assert_same(resumed, straight)  # and the resume is still exact
+
+
+def test_accelerate_format_checkpoint_is_refused_unless_asked_for(tmp_path, caplog):
+    tiny_run(tmp_path, 2, checkpointing_steps=2, checkpoint_format="accelerate")
+    folder = tmp_path / "checkpoint-2"
+    assert (folder / "random_states_0.pkl").is_file()  # accelerate's save_state, kept behind the flag
+    marker = tmp_path / "code-ran"
+    (folder / "random_states_0.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
+    with pytest.raises(CheckpointError, match="pickle.*--checkpoint_format accelerate"):
+        tiny_run(tmp_path, 4, resume=str(folder))
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        result, _ = tiny_run(tmp_path, 4, resume="latest")  # skipped, so it starts fresh
+    assert result.resumed_from is None and "checkpoint-2" in caplog.text
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="checkpoint_format"):
+        tiny_run(tmp_path, 1, checkpoint_format="pickle")
+
+
+# ------------------------------------------------------------------------------------------------- item 6: step log
+def test_checkpoint_without_its_state_files_is_refused(tmp_path):
+    tiny_run(tmp_path, 2, checkpointing_steps=2)
+    (tmp_path / "checkpoint-2" / "training_state.json").unlink()
+    with pytest.raises(CheckpointError, match="no training_state.json"):
+        tiny_run(tmp_path, 4, resume=str(tmp_path / "checkpoint-2"))
+    # a complete checkpoint saved without a step log: resuming would silently lose the loss history
+    accelerator = fresh_accelerator()
+    model = Tiny()
+    optimizer = create_optimizer(model, 0.01)
+    CheckpointManager(accelerator, str(tmp_path / "nolog"), model=model, optimizer=optimizer).save(2)
+    with pytest.raises(CheckpointError, match="no trainer_state.json"):
+        tiny_run(tmp_path / "nolog", 4, resume="latest")
+
+
+# ------------------------------------------------------------------------------------------------- item 14: Ctrl-C
+@pytest.mark.parametrize("where", ["loss_fn", "on_step_end"])
+def test_ctrl_c_saves_the_last_step_and_says_how_to_resume(tmp_path, capsys, where):
+    _, straight = tiny_run(tmp_path / "a", 8)
+    out = tmp_path / "b"
+
+    def interrupt_loss(call, loss):
+        if call == 6:  # the second micro-batch of step 3: steps 1-2 are complete
+            raise KeyboardInterrupt
+        return loss
+
+    def interrupt_step(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    hooks = {"loss_hook": interrupt_loss} if where == "loss_fn" else {"on_step_end": interrupt_step}
+    with pytest.raises(TrainingInterrupted) as error:
+        tiny_run(out, 8, accumulation=2, **hooks)  # checkpointing_steps=0: only the interrupt saves
+    assert isinstance(error.value, KeyboardInterrupt) and error.value.step == 2
+    checkpoint = str(out / "checkpoint-2")
+    assert error.value.checkpoint == checkpoint
+    assert f"--resume_from_checkpoint {checkpoint}" in capsys.readouterr().out
+    assert names(out) == ["checkpoint-2"]
+    assert json.loads((out / "checkpoint-2" / "training_state.json").read_text())["interrupted"] is True
+    _, resumed = tiny_run(out, 8, accumulation=2, resume=checkpoint)
+    _, straight = tiny_run(tmp_path / "c", 8, accumulation=2)
+    assert_same(resumed, straight)  # the RNG of the end of step 2 was saved, not that of the interrupted step
+
+
+def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
+    def interrupt(call, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="nothing to save"):
+        tiny_run(tmp_path, 4, loss_hook=interrupt)
+    assert names(tmp_path) == []
+
+
+def test_recipe_mains_return_130_without_a_traceback(monkeypatch, capsys):
+    import unip_hf.distillation as distillation
+    import unip_hf.finetuning as finetuning
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distillation, "run_pretraining", interrupted)
+    monkeypatch.setattr(finetuning, "run_finetuning", interrupted)
+    assert distillation.main(["--teacher_name_or_path", "t", "--train_data", "x"]) == 130
+    assert finetuning.finetune_main(["--data_dir", "x"]) == 130
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "--resume_from_checkpoint latest" in captured.err
+
+
+# ------------------------------------------------------------------------------------------------- item 13: settings
+def test_resume_with_another_batch_size_and_learning_rate_says_what_changed(tmp_path, capsys):
+    tiny_run(tmp_path, 2, checkpointing_steps=2)
+    state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
+    assert state["settings"]["total_batch_size"] == 2 and state["settings"]["peak_learning_rates"][0] == 0.05
+    capsys.readouterr()
+    result, _ = tiny_run(tmp_path, 3, lr=0.01, bs=4, resume="latest")
+    out = capsys.readouterr().out
+    assert "total batch size 2 -> 4" in out and "peak learning rate 0.05 -> 0.01" in out
+    assert "kept from the checkpoint" in out and "data position is recomputed" in out
+    from unip_hf.training import schedule_factor
+
+    # the new peak is applied from the resumed step on (before the fix the checkpoint's 0.05 silently stayed)
+    assert result.step_log.history[-1]["learning_rate"] == pytest.approx(0.01 * schedule_factor(2, "cosine", 2, 10))
+    capsys.readouterr()
+    tiny_run(tmp_path / "same", 3, checkpointing_steps=2)
+    tiny_run(tmp_path / "same", 3, resume=str(tmp_path / "same" / "checkpoint-2"))
+    assert "other settings" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- item 6: evaluation
+class EvalKilled(RuntimeError):
+    pass
+
+
+def test_finetuning_redoes_an_evaluation_that_did_not_complete(tmp_path, monkeypatch):
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.data import write_synthetic_dataset
+
+    scenes = tmp_path / "scenes"
+    write_synthetic_dataset(str(scenes), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    real = finetuning.evaluate_model
+    calls = {"n": 0}
+
+    def killed_in_first_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise EvalKilled("killed during the evaluation of step 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetuning, "evaluate_model", killed_in_first_evaluation)
+    model, data, train = arguments(str(scenes), str(tmp_path / "ft"), max_steps=4, eval_steps=2,
+                                   checkpointing_steps=2)
+    reset_accelerate()
+    with pytest.raises(EvalKilled):
+        finetuning.run_finetuning(model, data, train)
+    assert (tmp_path / "ft" / "checkpoint-2").is_dir() and not (tmp_path / "ft" / "eval_log.json").exists()
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    result = finetuning.run_finetuning(model, data, train)
+    assert [entry["step"] for entry in result.eval_history] == [2, 4]
+    log = json.loads((tmp_path / "ft" / "eval_log.json").read_text())
+    assert [entry["step"] for entry in log["history"]] == [2, 4]
+
+
+# ------------------------------------------------------------------------------------------------- two processes
+def _two_process_save_and_resume(out):
+    import faulthandler
+
+    import torch.distributed as dist
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a hung child fails the test instead of blocking it
+    torch.set_num_threads(1)
+    _, straight = tiny_run(out / "a", 6)
+    tiny_run(out / "b", 3, checkpointing_steps=3)
+    folder = out / "b" / "checkpoint-3"
+    if dist.get_rank() == 0:
+        assert sorted(p.name for p in folder.glob("rng_state_*.json")) == ["rng_state_0.json", "rng_state_1.json"]
+        plant_pickles(folder, out / "code-ran")
+    dist.barrier()
+    result, resumed = tiny_run(out / "b", 6, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-3") and not (out / "code-ran").exists()
+    assert_same(resumed, straight)
+
+    def interrupt(step, logs):  # Ctrl-C reaches every process of the group
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        tiny_run(out / "c", 6, on_step_end=interrupt)
+    dist.barrier()
+    assert sorted(p.name for p in (out / "c" / "checkpoint-2").glob("rng_state_*.json")) == [
+        "rng_state_0.json", "rng_state_1.json"]
+    _, resumed = tiny_run(out / "c", 6, resume="latest")
+    assert_same(resumed, straight)
+
+
+def test_two_processes_save_and_resume_exactly(tmp_path, monkeypatch):
+    from accelerate import debug_launcher
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(_two_process_save_and_resume, args=(tmp_path,), num_processes=2)
+    assert names(tmp_path / "b") == ["checkpoint-3"] and not list((tmp_path / "b").glob(".tmp-*"))
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("best_logged_at", [1, 2])
+def test_finetuning_resume_never_keeps_a_best_model_of_a_later_step(tmp_path, capsys, best_logged_at):
+    # The killed run evaluated steps 1-3 (best_model/ = step 3) but its last checkpoint is step 2. Resumed, the best
+    # evaluation up to step 2 is step `best_logged_at` (the log is edited so no later evaluation beats it): the run
+    # must not keep best_model/ (the step-3 model of the killed run) under the metrics of another step.
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from safetensors.torch import load_file
+    from unip_hf.data import write_synthetic_dataset
+
+    scenes = tmp_path / "scenes"
+    write_synthetic_dataset(str(scenes), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    out = tmp_path / "ft"
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=1, checkpointing_steps=2)
+
+    def kill_after_step_3(step, logs):
+        if step == 3:
+            raise Killed()
+
+    reset_accelerate()
+    with pytest.raises(Killed):
+        finetuning.run_finetuning(model, data, train, on_step_end=kill_after_step_3)
+    log = json.loads((out / "eval_log.json").read_text())
+    assert [e["step"] for e in log["history"]] == [1, 2, 3]
+    log["history"][best_logged_at - 1]["metrics"]["mean_iou"] = 2.0  # unbeatable
+    log["best_step"] = 3
+    (out / "eval_log.json").write_text(json.dumps(log))
+    expected = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    capsys.readouterr()
+    result = finetuning.run_finetuning(model, data, train)
+    if best_logged_at == 2:  # the restored weights are the best model: it is saved again and kept
+        assert result.best_step == 2
+        kept = load_file(str(out / "model.safetensors"))
+        for key in expected:
+            torch.testing.assert_close(kept[key], expected[key], msg=key)
+    else:  # the step-1 model is gone: the last one is kept, and said so
+        assert result.best_step == 4 and "overwritten by an interrupted run" in capsys.readouterr().out
