@@ -22,7 +22,14 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
         return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if low is not None:
         return f"{'>' if low_open else '>='} {low:g}"
-    return f"{'<' if high_open else '<='} {high:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return "a finite number"
+
+
+def _flag(argument: str) -> str:
+    """How a message names an argument: `--name` for an option, as given for a positional (`MODEL`) or a flag."""
+    return argument if argument.startswith("-") or argument.isupper() else f"--{argument}"
 
 
 def check_range(argument: str, value: Any, low: float | None = None, high: float | None = None, *,
@@ -45,7 +52,7 @@ def check_range(argument: str, value: Any, low: float | None = None, high: float
         bad = (low is not None and (value <= low if low_open else value < low)) or (
             high is not None and (value >= high if high_open else value > high))
     if bad:
-        raise ValueError(f"--{argument} must be {wanted}, got {value!r}" + (f" ({note})" if note else ""))
+        raise ValueError(f"{_flag(argument)} must be {wanted}, got {value!r}" + (f" ({note})" if note else ""))
 
 
 def check_choice(argument: str, value: Any, choices: Iterable[Any], optional: bool = False) -> None:
@@ -54,7 +61,7 @@ def check_choice(argument: str, value: Any, choices: Iterable[Any], optional: bo
     if value is None and optional:
         return
     if value not in choices:
-        raise ValueError(f"--{argument} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ValueError(f"{_flag(argument)} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def _looks_local(value: str) -> bool:
@@ -81,13 +88,13 @@ def check_model_source(argument: str, value: str | None, hub_file: str | None = 
     if value is None or os.path.exists(os.path.expanduser(value)):
         return
     if _looks_local(value):
-        raise ValueError(f"--{argument} {value!r}: the local path does not exist (and it is not a Hub id)")
+        raise ValueError(f"{_flag(argument)} {value!r}: the local path does not exist (and it is not a Hub id)")
     if hub_file is None:
         return
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(value, hub_file), str):
-        raise ValueError(f"--{argument} {value!r}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE) "
+        raise ValueError(f"{_flag(argument)} {value!r}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE) "
                          f"with no cached copy of {value}; check the path or download it first")
 
 
