@@ -703,8 +703,9 @@ def require_vision_config(config, name: str = "the model") -> Any:
 def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pretrained_kwargs: Any):
     """Load a ViT-family model with `AutoModel.from_pretrained` for its attention (teacher of NMI-HAD, subject of the
     analysis): its config is checked first (`require_vision_config`), and a class that takes `add_pooling_layer`
-    (transformers' `ViTModel`, `DeiTModel`, ...) is built without its pooler, which no caller uses (loading a
-    backbone checkpoint into one would otherwise report the pooler weights as missing).
+    (transformers' `ViTModel`, `DeiTModel`, ...) is built without its pooler, which no caller uses, unless the
+    checkpoint holds pooler weights (loading a backbone checkpoint without them, such as a ViT-MAE or
+    classification one, would otherwise report `pooler.dense.*` as missing and newly initialised).
 
     Args:
         name_or_path (`str`): local folder or Hub id.
@@ -721,8 +722,34 @@ def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pret
     except KeyError:  # remote code: the class is only known once loaded
         model_class = None
     if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        from_pretrained_kwargs.setdefault("add_pooling_layer", False)
+        keys = _checkpoint_keys(name_or_path, from_pretrained_kwargs)
+        if keys is not None:  # keep a pooler the checkpoint has (dropping it would report its weights as unexpected)
+            from_pretrained_kwargs.setdefault("add_pooling_layer",
+                                              any(".pooler." in f".{key}" for key in keys))
     return AutoModel.from_pretrained(name_or_path, config=config, **from_pretrained_kwargs)
+
+
+def _checkpoint_keys(name_or_path: str, kwargs: dict[str, Any]) -> set[str] | None:
+    """Parameter names of a safetensors checkpoint (read from its header or index, not its tensors); `None` when
+    they cannot be read (e.g. a `pytorch_model.bin` checkpoint)."""
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    options = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        for filename in (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME):
+            path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, **options)
+            if not path:
+                continue
+            if filename == SAFE_WEIGHTS_INDEX_NAME:
+                with open(path, encoding="utf-8") as handle:
+                    return set(json.load(handle).get("weight_map", {}))
+            with safe_open(path, framework="pt") as handle:
+                return set(handle.keys())
+    except (OSError, ValueError) as err:
+        logger.debug("could not read the parameter names of %s: %s", name_or_path, err)
+    return None
 
 
 def _forward_module(model):

@@ -730,7 +730,7 @@ def check_pretraining_args(distill_args: DistillationArguments, data_args: Pretr
                            training_args: PretrainingArguments) -> None:
     """Checks before any model or data is loaded (`ValueError` naming the argument): each dataclass's own checks
     again (a caller may have changed a field since), `--train_data` given, and a teacher whose config (read, not its
-    weights) is a ViT-family vision model."""
+    weights) is a ViT-family vision model with a block `--teacher_layer`."""
     for part in (distill_args, data_args, training_args):
         part.__post_init__()
     if not data_args.train_data:
@@ -746,7 +746,12 @@ def check_pretraining_args(distill_args: DistillationArguments, data_args: Pretr
         config = AutoConfig.from_pretrained(name, trust_remote_code=distill_args.trust_remote_code)
     except OSError as err:
         raise ValueError(f"--teacher_name_or_path {name!r}: cannot read its config ({err})") from err
-    require_vision_config(config, f"--teacher_name_or_path {name!r}")
+    vision = require_vision_config(config, f"--teacher_name_or_path {name!r}")
+    depth = getattr(vision, "num_hidden_layers", None)
+    layer = str(distill_args.teacher_layer)
+    if depth and layer != "auto" and not -depth <= int(layer) < depth:
+        raise ValueError(f"--teacher_layer {layer} is out of range for the teacher {name!r} with {depth} blocks "
+                         f"(0..{depth - 1}, or negative counting from the end)")
 
 
 def run_pretraining(

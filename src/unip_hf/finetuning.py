@@ -623,7 +623,7 @@ class DataArguments:
                             self.irstd_threshold)
         check_range("ratio_min", self.ratio_min, 0, low_open=True)
         if not self.ratio_max >= self.ratio_min:
-            raise ValueError(f"--ratio_max ({self.ratio_max!r}) must be >= --ratio_min ({self.ratio_min!r}): they are "
+            raise ValueError(f"--ratio_max ({self.ratio_max:g}) must be >= --ratio_min ({self.ratio_min:g}): they are "
                              "the random resize range")
         check_range("ratio_max", self.ratio_max, 0, low_open=True)
         check_range("cat_max_ratio", self.cat_max_ratio, 0, 1, low_open=True)
