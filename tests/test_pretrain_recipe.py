@@ -217,7 +217,7 @@ def test_bad_input(assets, tmp_path, monkeypatch):
         run_pretraining(*make_args(assets, tmp_path / "o2", per_device_train_batch_size=64))
     resnet = T.ResNetModel(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1]))
     resnet.save_pretrained(tmp_path / "resnet")
-    with pytest.raises(TypeError, match="no accessible list of transformer blocks"):
+    with pytest.raises(ValueError, match="'resnet' model .* not a ViT-family vision model"):
         run_pretraining(*make_args(assets, tmp_path / "o3", teacher_name_or_path=str(tmp_path / "resnet")))
     bad_heads = UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
     bad_heads.to_json_file(str(tmp_path / "bad.json"))
@@ -243,9 +243,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_argument_parsing_and_paper_defaults():
+def test_argument_parsing_and_paper_defaults(assets):
     distill, data, train = parse_pretraining_args(
-        ["--teacher_name_or_path", "t", "--teacher_layer", "auto", "--train_data", "a", "b", "--max_steps", "5"])
+        ["--teacher_name_or_path", str(assets / "teacher"), "--teacher_layer", "auto", "--train_data", "a", "b", "--max_steps", "5"])
     assert distill.teacher_layer == "auto" and data.train_data == ["a", "b"] and train.max_steps == 5
     assert (train.adam_beta1, train.adam_beta2, train.weight_decay) == (0.9, 0.95, 0.05)
     assert train.base_learning_rate == 1.5e-4 and train.learning_rate is None and train.lr_scheduler_type == "cosine"

@@ -59,17 +59,22 @@ def trained(tmp_path_factory):
 
 
 def test_parse_finetuning_args_defaults_and_json(tmp_path):
-    model, data, train = parse_finetuning_args(["--dataset", "sirst", "--data_dir", "x", "--mode", "linear_probe"])
+    for name in ("x", "y", "d", "m"):  # paths are checked at parse time
+        (tmp_path / name).mkdir()
+    model, data, train = parse_finetuning_args(["--dataset", "sirst", "--data_dir", str(tmp_path / "x"),
+                                                "--mode", "linear_probe"])
     assert isinstance(model, ModelArguments) and isinstance(data, DataArguments)
     assert isinstance(train, FinetuningArguments)
     assert model.mode == "linear_probe" and model.decode_head == "ll_fpn" and model.model_name_or_path == "none"
     assert train.layer_decay == 0.85 and train.learning_rate == 1e-4 and train.lr_scheduler_type == "poly"
     assert train.weight_decay == 0.05 and train.per_device_train_batch_size == 8 and data.eval_mode == "whole"
     config = tmp_path / "args.json"
-    config.write_text(json.dumps({"dataset": "buffalo-udder", "data_dir": "y", "eval_mode": "slide", "max_steps": 7}))
+    config.write_text(json.dumps({"dataset": "buffalo-udder", "data_dir": str(tmp_path / "y"), "eval_mode": "slide",
+                                      "max_steps": 7}))
     _, data, train = parse_finetuning_args([str(config)])
     assert data.dataset == "buffalo-udder" and data.eval_mode == "slide" and train.max_steps == 7
-    args = parse_evaluation_args(["--model_name_or_path", "m", "--dataset", "sirst", "--data_dir", "d"])
+    args = parse_evaluation_args(["--model_name_or_path", str(tmp_path / "m"), "--dataset", "sirst",
+                                  "--data_dir", str(tmp_path / "d")])
     assert isinstance(args, EvaluationArguments) and args.fa_rule == "correct" and args.split is None
 
 

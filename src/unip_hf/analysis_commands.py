@@ -11,6 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .argument_checks import check_model_source, non_negative_int, positive_int
+
 __all__ = ["register", "run_analyze_attention"]
 
 
@@ -28,12 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="local checkpoint folder or Hub id (loaded with AutoModel)")
     p.add_argument("--images", nargs="+", required=True, metavar="DIR_OR_FILES",
                    help="image files and/or folders (searched recursively, following symbolic links)")
-    p.add_argument("--num-images", type=int, default=64, help="images to use, spread over the list (default 64)")
-    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default 224)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-images", type=positive_int, default=64,
+                   help="images to use, spread over the list (default 64)")
+    p.add_argument("--image-size", type=positive_int, default=224, help="square input side in pixels (default 224)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--map-layers", type=int, nargs="*", default=None,
+    p.add_argument("--map-layers", type=non_negative_int, nargs="*", default=None,
                    help="0-based layers for attention_maps.png (default: first local, teacher, last)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow remote code when loading MODEL")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -41,10 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_model(name: str, trust_remote_code: bool):
-    import unip_hf  # noqa: F401,PLC0415  (registers the UNIP classes with the Auto classes)
-    from transformers import AutoImageProcessor, AutoModel  # noqa: PLC0415
+    """The model (a ViT-family vision model, without an unused pooler) and its image processor, if it has one; a
+    missing local path or a model that is no vision transformer ends the command with an error naming MODEL."""
+    from transformers import AutoImageProcessor  # noqa: PLC0415
 
-    model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+    from .attention_analysis import load_vision_backbone  # noqa: PLC0415
+
+    try:
+        check_model_source("MODEL", name)
+        model = load_vision_backbone(name, f"MODEL {name!r}", trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
     try:
         processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001  (no preprocessor_config.json: the analysis uses its default)

@@ -659,6 +659,71 @@ def _vision_config(model) -> Any:
     return getattr(config, "vision_config", None) or config
 
 
+def require_vision_config(config, name: str = "the model") -> Any:
+    """The vision part of a model config (a CLIP-like config's `vision_config`, else the config itself); a
+    `ValueError` naming `name` when it is no ViT-family vision model (no `patch_size`: BERT, GPT-2, ...)."""
+    vision = getattr(config, "vision_config", None) or config
+    if getattr(vision, "patch_size", None) is None:
+        raise ValueError(
+            f"{name} is a {getattr(config, 'model_type', '?')!r} model ({type(config).__name__}), not a ViT-family "
+            "vision model (its config has no patch_size); use a vision transformer such as UNIP, ViT, ViT-MAE, DeiT, "
+            "DINOv2 or a CLIP vision tower"
+        )
+    return vision
+
+
+def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pretrained_kwargs: Any):
+    """Load a ViT-family model with `AutoModel.from_pretrained` for its attention (teacher of NMI-HAD, subject of the
+    analysis): its config is checked first (`require_vision_config`), and a class that takes `add_pooling_layer`
+    (transformers' `ViTModel`, `DeiTModel`, ...) is built without its pooler, which no caller uses, unless the
+    checkpoint holds pooler weights (loading a backbone checkpoint without them, such as a ViT-MAE or
+    classification one, would otherwise report `pooler.dense.*` as missing and newly initialised).
+
+    Args:
+        name_or_path (`str`): local folder or Hub id.
+        name (`str`, *optional*): how errors name the model (e.g. `"--teacher_name_or_path 'x'"`).
+        **from_pretrained_kwargs: passed to `AutoConfig` / `AutoModel.from_pretrained` (e.g. `trust_remote_code`).
+    """
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(
+        name_or_path, trust_remote_code=from_pretrained_kwargs.get("trust_remote_code", False))
+    require_vision_config(config, name or repr(name_or_path))
+    try:
+        model_class = AutoModel._model_mapping[type(config)]
+    except KeyError:  # remote code: the class is only known once loaded
+        model_class = None
+    if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        keys = _checkpoint_keys(name_or_path, from_pretrained_kwargs)
+        if keys is not None:  # keep a pooler the checkpoint has (dropping it would report its weights as unexpected)
+            from_pretrained_kwargs.setdefault("add_pooling_layer",
+                                              any(".pooler." in f".{key}" for key in keys))
+    return AutoModel.from_pretrained(name_or_path, config=config, **from_pretrained_kwargs)
+
+
+def _checkpoint_keys(name_or_path: str, kwargs: dict[str, Any]) -> set[str] | None:
+    """Parameter names of a safetensors checkpoint (read from its header or index, not its tensors); `None` when
+    they cannot be read (e.g. a `pytorch_model.bin` checkpoint)."""
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    options = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        for filename in (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME):
+            path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, **options)
+            if not path:
+                continue
+            if filename == SAFE_WEIGHTS_INDEX_NAME:
+                with open(path, encoding="utf-8") as handle:
+                    return set(json.load(handle).get("weight_map", {}))
+            with safe_open(path, framework="pt") as handle:
+                return set(handle.keys())
+    except (OSError, ValueError) as err:
+        logger.debug("could not read the parameter names of %s: %s", name_or_path, err)
+    return None
+
+
 def _forward_module(model):
     """The module to call with pixel values (the vision tower of a CLIP-like dual encoder)."""
     if getattr(model.config, "vision_config", None) is not None and hasattr(model, "vision_model"):
@@ -1199,6 +1264,7 @@ __all__ = [
     "eager_attention",
     "find_images",
     "label_pattern",
+    "load_vision_backbone",
     "mean_attention_distance",
     "model_attentions",
     "normalized_mutual_information",
@@ -1206,4 +1272,5 @@ __all__ = [
     "plot_attention_maps",
     "plot_layer_curves",
     "query_attention_maps",
+    "require_vision_config",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .argument_checks import positive_int
 from .configuration_unip import UnipConfig
 from .modeling_unip import UnipViTModel
 
@@ -351,7 +352,7 @@ def register(subparsers) -> None:
     parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors) or transformers directory / Hub id")
     parser.add_argument("output", help="output directory (save_pretrained layout)")
     parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="source layout")
-    parser.add_argument("--num-heads", type=int, help="heads of every block (default: standard for the width)")
+    parser.add_argument("--num-heads", type=positive_int, help="heads of every block (default: standard for the width)")
     parser.add_argument(
         "--last-layer-heads", type=int, help="heads of the last block (a UNIP student: the teacher's head count)"
     )

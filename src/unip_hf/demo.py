@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .argument_checks import non_negative_int, positive_int
 from .image_processing_unip import decode_intensity, load_infrared_image
 
 __all__ = ["DemoResult", "overlay_panels", "register", "run_demo"]
@@ -241,12 +242,12 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--dataset", default=None, help="a unip_hf.data builder name (sirst, buffalo-udder, folder...)")
     parser.add_argument("--data_dir", default=None, help="the data set's folder (with --dataset)")
-    parser.add_argument("--max_steps", type=int, default=800,
+    parser.add_argument("--max_steps", type=positive_int, default=800,
                         help="optimizer steps (default 800, about two minutes on 2 CPU cores)")
     parser.add_argument("--model_name_or_path", default="none", help="start from a UNIP checkpoint")
     parser.add_argument("--preset", default="unip-tiny", help="model size on real data from scratch")
-    parser.add_argument("--crop_size", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--crop_size", type=positive_int, default=None)
+    parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("--learning_rate", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.set_defaults(func=_command)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .configuration_unip import UnipConfig
+from .argument_checks import check_choice, check_model_source, check_range
+from .configuration_unip import UNIP_PRESETS, UnipConfig
 from .files import IMAGE_EXTENSIONS, FileScan, scan_files
 from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor
 from .modeling_unip import UnipViTModel
@@ -254,7 +255,8 @@ class AttentionTeacher(nn.Module):
         resize_to_student_grid: bool = True,
         **from_pretrained_kwargs: Any,
     ) -> "AttentionTeacher":
-        """Load a teacher with `AutoModel.from_pretrained` (local folder or Hub id) and pick its layer.
+        """Load a teacher with `attention_analysis.load_vision_backbone` (`AutoModel.from_pretrained` of a local folder
+        or Hub id, checked to be a ViT-family vision model, without the unused pooler) and pick its layer.
 
         Args:
             name_or_path (`str`): checkpoint.
@@ -264,9 +266,9 @@ class AttentionTeacher(nn.Module):
             resize_to_student_grid (`bool`, *optional*, defaults to `True`): see the class docstring.
             **from_pretrained_kwargs: passed to `AutoModel.from_pretrained` (e.g. `trust_remote_code`).
         """
-        from transformers import AutoModel
+        from .attention_analysis import load_vision_backbone
 
-        model = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        model = load_vision_backbone(name_or_path, f"the teacher {name_or_path!r}", **from_pretrained_kwargs)
         layer = resolve_teacher_layer(model, teacher_layer, sample_pixel_values)
         return cls(model, layer, resize_to_student_grid)
 
@@ -667,6 +669,25 @@ class DistillationArguments:
     drop_path_rate: float = field(default=0.1)
     trust_remote_code: bool = field(default=False)
 
+    def __post_init__(self):
+        check_choice("distill_target", self.distill_target, DISTILL_TARGETS)
+        if self.distill_target != "none" and not self.teacher_name_or_path:
+            raise ValueError("--teacher_name_or_path is required unless --distill_target none")
+        check_model_source("teacher_name_or_path", self.teacher_name_or_path)
+        layer = str(self.teacher_layer)
+        if layer != "auto" and not layer.lstrip("-").isdigit():
+            raise ValueError(f"--teacher_layer must be a 0-based block index (negative counts from the end) or auto; "
+                             f"got {self.teacher_layer!r}")
+        check_range("teacher_layer_num_images", self.teacher_layer_num_images, 1)
+        if self.student_config:
+            if not os.path.exists(self.student_config):
+                raise ValueError(f"--student_config {self.student_config!r}: no such file or folder (a UnipConfig "
+                                 "json file or a folder with config.json)")
+        else:
+            check_choice("student_preset", self.student_preset, UNIP_PRESETS)
+        check_choice("feature_loss", self.feature_loss, FEATURE_LOSSES)
+        check_range("drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
+
 
 @dataclass
 class PretrainDataArguments:
@@ -679,6 +700,18 @@ class PretrainDataArguments:
     image_mean: float = field(default=INFRARED_MEAN)
     image_std: float = field(default=INFRARED_STD)
     num_channels: int = field(default=3)
+
+    def __post_init__(self):
+        if isinstance(self.train_data, str):
+            self.train_data = [self.train_data]
+        for entry in self.train_data:
+            check_model_source("train_data", entry, hub_file=None)
+        check_range("image_size", self.image_size, 1)
+        check_range("crop_min_scale", self.crop_min_scale, 0, 1, low_open=True,
+                    note="the smallest crop as a fraction of the image area")
+        check_range("image_mean", self.image_mean)
+        check_range("image_std", self.image_std, 0, low_open=True)
+        check_range("num_channels", self.num_channels, 1)
 
 
 @dataclass
@@ -725,6 +758,34 @@ def _sample_views(dataset: PretrainImageDataset, count: int) -> torch.Tensor:
     return torch.stack([dataset[(0, i * step)]["pixel_values"] for i in range(count)])
 
 
+def check_pretraining_args(distill_args: DistillationArguments, data_args: PretrainDataArguments,
+                           training_args: PretrainingArguments) -> None:
+    """Checks before any model or data is loaded (`ValueError` naming the argument): each dataclass's own checks
+    again (a caller may have changed a field since), `--train_data` given, and a teacher whose config (read, not its
+    weights) is a ViT-family vision model with a block `--teacher_layer`."""
+    for part in (distill_args, data_args, training_args):
+        part.__post_init__()
+    if not data_args.train_data:
+        raise ValueError("--train_data is required: image folders, an InfMix folder or a Hub data set id")
+    if distill_args.distill_target == "none":
+        return
+    from transformers import AutoConfig
+
+    from .attention_analysis import require_vision_config
+
+    name = distill_args.teacher_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=distill_args.trust_remote_code)
+    except OSError as err:
+        raise ValueError(f"--teacher_name_or_path {name!r}: cannot read its config ({err})") from err
+    vision = require_vision_config(config, f"--teacher_name_or_path {name!r}")
+    depth = getattr(vision, "num_hidden_layers", None)
+    layer = str(distill_args.teacher_layer)
+    if depth and layer != "auto" and not -depth <= int(layer) < depth:
+        raise ValueError(f"--teacher_layer {layer} is out of range for the teacher {name!r} with {depth} blocks "
+                         f"(0..{depth - 1}, or negative counting from the end)")
+
+
 def run_pretraining(
     distill_args: DistillationArguments,
     data_args: PretrainDataArguments,
@@ -748,10 +809,7 @@ def run_pretraining(
     from .data.transforms import PretrainTransform
 
     args, data, train = distill_args, data_args, training_args
-    if args.distill_target not in DISTILL_TARGETS:
-        raise ValueError(f"--distill_target must be one of {DISTILL_TARGETS}, got {args.distill_target!r}")
-    if args.distill_target != "none" and not args.teacher_name_or_path:
-        raise ValueError("--teacher_name_or_path is required unless --distill_target none")
+    check_pretraining_args(args, data, train)
     accelerator, trackers = create_accelerator(train)
 
     sources, skipped, described = load_training_sources(data.train_data, data.image_column)
@@ -922,7 +980,8 @@ def push_pretrained_student(output_dir: str, hub_model_id: str | None, summary: 
 
 def parse_pretraining_args(argv: Sequence[str] | None = None):
     """Parse command-line arguments into `(DistillationArguments, PretrainDataArguments, PretrainingArguments)`."""
-    return parse_recipe_args((DistillationArguments, PretrainDataArguments, PretrainingArguments), argv)
+    return parse_recipe_args((DistillationArguments, PretrainDataArguments, PretrainingArguments), argv,
+                             check=check_pretraining_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -956,6 +1015,7 @@ __all__ = [
     "PretrainImageDataset",
     "PretrainingArguments",
     "PretrainingResult",
+    "check_pretraining_args",
     "check_student_heads",
     "feature_distillation_loss",
     "load_training_sources",

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .argument_checks import check_choice, check_model_source, check_range
 from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, load_infrared_image
 from .training import (
     EpochSampler,
@@ -58,6 +59,7 @@ IRSTD_DATASETS = ("sirst", "nudt-sirst", "irstd-1k")
 DECODE_HEAD_CHOICES = ("ll_fpn", "multilevel_fpn")
 MODES = ("finetune", "linear_probe")
 EVAL_MODES = ("whole", "slide")
+TASKS = ("auto", "semantic", "irstd")
 BEST_MODEL_DIR = "best_model"
 EVAL_LOG_NAME = "eval_log.json"
 
@@ -159,6 +161,8 @@ def parse_img_scale(text: str | None, crop_size: int) -> tuple[int, int]:
         long_side, short_side = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--img_scale must look like 2048x512 (long x short side), got {text!r}") from None
+    if min(long_side, short_side) < 1:
+        raise ValueError(f"--img_scale sides must be >= 1 pixel, got {text!r}")
     return (max(long_side, short_side), min(long_side, short_side))
 
 
@@ -551,6 +555,41 @@ class ModelArguments:
         default=None, metadata={"help": "JSON dict of UnipConfig fields, e.g. '{\"num_hidden_layers\": 4}'."})
     trust_remote_code: bool = field(default=False)
 
+    def __post_init__(self):
+        from .configuration_unip import LOSS_TYPES, UNIP_PRESETS
+
+        if self.model_name_or_path not in (None, "", "none"):
+            check_model_source("model_name_or_path", self.model_name_or_path)
+        else:
+            check_choice("preset", self.preset, UNIP_PRESETS)
+        check_choice("mode", self.mode, MODES)
+        check_choice("decode_head", self.decode_head, DECODE_HEAD_CHOICES)
+        check_range("num_channels", self.num_channels, 1, optional=True)
+        check_range("patch_size", self.patch_size, 1, optional=True)
+        check_range("drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
+        check_choice("semantic_loss_type", self.semantic_loss_type, ("auto", *LOSS_TYPES))
+        if self.config_overrides:
+            try:
+                overrides = json.loads(self.config_overrides)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--config_overrides is not valid JSON ({err}): {self.config_overrides!r}") from None
+            if not isinstance(overrides, dict):
+                raise ValueError(f"--config_overrides must be a JSON object such as '{{\"num_hidden_layers\": 4}}', "
+                                 f"got {self.config_overrides!r}")
+
+
+def check_eval_protocol(task: str, eval_mode: str, crop_size: int | None, eval_stride: int | None,
+                        img_scale: str | None, irstd_threshold: float) -> None:
+    """The evaluation arguments that fine-tuning and evaluation share; `ValueError` naming the first bad one."""
+    check_choice("task", task, TASKS)
+    check_choice("eval_mode", eval_mode, EVAL_MODES)
+    check_range("crop_size", crop_size, 1, optional=True)
+    check_range("eval_stride", eval_stride, 1, optional=True)
+    if img_scale and img_scale.lower() != "none":
+        parse_img_scale(img_scale, crop_size or 1)
+    check_range("irstd_threshold", irstd_threshold, 0, 1, low_open=True, high_open=True,
+                note="a probability threshold of the target class")
+
 
 @dataclass
 class DataArguments:
@@ -578,6 +617,19 @@ class DataArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Data set id recorded in the results."})
 
+    def __post_init__(self):
+        check_range("crop_size", self.crop_size, 1)
+        check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
+                            self.irstd_threshold)
+        check_range("ratio_min", self.ratio_min, 0, low_open=True)
+        if not self.ratio_max >= self.ratio_min:
+            raise ValueError(f"--ratio_max ({self.ratio_max:g}) must be >= --ratio_min ({self.ratio_min:g}): they are "
+                             "the random resize range")
+        check_range("ratio_max", self.ratio_max, 0, low_open=True)
+        check_range("cat_max_ratio", self.cat_max_ratio, 0, 1, low_open=True)
+        check_range("max_train_samples", self.max_train_samples, 1, optional=True)
+        check_range("max_eval_samples", self.max_eval_samples, 1, optional=True)
+
 
 @dataclass
 class FinetuningArguments(TrainingLoopArguments):
@@ -596,7 +648,20 @@ class FinetuningArguments(TrainingLoopArguments):
     layer_decay: float = field(default=0.85, metadata={"help": "Layer-wise lr decay per block (1: off)."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: only at the end)."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Save the best evaluated model at the end."})
-    metric_for_best_model: str | None = field(default=None, metadata={"help": "Default: mean_iou or iou."})
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Default: mean_iou (semantic) or iou (irstd); also mean_accuracy, "
+                                        "overall_accuracy, niou or pd."})
+
+    def __post_init__(self):
+        from .metrics import RANKED_METRICS
+
+        super().__post_init__()
+        check_range("poly_power", self.poly_power, 0, low_open=True)
+        check_range("layer_decay", self.layer_decay, 0, 1, low_open=True,
+                    note="the learning-rate multiplier per block; 1 turns layer-wise decay off")
+        check_range("eval_steps", self.eval_steps, 0, note="0 evaluates only at the end")
+        check_choice("metric_for_best_model", self.metric_for_best_model,
+                     [name for names in RANKED_METRICS.values() for name in names], optional=True)
 
 
 @dataclass
@@ -625,6 +690,39 @@ class EvaluationArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Push model, processor, card and results."})
     hub_model_id: str | None = field(default=None)
     hub_private_repo: bool = field(default=False)
+
+    def __post_init__(self):
+        from .metrics import FA_RULES
+        from .training import MIXED_PRECISION_TYPES
+
+        check_model_source("model_name_or_path", self.model_name_or_path)
+        check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
+                            self.irstd_threshold)
+        check_choice("fa_rule", self.fa_rule, FA_RULES)
+        check_range("max_eval_samples", self.max_eval_samples, 1, optional=True)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_TYPES)
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
+
+
+def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
+                          training_args: FinetuningArguments) -> None:
+    """Checks across the fine-tuning dataclasses, before any model or data is loaded (`ValueError` naming the
+    argument): each dataclass's own checks again (a caller may have changed a field since), the data folder exists
+    (`FileNotFoundError`) and `--metric_for_best_model` is a metric of the data set's task."""
+    from .metrics import RANKED_METRICS
+
+    for part in (model_args, data_args, training_args):
+        part.__post_init__()
+    if not data_args.data_dir:
+        raise ValueError("--data_dir is required (the data set's root folder)")
+    if not os.path.isdir(data_args.data_dir):
+        raise FileNotFoundError(f"--data_dir {data_args.data_dir!r} is not a folder")
+    task = dataset_task(data_args.dataset, data_args.task)
+    ranked = RANKED_METRICS["irstd" if task == "irstd" else "mean_iou"]
+    if training_args.metric_for_best_model is not None and training_args.metric_for_best_model not in ranked:
+        raise ValueError(f"--metric_for_best_model must be one of {', '.join(ranked)} for the {task} task of "
+                         f"--dataset {data_args.dataset}; got {training_args.metric_for_best_model!r}")
 
 
 @dataclass
@@ -824,10 +922,7 @@ def run_finetuning(
     from .data import SegmentationTrainTransform, segmentation_metadata
 
     train, data = training_args, data_args
-    if data.eval_mode not in EVAL_MODES:
-        raise ValueError(f"--eval_mode must be one of {EVAL_MODES}, got {data.eval_mode!r}")
-    if not data.data_dir:
-        raise ValueError("--data_dir is required (the data set's root folder)")
+    check_finetuning_args(model_args, data_args, training_args)
     accelerator, trackers = create_accelerator(train)
 
     eval_split = resolve_eval_split(data.dataset, data.data_dir, data.eval_split)
@@ -1041,6 +1136,18 @@ def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequenc
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_evaluation_args(args: EvaluationArguments) -> None:
+    """What `run_evaluation` needs before it loads anything: valid arguments (checked again, a caller may have
+    changed a field since), a checkpoint and a data folder (`FileNotFoundError`)."""
+    args.__post_init__()
+    if not args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required")
+    if not args.data_dir:
+        raise ValueError("--data_dir is required")
+    if not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f"--data_dir {args.data_dir!r} is not a folder")
+
+
 def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     """Evaluate a segmentation checkpoint on one split; print a table; write `eval_results.json` and
     `.eval_results/*.yaml` (results of other data sets already there are kept) and, with `--push_to_hub`, push the
@@ -1059,10 +1166,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     from .hub import read_eval_results, write_eval_results
     from .metrics import to_builtin
 
-    if not args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required")
-    if not args.data_dir:
-        raise ValueError("--data_dir is required")
+    check_evaluation_args(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path,
                                                              trust_remote_code=args.trust_remote_code)
@@ -1118,12 +1222,12 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
 def parse_finetuning_args(argv: Sequence[str] | None = None):
     """Parse command-line arguments (or one JSON/YAML file) into `(ModelArguments, DataArguments,
     FinetuningArguments)`."""
-    return parse_recipe_args((ModelArguments, DataArguments, FinetuningArguments), argv)
+    return parse_recipe_args((ModelArguments, DataArguments, FinetuningArguments), argv, check=check_finetuning_args)
 
 
 def parse_evaluation_args(argv: Sequence[str] | None = None) -> EvaluationArguments:
     """Parse command-line arguments (or one JSON/YAML file) into `EvaluationArguments`."""
-    return parse_recipe_args((EvaluationArguments,), argv)[0]
+    return parse_recipe_args((EvaluationArguments,), argv, check=check_evaluation_args)[0]
 
 
 def finetune_main(argv: Sequence[str] | None = None) -> int:
@@ -1170,6 +1274,9 @@ __all__ = [
     "build_model",
     "card_for",
     "chance_metrics",
+    "check_eval_protocol",
+    "check_evaluation_args",
+    "check_finetuning_args",
     "class_frequencies",
     "dataset_task",
     "evaluate_main",

@@ -60,11 +60,15 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from .argument_checks import check_choice, check_range
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_NAME = "training_state.json"
 STEP_LOG_NAME = "trainer_state.json"
+SCHEDULER_TYPES = ("cosine", "poly", "linear", "constant")
+MIXED_PRECISION_TYPES = ("no", "fp16", "bf16", "fp8")
 NO_DECAY_NAME_PATTERNS = ("bias", "norm", "position_embedding", "pos_embed", "cls_token", "register_tokens",
                           "mask_token", "distillation_token", "layer_scale", "lambda1")
 
@@ -93,7 +97,7 @@ class TrainingLoopArguments:
     max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides num_train_epochs."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)."})
     checkpointing_steps: int = field(default=500, metadata={"help": "Save state every N steps (0: never)."})
-    checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep the last K checkpoints."})
+    checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep the last K checkpoints (0: all)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint path or 'latest'."})
     checkpoint_format: str = field(default="safetensors", metadata={
         "help": "safetensors (pickle-free, default) or accelerate (accelerate's save_state: pickles, needed under "
@@ -105,6 +109,41 @@ class TrainingLoopArguments:
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_private_repo: bool = field(default=False)
+
+    def __post_init__(self):
+        """Refuse values outside their range now, naming the argument, rather than mid-run or never."""
+        check_range("per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        check_range("learning_rate", self.learning_rate, 0, low_open=True, optional=True)
+        check_range("base_learning_rate", self.base_learning_rate, 0, low_open=True)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("adam_beta1", self.adam_beta1, 0, 1, high_open=True)
+        check_range("adam_beta2", self.adam_beta2, 0, 1, high_open=True)
+        check_range("adam_epsilon", self.adam_epsilon, 0, low_open=True)
+        check_range("max_grad_norm", self.max_grad_norm, 0, low_open=True, optional=True)
+        check_choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_TYPES)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("warmup_steps", self.warmup_steps, 0, optional=True)
+        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be >= 1, or -1 to train for --num_train_epochs; got {self.max_steps}")
+        if self.max_steps == -1:
+            check_range("num_train_epochs", self.num_train_epochs, 0, low_open=True,
+                        note="or set --max_steps to a number of steps")
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_TYPES)
+        check_range("checkpointing_steps", self.checkpointing_steps, 0, note="0 saves no intermediate checkpoint")
+        check_range("checkpoints_total_limit", self.checkpoints_total_limit, 0, optional=True,
+                    note="unset or 0 keeps every checkpoint")
+        check_range("logging_steps", self.logging_steps, 1)
+        check_range("seed", self.seed, 0, 2**32 - 1)
+        check_range("dataloader_num_workers", self.dataloader_num_workers, 0)
+        names = [n.strip() for n in (self.report_to or "none").split(",") if n.strip()]
+        if names not in ([], ["none"], ["all"]):
+            for name in names:
+                check_choice("report_to", name, ("none", "all", *TRACKER_PACKAGES))
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-small-run), checked now rather "
+                             "than after the training")
 
     def loop_options(self) -> dict[str, Any]:
         """The keyword arguments of `train_loop` that come straight from these arguments."""
@@ -133,9 +172,15 @@ def create_accelerator(train: TrainingLoopArguments):
     return accelerator, trackers
 
 
-def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
+                      check: Callable[..., None] | None = None) -> tuple:
     """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses with
-    `transformers.HfArgumentParser`; a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments."""
+    `transformers.HfArgumentParser`; a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments.
+
+    A `ValueError` (or `FileNotFoundError`) from a dataclass's `__post_init__` or from `check(*parsed)` (checks
+    across dataclasses, run before any model or data is loaded) ends the program like an argparse error: usage,
+    `error: <message>` on stderr, exit status 2, no traceback.
+    """
     import sys
     from pathlib import Path
 
@@ -143,10 +188,18 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
 
     parser = HfArgumentParser(list(dataclass_types))
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(args[0])
-        return tuple(parser.parse_json_file(str(path)) if path.suffix == ".json" else parser.parse_yaml_file(str(path)))
-    return tuple(parser.parse_args_into_dataclasses(args=args))
+    try:
+        if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
+            path = Path(args[0])
+            parsed = tuple(parser.parse_json_file(str(path)) if path.suffix == ".json"
+                           else parser.parse_yaml_file(str(path)))
+        else:
+            parsed = tuple(parser.parse_args_into_dataclasses(args=args))
+        if check is not None:
+            check(*parsed)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return parsed
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import os
 import tempfile
 from typing import Any
 
+from ..argument_checks import non_negative_int
+
 __all__ = ["register", "infmix_build", "data_inspect", "contact_sheet"]
 
 
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None)
     i.add_argument("--split", default="train")
     i.add_argument("--out", default="inspect_out", help="folder for summary.json and contact_sheet.png")
-    i.add_argument("--max-images", type=int, default=16, help="images on the contact sheet")
+    i.add_argument("--max-images", type=non_negative_int, default=16, help="images on the contact sheet")
     i.add_argument("--cache-dir", default=None)
     i.set_defaults(func=data_inspect)
 

@@ -34,6 +34,9 @@ METRICS_DIR = Path(__file__).resolve().parent
 METRIC_NAMES = ("mean_iou", "irstd")
 # The key each metric is ranked by (higher is better) when a recipe keeps the best checkpoint.
 MAIN_METRIC = {"mean_iou": "mean_iou", "irstd": "iou"}
+# The scalar keys of each metric where higher is better: what `--metric_for_best_model` may rank (not `fa`, a rate of
+# false alarms, whose highest value is the worst model, nor counts or per-class arrays).
+RANKED_METRICS = {"mean_iou": ("mean_iou", "mean_accuracy", "overall_accuracy"), "irstd": ("iou", "niou", "pd")}
 
 
 def metric_path(name: str) -> str:
@@ -160,6 +163,7 @@ __all__ = [
     "FA_RULES",
     "MAIN_METRIC",
     "METRIC_NAMES",
+    "RANKED_METRICS",
     "binarize",
     "components",
     "compute_irstd",
