@@ -305,7 +305,8 @@ def test_finetune_writes_eval_results_best_model_and_card(scenes, tmp_path):
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_unip.py", "README.md"):
         assert (out / name).is_file() and (out / "best_model" / name).is_file(), name
     processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"height": 40, "width": 48}  # the evaluation resolution
+    # the evaluation protocol: --img_scale 48x40 keeping the aspect ratio, padding to the patch size 8
+    assert processor["img_scale"] == [48, 40] and processor["size_divisor"] == 8 and processor["do_resize"]
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and "infrared" in card.data.tags
     assert {r.metric_type for r in card.data.eval_results} >= {"mean_iou"}
