@@ -310,6 +310,8 @@ def test_finetune_writes_eval_results_best_model_and_card(scenes, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and "infrared" in card.data.tags
     assert {r.metric_type for r in card.data.eval_results} >= {"mean_iou"}
+    assert "Protocol: folder val: whole image, single scale" in card.content  # what the pipeline reproduces
+    assert "runs whole-image" in card.content
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
 
 
@@ -480,6 +482,7 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
         model.decode_head.classifier.bias[1] += (logits[0] - logits[1]).median()
     model.save_pretrained(out)
     segmenter = pipeline("image-segmentation", model=str(out))
+    infrared = pipeline("infrared-image-segmentation", model=str(out))  # the 16-bit-preserving variant: same masks
     predictions = []
     for index in range(len(eval_set)):
         sample = eval_set[index]
@@ -488,6 +491,7 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
         path = data_dir / "images" / "val" / f"{sample['id']}.png"
         got = pipeline_label_map(segmenter(str(path)), model.config.label2id, tuple(labels.shape))
         np.testing.assert_array_equal(got, expected.numpy(), err_msg=str(path))
+        np.testing.assert_array_equal(pipeline_label_map(infrared(str(path)), model.config.label2id, got.shape), got)
         predictions.append((got, labels.numpy()))
     assert any(len(np.unique(got)) > 1 for got, _ in predictions)  # the comparison is not trivially constant
 

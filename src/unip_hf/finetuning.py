@@ -868,11 +868,19 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
 def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
              base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
     """The model card of a saved segmentation model."""
-    from .hub import make_model_card
+    from .hub import RESULTS_NOTE, make_model_card
 
     config = model.config
     labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
     hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
+    protocols = "; ".join(dict.fromkeys(
+        f"{r.dataset_name or r.dataset_id} {r.dataset_split}: {r.notes}" for r in results if getattr(r, "notes", None)))
+    extra = {}
+    if protocols:
+        extra["results_note"] = (
+            f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
+            "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
+            "whole-image results exactly; sliding-window results come from `recipes/evaluate.py --eval_mode slide`.")
     return make_model_card(
         hub_model_id or os.path.basename(os.path.normpath(output_dir)),
         repo_id=hub_model_id,
@@ -882,6 +890,7 @@ def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict
         training=training,
         labels=labels,
         decode_head=config.decode_head,
+        **extra,
     )
 
 
