@@ -37,7 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .argument_checks import check_choice, check_model_source, check_range
-from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, load_infrared_image
+from .image_processing_unip import (
+    INFRARED_MEAN,
+    INFRARED_STD,
+    UnipImageProcessor,
+    keep_ratio_size,
+    load_infrared_image,
+)
 from .training import (
     EpochSampler,
     NonFiniteLossError,
@@ -167,9 +173,9 @@ def parse_img_scale(text: str | None, crop_size: int) -> tuple[int, int]:
 
 
 def rescale_size(width: int, height: int, img_scale: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of an image rescaled, ratio kept, to fit `img_scale` (mmseg `keep_ratio` rule)."""
-    scale = min(max(img_scale) / max(width, height), min(img_scale) / min(width, height))
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    """(height, width) of an image rescaled, ratio kept, to fit `img_scale` (mmseg `keep_ratio` rule; the processor's
+    `keep_ratio_size`, which owns it)."""
+    return keep_ratio_size(height, width, img_scale)
 
 
 def available_splits(name: str, data_dir: str) -> list[str]:
@@ -233,9 +239,21 @@ class KeyedSegmentationDataset(Dataset):
         return self.inner[int(index)]
 
 
+def _protocol_processor(img_scale: tuple[int, int] | None, num_channels: int,
+                        size_divisor: int | None = None) -> UnipImageProcessor:
+    """The evaluation protocol as a `UnipImageProcessor`: rescale to `img_scale` keeping the ratio (`None`: no
+    resize), normalise, and (for the saved processor) pad to `size_divisor`. Evaluation and the processor saved with
+    a model both use it, so that `pipeline("image-segmentation")` predicts what the reported metrics measured."""
+    return UnipImageProcessor(
+        do_resize=img_scale is not None, img_scale=list(img_scale) if img_scale is not None else None,
+        size_divisor=size_divisor, num_channels=num_channels, image_mean=[INFRARED_MEAN] * num_channels,
+        image_std=[INFRARED_STD] * num_channels)
+
+
 class EvalSegmentationDataset(Dataset):
-    """Evaluation samples: the image rescaled to `img_scale` (ratio kept; `None` keeps its size), normalised, and the
-    label at full resolution.
+    """Evaluation samples: the image rescaled to `img_scale` (ratio kept; `None` keeps its size) and normalised by
+    the protocol's `UnipImageProcessor` (the one saved with the model, less the padding `predict_logits` adds), and
+    the label at full resolution.
 
     Args:
         dataset: a `datasets.Dataset` with `image` and `label` columns.
@@ -250,21 +268,18 @@ class EvalSegmentationDataset(Dataset):
             "label", datasets.Image(decode=False))
         self.img_scale = img_scale
         self.num_channels = num_channels
+        self.image_processor = _protocol_processor(img_scale, num_channels)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .data.transforms import SegmentationEvalTransform
-
         example = self.dataset[int(index)]
-        size = None
-        if self.img_scale is not None:
-            width, height = load_infrared_image(example["image"]).size
-            size = rescale_size(width, height, self.img_scale)
-        out = SegmentationEvalTransform(size=size, num_channels=self.num_channels)(example["image"], example["label"])
-        out["id"] = example.get("id", str(index))
-        return out
+        image = load_infrared_image(example["image"])
+        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        label = np.asarray(load_infrared_image(example["label"]), dtype=np.int64)
+        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label.copy()),
+                "id": example.get("id", str(index))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,8 +301,9 @@ def predict_logits(
     window: int | Sequence[int] = 512,
     stride: int | Sequence[int] | None = None,
     patch_size: int | None = None,
+    output_size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Logits `(B, K, H, W)` at the input size, by one whole-image pass or by sliding windows.
+    """Logits `(B, K, H, W)` at the input size (or `output_size`), by one whole-image pass or by sliding windows.
 
     Whole image: the input is padded (bottom/right, zeros) to a multiple of the patch size, the logits are upsampled
     (bilinear) to the padded size and cropped. Slide: `unip_hf.data.sliding_window_inference` with the given window
@@ -300,6 +316,7 @@ def predict_logits(
         window (`int` or `(h, w)`, *optional*, defaults to 512): sliding window size.
         stride (`int` or `(h, w)`, *optional*): sliding window stride.
         patch_size (`int`, *optional*): pad multiple; defaults to `model.config.patch_size`.
+        output_size (`(h, w)`, *optional*): size the logits are then resized to (bilinear), e.g. the label's size.
     """
     from .data import sliding_window_inference
 
@@ -316,12 +333,16 @@ def predict_logits(
         return logits[:, :, : x.shape[-2], : x.shape[-1]]
 
     if eval_mode == "whole":
-        return forward(pixel_values)
-    window = (window, window) if isinstance(window, int) else tuple(window)
-    if stride is None:
-        stride = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    return sliding_window_inference(forward, pixel_values, window=window, stride=stride)[:, :, :height, :width]
+        logits = forward(pixel_values)
+    else:
+        window = (window, window) if isinstance(window, int) else tuple(window)
+        if stride is None:
+            stride = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        logits = sliding_window_inference(forward, pixel_values, window=window, stride=stride)[:, :, :height, :width]
+    if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
+        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return logits
 
 
 class SegmentationEvaluator:
@@ -449,9 +470,8 @@ def evaluate_model(
                 labels = sample["labels"].unsqueeze(0)
                 context = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
                 with context:
-                    logits = predict_logits(model, pixel_values, eval_mode, crop_size, stride)
-                if logits.shape[-2:] != labels.shape[-2:]:
-                    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                    logits = predict_logits(model, pixel_values, eval_mode, crop_size, stride,
+                                            output_size=labels.shape[-2:])
                 evaluator.add(logits.cpu(), labels)
     finally:
         model.train(was_training)
@@ -798,31 +818,20 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     )
 
 
-def make_processor(config, size: tuple[int, int] | None = None):
-    """The `UnipImageProcessor` saved with a segmentation model.
+def make_processor(config, img_scale: tuple[int, int] | None = None):
+    """The `UnipImageProcessor` saved with a segmentation model: the evaluation protocol of its reported metrics.
+
+    Each image is rescaled keeping its aspect ratio to fit `img_scale` (as `EvalSegmentationDataset` does; `None`:
+    kept at its size), normalised, and padded to a multiple of the patch size as `predict_logits` pads; the
+    processor's `post_process_semantic_segmentation` crops the padding and resizes the logits to the image size as
+    `evaluate_model` does. So `pipeline("image-segmentation")` predicts, image for image, what a whole-image
+    evaluation measured (sliding-window metrics, marked "slide" in the card, have no pipeline counterpart).
 
     Args:
-        config (`UnipConfig`): the model's configuration (channels; square `image_size` when `size` is not given).
-        size (`tuple[int, int]`, *optional*): `(height, width)` the processor resizes to: the evaluation resolution,
-            so that `pipeline("image-segmentation")` sees images at the scale the model was trained and evaluated on.
+        config (`UnipConfig`): the model's configuration (channels, patch size).
+        img_scale (`tuple[int, int]`, *optional*): `(long, short)` side targets of the evaluation.
     """
-    from .image_processing_unip import UnipImageProcessor
-
-    channels = config.num_channels
-    kwargs = {"size": {"height": int(size[0]), "width": int(size[1])}} if size else {}
-    return UnipImageProcessor.from_model_config(config, image_mean=[INFRARED_MEAN] * channels,
-                                                image_std=[INFRARED_STD] * channels, **kwargs)
-
-
-def processor_size(dataset: "EvalSegmentationDataset", patch_size: int) -> tuple[int, int] | None:
-    """Evaluation resolution of the first image of `dataset`, rounded to multiples of the patch size."""
-    if len(dataset) == 0:
-        return None
-    width, height = load_infrared_image(dataset.dataset[0]["image"]).size
-    if dataset.img_scale is not None:
-        height, width = rescale_size(width, height, dataset.img_scale)
-    return (max(patch_size, round(height / patch_size) * patch_size),
-            max(patch_size, round(width / patch_size) * patch_size))
+    return _protocol_processor(img_scale, int(config.num_channels), int(config.patch_size))
 
 
 def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
@@ -841,14 +850,15 @@ def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any
 
 def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
                             base_model: str | None = None, hub_model_id: str | None = None,
-                            datasets: Sequence[str] = (), size: tuple[int, int] | None = None) -> None:
-    """`save_pretrained` of the model and its processor (remote code included), `eval_results.json` and
-    `.eval_results/*.yaml`, and the model card `README.md`."""
+                            datasets: Sequence[str] = (), img_scale: tuple[int, int] | None = None) -> None:
+    """`save_pretrained` of the model and its processor (remote code included; the evaluation protocol of
+    `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
+    `README.md`."""
     from .hub import write_eval_results
 
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
-    make_processor(model.config, size).save_pretrained(output_dir)
+    make_processor(model.config, img_scale).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))
     card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
@@ -858,11 +868,19 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
 def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
              base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
     """The model card of a saved segmentation model."""
-    from .hub import make_model_card
+    from .hub import RESULTS_NOTE, make_model_card
 
     config = model.config
     labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
     hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
+    protocols = "; ".join(dict.fromkeys(
+        f"{r.dataset_name or r.dataset_id} {r.dataset_split}: {r.notes}" for r in results if getattr(r, "notes", None)))
+    extra = {}
+    if protocols:
+        extra["results_note"] = (
+            f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
+            "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
+            "whole-image results exactly; sliding-window results come from `recipes/evaluate.py --eval_mode slide`.")
     return make_model_card(
         hub_model_id or os.path.basename(os.path.normpath(output_dir)),
         repo_id=hub_model_id,
@@ -872,6 +890,7 @@ def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict
         training=training,
         labels=labels,
         decode_head=config.decode_head,
+        **extra,
     )
 
 
@@ -993,7 +1012,6 @@ def run_finetuning(
     best = {"value": None, "step": None}
     unwrapped = accelerator.unwrap_model(prepared)
     stride = data.eval_stride
-    inference_size = processor_size(eval_dataset, config.patch_size)
 
     def evaluate_now(step: int) -> dict[str, Any]:
         metrics = evaluate_model(unwrapped, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
@@ -1028,7 +1046,7 @@ def run_finetuning(
                                       data.crop_size, stride, data.hub_dataset_id)
             save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
                                     {**training_table, "best step": step}, model_args.model_name_or_path,
-                                    train.hub_model_id, size=inference_size)
+                                    train.hub_model_id, img_scale=img_scale)
         best["on_disk"] = True
 
     def evaluation_due(step: int) -> bool:
@@ -1092,7 +1110,7 @@ def run_finetuning(
             to_save = UnipForSemanticSegmentation.from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
-                                model_args.model_name_or_path, train.hub_model_id, size=inference_size)
+                                model_args.model_name_or_path, train.hub_model_id, img_scale=img_scale)
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
     accelerator.wait_for_everyone()
@@ -1205,7 +1223,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
         if args.push_to_hub:
             if os.path.abspath(output_dir) != os.path.abspath(args.model_name_or_path):
                 model.save_pretrained(output_dir)
-                make_processor(model.config).save_pretrained(output_dir)
+                make_processor(model.config, img_scale).save_pretrained(output_dir)
             card_for(model, output_dir, results, hub_model_id=args.hub_model_id).save(
                 os.path.join(output_dir, "README.md"))
             push_saved_model(output_dir, args.hub_model_id, results, private=args.hub_private_repo,
@@ -1293,7 +1311,6 @@ __all__ = [
     "parse_finetuning_args",
     "parse_img_scale",
     "predict_logits",
-    "processor_size",
     "push_saved_model",
     "rescale_size",
     "resolve_eval_split",
