@@ -1,7 +1,7 @@
 """Fine-tuning, linear probing and evaluation of UNIP segmentation models (Zhang et al., "UNIP: Rethinking Pre-trained
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`.
 
-The logic behind `recipes/finetune.py`, `recipes/evaluate.py` and `unip demo`: layer-wise learning-rate decay, data
+The logic behind `recipes/finetune.py`, `recipes/eval_segmentation.py` and `unip demo`: layer-wise lr decay, data
 set preparation from the `unip_hf.data` builders, whole-image or sliding-window evaluation with the data set's
 metrics (mIoU, or IoU / nIoU / Pd / Fa for small targets), best-checkpoint keeping, `eval_results.json`, saving of
 model + processor + card, and pushing to the Hub. The step loop itself is `unip_hf.training.train_loop`.
@@ -666,7 +666,7 @@ class FinetuningArguments(TrainingLoopArguments):
 
 @dataclass
 class EvaluationArguments:
-    """`recipes/evaluate.py`: a checkpoint, a data set split, the protocol, where results go."""
+    """`recipes/eval_segmentation.py`: a checkpoint, a data set split, the protocol, where results go."""
 
     model_name_or_path: str = field(default=None, metadata={"help": "Segmentation checkpoint (folder or Hub id)."})
     dataset: str = field(default="folder")
@@ -1251,7 +1251,7 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `recipes/evaluate.py`."""
+    """Entry point of `recipes/eval_segmentation.py`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_evaluation(parse_evaluation_args(argv))
     return 0
