@@ -321,7 +321,8 @@ def convert_checkpoint(
     return model
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_convert(args: argparse.Namespace) -> int:
+    """Run `unip convert`; returns the exit status."""
     overrides = {
         key: value
         for key, value in {
@@ -342,8 +343,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Add `unip convert` to the CLI."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `convert` sub-command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
     parser = subparsers.add_parser(
         "convert",
         help="convert official UNIP / timm / transformers ViT weights into a UnipViTModel checkpoint",
@@ -360,7 +365,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--ignore-prefix", action="append", default=None, help="extra key prefix to drop on purpose (repeatable)"
     )
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run_convert)
 
 
 __all__ = [
