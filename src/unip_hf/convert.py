@@ -16,6 +16,7 @@ import torch
 
 from .argument_checks import positive_int
 from .configuration_unip import UnipConfig
+from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 
 logger = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def convert_checkpoint(
     **config_overrides,
 ) -> UnipViTModel:
     """Convert `source` (a file for `unip`/`timm`, a directory or Hub id for `transformers`) and save the
-    `UnipViTModel` with an image processor (when available) to `output_dir`."""
+    `UnipViTModel` with its `UnipImageProcessor` to `output_dir`."""
     if source_format not in SOURCES:
         raise ValueError(f"source format must be one of {SOURCES}, got {source_format!r}")
     if source_format == "transformers":
@@ -309,15 +310,10 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    try:
-        from .image_processing_unip import UnipImageProcessor
-    except ImportError:  # the image processor module is optional for conversion
-        UnipImageProcessor = None
-    if UnipImageProcessor is not None:
-        size = model.config.image_size
-        UnipImageProcessor(
-            num_channels=model.config.num_channels, size={"height": size, "width": size}
-        ).save_pretrained(output_dir)
+    size = model.config.image_size
+    UnipImageProcessor(num_channels=model.config.num_channels, size={"height": size, "width": size}).save_pretrained(
+        output_dir
+    )
     return model
 
 

@@ -124,7 +124,7 @@ def freeze_unused_backbone_parameters(model) -> list[str]:
     deepest = config.num_hidden_layers - 1 if config.decode_head == "ll_fpn" else max(config.feature_indices)
     frozen = []
     for name, parameter in model.named_parameters():
-        unused = name.startswith("unip.layernorm.") or name.startswith("unip.pooler.")
+        unused = name.startswith("unip.layernorm.")
         if name.startswith("unip.encoder.layer."):
             unused = unused or int(name.split(".")[3]) > deepest
         if unused and parameter.requires_grad:
