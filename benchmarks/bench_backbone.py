@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import sys
 
 import torch
 from transformers import ViTConfig, ViTModel
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import count_flops, interleaved_times, matmul_peak_gflops, peak_memory_mib  # noqa: E402
+from common import count_flops, interleaved_times, matmul_peak_gflops, peak_memory_mib
 
-from unip_hf import UnipConfig, UnipViTModel  # noqa: E402
+from unip_hf import UnipConfig, UnipViTModel
 
 IMAGE = 224
 

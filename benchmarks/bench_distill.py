@@ -29,8 +29,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import matmul_peak_gflops  # noqa: E402
+from common import matmul_peak_gflops
 
 __all__ = ["main", "run_variant"]
 

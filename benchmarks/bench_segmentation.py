@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import sys
 
 import torch
 from transformers import BeitConfig, BeitForSemanticSegmentation, Dinov2Config, UperNetConfig, UperNetForSemanticSegmentation
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import count_flops, interleaved_times, peak_memory_mib  # noqa: E402
+from common import count_flops, interleaved_times, peak_memory_mib
 
-from unip_hf import UnipConfig, UnipForSemanticSegmentation  # noqa: E402
+from unip_hf import UnipConfig, UnipForSemanticSegmentation
 
 NUM_LABELS = 2
 

@@ -12,15 +12,9 @@ A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) a
 Run `python recipes/finetune.py --help` for every argument (or pass one JSON/YAML file of arguments).
 """
 
-import os
 import sys
 
-# This folder holds `evaluate.py`, which would shadow the `evaluate` library (used by the metrics) once the script's
-# folder is first on sys.path, as `python recipes/X.py` and `accelerate launch recipes/X.py` put it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-from unip_hf.finetuning import finetune_main  # noqa: E402
+from unip_hf.finetuning import finetune_main
 
 if __name__ == "__main__":
     sys.exit(finetune_main())

@@ -9,15 +9,9 @@ A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) a
 Run `python recipes/pretrain.py --help` for every argument.
 """
 
-import os
 import sys
 
-# This folder holds `evaluate.py`, which would shadow the `evaluate` library once the script's folder is first on
-# sys.path, as `python recipes/X.py` and `accelerate launch recipes/X.py` put it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-from unip_hf.distillation import main  # noqa: E402
+from unip_hf.distillation import main
 
 if __name__ == "__main__":
     sys.exit(main())

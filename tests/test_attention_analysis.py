@@ -386,7 +386,7 @@ def test_no_readable_image_is_a_clear_error(models, tmp_path):
 
 # ------------------------------------------------------------------ figures
 def test_figures_are_written(models, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="figures need the optional 'plots' extra (matplotlib)")
     model, _ = models["unip"]
     a = make_report([0.6, 0.4, 0.25, 0.15, 0.03, 0.02], model_name="mae-like")
     b = make_report([0.5, 0.3, 0.2, 0.05], model_name="dino-like")
@@ -418,7 +418,7 @@ def test_missing_matplotlib_gives_clear_error(monkeypatch):
 
 # ------------------------------------------------------------------ command line on real infrared images
 def test_cli_analyze_attention_on_real_images(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="figures need the optional 'plots' extra (matplotlib)")
     pool = data_path("infrared-pool")
     from unip_hf import UnipConfig, UnipViTModel
     from unip_hf.cli import main
@@ -442,7 +442,7 @@ def test_cli_analyze_attention_on_real_images(tmp_path, capsys):
 
 def test_cli_names_and_counts_scan_skips(tmp_path, capsys):
     """A dangling link, a FIFO named .png and a non-UTF-8 name are skipped and named, never a crash or a hang."""
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="figures need the optional 'plots' extra (matplotlib)")
     from unip_hf import UnipConfig, UnipViTModel
     from unip_hf.cli import main
 

@@ -1,5 +1,6 @@
 """Tests of the weight conversion paths into UnipViTModel (official UNIP / timm layout, transformers ViTs)."""
 
+import json
 import re
 
 import pytest
@@ -158,5 +159,6 @@ def test_cli_convert(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "3 blocks, 2 heads (last block 4)" in printed
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
     with pytest.raises(FileNotFoundError, match="No checkpoint file"):
         cli_main(["convert", str(tmp_path / "nothing.pth"), str(tmp_path / "o2"), "--from", "timm"])

@@ -451,7 +451,7 @@ def pipeline_label_map(segments, label2id, size):
 
 def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
     """`pipeline("image-segmentation")` on the saved model predicts, pixel for pixel, what the evaluation measured
-    (`recipes/evaluate.py`'s path: `EvalSegmentationDataset` + `predict_logits` at the label size), for real images
+    (`recipes/eval_segmentation.py`'s path: `EvalSegmentationDataset` + `predict_logits` at the label size), for real images
     whose size and aspect ratio differ from the training crops, from each other, and from the patch grid."""
     from transformers import pipeline
 
@@ -495,7 +495,7 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
         predictions.append((got, labels.numpy()))
     assert any(len(np.unique(got)) > 1 for got, _ in predictions)  # the comparison is not trivially constant
 
-    # and the metrics `recipes/evaluate.py` reports are those of the pipeline's masks
+    # and the metrics `recipes/eval_segmentation.py` reports are those of the pipeline's masks
     reset_accelerate()
     result = run_evaluation(EvaluationArguments(model_name_or_path=str(out), dataset="folder", data_dir=str(data_dir),
                                                 img_scale=img_scale, cache_dir=str(tmp_path / "cache"),

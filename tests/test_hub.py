@@ -8,6 +8,7 @@ import yaml
 from huggingface_hub import DatasetCard, HfApi, ModelCard, parse_eval_result_entries
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+import unip_hf
 from unip_hf.hub import (
     BenchmarkResult,
     PretrainingSummary,
@@ -278,9 +279,6 @@ def test_push_dataset_folder(tmp_path, patched_api):
 
 
 def test_push_saved_unip_model_carries_remote_code(tmp_path, patched_api):
-    unip_hf = pytest.importorskip("unip_hf")
-    if not hasattr(unip_hf, "UnipForSemanticSegmentation"):
-        pytest.skip("UnipForSemanticSegmentation not available in this checkout")
     config = unip_hf.UnipConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_labels=2,
         auxiliary_channels=16,

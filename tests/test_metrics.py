@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 
@@ -136,7 +137,6 @@ def test_mean_iou_memory_independent_of_number_of_images():
 
 
 def test_mean_iou_confusion_matrix_layout_and_torch_input():
-    torch = pytest.importorskip("torch")
     matrix = confusion_matrix(np.array([[0, 1, 5]]), np.array([[1, 1, 0]]), num_labels=2)
     # rows = labels, columns = predictions, last index = ids outside [0, 2)
     np.testing.assert_array_equal(matrix, [[0, 0, 1], [1, 1, 0], [0, 0, 0]])

@@ -1,8 +1,9 @@
-"""Tests of the UNIP fine-tuning and evaluation recipes (`recipes/finetune.py`, `recipes/evaluate.py`): argument
-parsing into the dataclasses, a tiny run through `finetune_main`, `evaluate_main` on the saved checkpoint (table,
-`eval_results.json`, `.eval_results/*.yaml`, other data sets' results kept), the recipe scripts as subprocesses, and
-the IRSTD task on a small-target layout."""
+"""Tests of the UNIP fine-tuning and evaluation recipes (`recipes/finetune.py`, `recipes/eval_segmentation.py`):
+argument parsing into the dataclasses, a tiny run through `finetune_main`, `evaluate_main` on the saved checkpoint
+(table, `eval_results.json`, `.eval_results/*.yaml`, other data sets' results kept), the recipe scripts as
+subprocesses, and the IRSTD task on a small-target layout."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -161,12 +162,12 @@ def test_evaluate_refuses_a_class_mismatch(trained, tmp_path):
 
 
 def test_recipe_scripts_run_as_scripts(trained, tmp_path):
-    """`python recipes/evaluate.py` must not shadow the `evaluate` library with itself."""
+    """`python recipes/eval_segmentation.py` must not shadow the `evaluate` library with itself."""
     data, out, root = trained
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model_name_or_path", str(out), "--dataset", "folder",
-         "--data_dir", str(data), "--img_scale", "40x32", "--cache_dir", str(root / "cache"),
+        [sys.executable, str(ROOT / "recipes" / "eval_segmentation.py"), "--model_name_or_path", str(out),
+         "--dataset", "folder", "--data_dir", str(data), "--img_scale", "40x32", "--cache_dir", str(root / "cache"),
          "--output_dir", str(tmp_path / "script")],
         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120,
     )
@@ -175,6 +176,25 @@ def test_recipe_scripts_run_as_scripts(trained, tmp_path):
     help_run = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--help"], capture_output=True,
                               text=True, env=env, timeout=60)
     assert help_run.returncode == 0 and "--layer_decay" in help_run.stdout and "--eval_mode" in help_run.stdout
+
+
+def test_recipes_shadow_no_library_and_leave_sys_path_alone():
+    """`python recipes/X.py` puts `recipes/` first on `sys.path`, so a recipe named like a library (`evaluate.py`)
+    would be imported in its place; with distinct names the recipes need no `sys.path` surgery."""
+    recipes = sorted((ROOT / "recipes").glob("*.py"))
+    assert {path.name for path in recipes} == {"eval_segmentation.py", "finetune.py", "pretrain.py"}
+    for path in recipes:
+        assert importlib.util.find_spec(path.stem) is None, f"{path} shadows the installed module {path.stem!r}"
+        assert "sys.path" not in path.read_text(), f"{path} edits sys.path"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = ROOT / "recipes" / "eval_segmentation.py"
+    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and "--split" in run.stdout and "--fa_rule" in run.stdout, run.stderr[-2000:]
+    # What the metrics import when a recipe runs: the folder of the script comes first on sys.path.
+    probe = f"import sys; sys.path.insert(0, {str(script.parent)!r}); import evaluate; print(evaluate.__file__)"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert Path(run.stdout.strip()).parent.name == "evaluate" and "recipes" not in Path(run.stdout.strip()).parts
 
 
 def test_evaluate_push_to_hub_sends_model_card_and_results(trained, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .argument_checks import check_model_source, non_negative_int, positive_int
 
-__all__ = ["register", "run_analyze_attention"]
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="0-based layers for attention_maps.png (default: first local, teacher, last)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow remote code when loading MODEL")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_analyze_attention)
+    p.set_defaults(func=_run_analyze_attention)
 
 
 def _load_model(name: str, trust_remote_code: bool):
@@ -62,8 +62,8 @@ def _load_model(name: str, trust_remote_code: bool):
     return model, processor
 
 
-def run_analyze_attention(args: argparse.Namespace) -> int:
-    """Run the analysis described by parsed `analyze-attention` arguments; returns the exit status."""
+def _run_analyze_attention(args: argparse.Namespace) -> int:
+    """Run `unip analyze-attention`; returns the exit status."""
     import torch  # noqa: PLC0415
 
     from .attention_analysis import (  # noqa: PLC0415

@@ -1,5 +1,16 @@
-"""The `unip` command. Each feature module contributes its sub-commands through a `register(subparsers)`
-function; this file only gathers them, so that `unip --help` lists everything the package can do."""
+"""The `unip` command of UNIP (Zhang et al., ICLR 2025): gathers the sub-commands of the feature modules, so that
+`unip --help` lists everything the package can do.
+
+Every module in `COMMAND_MODULES` follows one convention:
+
+- it defines `register(subparsers: argparse._SubParsersAction) -> None` (documented with an `Args:` section), which
+  adds its commands with `subparsers.add_parser(name, help=..., description=...)`;
+- a command with actions (`unip infmix build`, `unip data inspect`) adds them with
+  `add_subparsers(dest="<command>_command", metavar="ACTION", required=True)`, so a missing action is a usage error;
+- each runnable (leaf) parser names its handler with `parser.set_defaults(func=_run_<command>)`, a private function
+  of the same module taking the parsed `argparse.Namespace` and returning the exit status (`int`);
+
+`main` calls `args.func(args)` and returns its status; `tests/test_cli.py` checks the convention for every module."""
 
 from __future__ import annotations
 

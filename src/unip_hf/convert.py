@@ -16,6 +16,7 @@ import torch
 
 from .argument_checks import positive_int
 from .configuration_unip import UnipConfig
+from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 
 logger = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def convert_checkpoint(
     **config_overrides,
 ) -> UnipViTModel:
     """Convert `source` (a file for `unip`/`timm`, a directory or Hub id for `transformers`) and save the
-    `UnipViTModel` with an image processor (when available) to `output_dir`."""
+    `UnipViTModel` with its `UnipImageProcessor` to `output_dir`."""
     if source_format not in SOURCES:
         raise ValueError(f"source format must be one of {SOURCES}, got {source_format!r}")
     if source_format == "transformers":
@@ -309,19 +310,15 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    try:
-        from .image_processing_unip import UnipImageProcessor
-    except ImportError:  # the image processor module is optional for conversion
-        UnipImageProcessor = None
-    if UnipImageProcessor is not None:
-        size = model.config.image_size
-        UnipImageProcessor(
-            num_channels=model.config.num_channels, size={"height": size, "width": size}
-        ).save_pretrained(output_dir)
+    size = model.config.image_size
+    UnipImageProcessor(num_channels=model.config.num_channels, size={"height": size, "width": size}).save_pretrained(
+        output_dir
+    )
     return model
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_convert(args: argparse.Namespace) -> int:
+    """Run `unip convert`; returns the exit status."""
     overrides = {
         key: value
         for key, value in {
@@ -342,8 +339,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Add `unip convert` to the CLI."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `convert` sub-command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
     parser = subparsers.add_parser(
         "convert",
         help="convert official UNIP / timm / transformers ViT weights into a UnipViTModel checkpoint",
@@ -360,7 +361,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--ignore-prefix", action="append", default=None, help="extra key prefix to drop on purpose (repeatable)"
     )
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run_convert)
 
 
 __all__ = [

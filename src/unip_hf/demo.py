@@ -224,15 +224,20 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
     return DemoResult(result.metrics, result.main_metric, chance, model_dir, overlay_path, labels, seconds)
 
 
-def _command(args: argparse.Namespace) -> int:
+def _run_demo(args: argparse.Namespace) -> int:
+    """Run `unip demo`; returns the exit status."""
     run_demo(out=args.out, dataset=args.dataset, data_dir=args.data_dir, max_steps=args.max_steps,
              model_name_or_path=args.model_name_or_path, preset=args.preset, crop_size=args.crop_size,
              batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
     return 0
 
 
-def register(subparsers) -> None:
-    """Add `unip demo` to the `unip` command."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `demo` sub-command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
     parser = subparsers.add_parser(
         "demo", help="train, evaluate, save, reload and draw a tiny UNIP segmentation model (offline, CPU)",
         description="Synthetic thermal scenes (or --dataset/--data_dir), a tiny UNIP model trained for a couple of "
@@ -250,4 +255,4 @@ def register(subparsers) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=_run_demo)

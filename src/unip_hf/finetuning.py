@@ -1,7 +1,7 @@
 """Fine-tuning, linear probing and evaluation of UNIP segmentation models (Zhang et al., "UNIP: Rethinking Pre-trained
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`.
 
-The logic behind `recipes/finetune.py`, `recipes/evaluate.py` and `unip demo`: layer-wise learning-rate decay, data
+The logic behind `recipes/finetune.py`, `recipes/eval_segmentation.py` and `unip demo`: layer-wise lr decay, data
 set preparation from the `unip_hf.data` builders, whole-image or sliding-window evaluation with the data set's
 metrics (mIoU, or IoU / nIoU / Pd / Fa for small targets), best-checkpoint keeping, `eval_results.json`, saving of
 model + processor + card, and pushing to the Hub. The step loop itself is `unip_hf.training.train_loop`.
@@ -130,7 +130,7 @@ def freeze_unused_backbone_parameters(model) -> list[str]:
     deepest = config.num_hidden_layers - 1 if config.decode_head == "ll_fpn" else max(config.feature_indices)
     frozen = []
     for name, parameter in model.named_parameters():
-        unused = name.startswith("unip.layernorm.") or name.startswith("unip.pooler.")
+        unused = name.startswith("unip.layernorm.")
         if name.startswith("unip.encoder.layer."):
             unused = unused or int(name.split(".")[3]) > deepest
         if unused and parameter.requires_grad:
@@ -686,7 +686,7 @@ class FinetuningArguments(TrainingLoopArguments):
 
 @dataclass
 class EvaluationArguments:
-    """`recipes/evaluate.py`: a checkpoint, a data set split, the protocol, where results go."""
+    """`recipes/eval_segmentation.py`: a checkpoint, a data set split, the protocol, where results go."""
 
     model_name_or_path: str = field(default=None, metadata={"help": "Segmentation checkpoint (folder or Hub id)."})
     dataset: str = field(default="folder")
@@ -880,7 +880,7 @@ def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict
         extra["results_note"] = (
             f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
             "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
-            "whole-image results exactly; sliding-window results come from `recipes/evaluate.py --eval_mode slide`.")
+            "whole-image results exactly; sliding-window results come from `recipes/eval_segmentation.py --eval_mode slide`.")
     return make_model_card(
         hub_model_id or os.path.basename(os.path.normpath(output_dir)),
         repo_id=hub_model_id,
@@ -1269,7 +1269,7 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `recipes/evaluate.py`."""
+    """Entry point of `recipes/eval_segmentation.py`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_evaluation(parse_evaluation_args(argv))
     return 0

@@ -594,7 +594,8 @@ class UnipViTModel(UnipPreTrainedModel):
             output_hidden_states (`bool`, *optional*):
                 Return the embeddings and the output of every computed block.
             return_dict (`bool`, *optional*):
-                Return a [`UnipModelOutput`] instead of a tuple.
+                Return a [`UnipModelOutput`] instead of a tuple (its `to_tuple()`: the fields that are not `None`, in
+                order, so `pooler_output` is left out after `stop_after_layer` and `num_layers_run` comes last).
             attention_logits_layers (`Sequence[int]`, *optional*):
                 0-based blocks whose pre-softmax attention logits (all heads) are returned in `attention_logits`.
                 Negative indices count from the end.
@@ -617,10 +618,7 @@ class UnipViTModel(UnipPreTrainedModel):
             self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers
         )
         output = self._model_output(encoded, logits_layers)
-        if not return_dict:
-            extras = (output.hidden_states, output.attentions, output.attention_logits)
-            return (output.last_hidden_state, output.pooler_output) + tuple(x for x in extras if x is not None)
-        return output
+        return output if return_dict else output.to_tuple()  # the fields that are not None, in order
 
     def forward_intermediates(
         self,

@@ -15,13 +15,17 @@ from typing import Any
 
 from ..argument_checks import non_negative_int
 
-__all__ = ["register", "infmix_build", "data_inspect", "contact_sheet"]
+__all__ = ["register", "contact_sheet"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``infmix`` and ``data`` sub-commands to the ``unip`` parser."""
+    """Add the `infmix build` and `data inspect` sub-commands.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
     inf = subparsers.add_parser("infmix", help="InfMix pre-training mix")
-    inf_sub = inf.add_subparsers(dest="infmix_command", metavar="ACTION")
+    inf_sub = inf.add_subparsers(dest="infmix_command", metavar="ACTION", required=True)
     b = inf_sub.add_parser("build", help="build an InfMix configuration from a root folder or a manifest")
     b.add_argument("root_or_manifest", help="ROOT with infrared/<source>/ and rgb/<source>/, or a .yaml/.json manifest")
     b.add_argument("--config", default="full", help="full | no_grayscale | infrared_only (default: full)")
@@ -34,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--push-to-hub", default=None, metavar="REPO",
                    help="upload to this dataset repo (implies the parquet export)")
     b.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    b.set_defaults(func=infmix_build)
+    b.set_defaults(func=_run_infmix_build)
 
     data = subparsers.add_parser("data", help="segmentation / image data sets")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     i = data_sub.add_parser("inspect", help="class histogram, size/mode summary and a contact sheet")
     i.add_argument("dataset", help="a layout name (sirst, irstd-1k, buffalo-udder, massmind, soda, mfnet, scut-seg, "
                                     "nudt-sirst, folder) with --data_dir, or a save_to_disk folder")
@@ -46,11 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--out", default="inspect_out", help="folder for summary.json and contact_sheet.png")
     i.add_argument("--max-images", type=non_negative_int, default=16, help="images on the contact sheet")
     i.add_argument("--cache-dir", default=None)
-    i.set_defaults(func=data_inspect)
+    i.set_defaults(func=_run_data_inspect)
 
 
-def infmix_build(args: argparse.Namespace) -> int:
-    """Run ``unip infmix build``."""
+def _run_infmix_build(args: argparse.Namespace) -> int:
+    """Run `unip infmix build`; returns the exit status."""
     from .infmix import InfMix, format_report_table
 
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
@@ -139,8 +143,9 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
     return sheet
 
 
-def data_inspect(args: argparse.Namespace) -> int:
-    """Run ``unip data inspect``: prints and writes ``summary.json`` and ``contact_sheet.png`` under ``--out``."""
+def _run_data_inspect(args: argparse.Namespace) -> int:
+    """Run `unip data inspect` (prints, and writes `summary.json` and `contact_sheet.png` under `--out`); returns the
+    exit status."""
     import numpy as np
 
     from .segmentation import segmentation_metadata

@@ -177,10 +177,6 @@ class PretrainTransform:
         arr = _intensity_array(im)
         return _to_tensor(arr, self.mean, self.std, self.num_channels)
 
-    def batch(self, examples: dict[str, list], image_key: str = "image") -> dict[str, list]:
-        """`datasets.Dataset.set_transform` hook: adds ``pixel_values`` (uses an internal counter for seeds)."""
-        return {"pixel_values": [self(img) for img in examples[image_key]]}
-
 
 def _resize_pair(image: Image.Image, mask: Optional[Image.Image], size: tuple[int, int], box=None):
     image = image.resize(size, Image.BILINEAR, box=box)
