@@ -207,7 +207,7 @@ def test_pretraining_sources_skip_bad_names_fifos_and_loops(messy):
 
 
 def test_attention_find_images_skips_and_names(messy):
-    from unip_hf.attention_analysis import find_images
+    from unip_hf.files import find_images
 
     skipped = []
     found = _in_thread(lambda: find_images(messy, skipped=skipped))

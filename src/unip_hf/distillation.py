@@ -413,7 +413,8 @@ def resolve_teacher_layer(model: nn.Module, teacher_layer: int | str, sample_pix
         raise ValueError(f"teacher_layer must be an int or 'auto', got {teacher_layer!r}")
     if sample_pixel_values is None:
         raise ValueError("teacher_layer='auto' needs sample images to measure the attention patterns")
-    from .attention_analysis import _choose_teacher_layer, analyze_attention
+    from .attention_analysis import analyze_attention
+    from .attention_patterns import _choose_teacher_layer
 
     report = analyze_attention(model, sample_pixel_values, batch_size=min(8, len(sample_pixel_values)), progress=False)
     layer, reason = _choose_teacher_layer(report)
