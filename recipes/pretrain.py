@@ -1,7 +1,7 @@
 """NMI-HAD pre-training of a UNIP student (Zhang et al., "UNIP", ICLR 2025) under `accelerate launch`.
 
 A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) and passed to
-`unip_hf.distillation.run_pretraining`, which holds the logic (and is what the tests cover).
+`unip_hf.pretraining.run_pretraining`, which holds the logic (and is what the tests cover).
 
     accelerate launch recipes/pretrain.py --teacher_name_or_path facebook/vit-mae-large --teacher_layer 17 \
         --student_preset unip-small --train_data path/to/infmix --output_dir unip-small-infmix
@@ -17,7 +17,7 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from unip_hf.distillation import main  # noqa: E402
+from unip_hf.pretraining import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

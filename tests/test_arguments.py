@@ -14,8 +14,8 @@ from PIL import Image
 
 from unip_hf import cli
 from unip_hf.analysis_commands import _load_model
-from unip_hf.distillation import (
-    AttentionTeacher,
+from unip_hf.distillation import AttentionTeacher
+from unip_hf.pretraining import (
     DistillationArguments,
     PretrainDataArguments,
     PretrainingArguments,

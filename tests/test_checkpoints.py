@@ -293,15 +293,15 @@ def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
 
 
 def test_recipe_mains_return_130_without_a_traceback(monkeypatch, capsys):
-    import unip_hf.distillation as distillation
+    import unip_hf.pretraining as pretraining
     import unip_hf.finetuning as finetuning
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distillation, "run_pretraining", interrupted)
+    monkeypatch.setattr(pretraining, "run_pretraining", interrupted)
     monkeypatch.setattr(finetuning, "run_finetuning", interrupted)
-    assert distillation.main(["--teacher_name_or_path", "t", "--train_data", "x"]) == 130
+    assert pretraining.main(["--teacher_name_or_path", "t", "--train_data", "x"]) == 130
     assert finetuning.finetune_main(["--data_dir", "x"]) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "--resume_from_checkpoint latest" in captured.err
