@@ -66,6 +66,8 @@ DATACLASS_CASES = [
     (FinetuningArguments, {"checkpointing_steps": -1}, r"--checkpointing_steps must be >= 0, got -1"),
     (FinetuningArguments, {"warmup_steps": -5}, r"--warmup_steps must be >= 0, got -5"),
     (FinetuningArguments, {"max_steps": 0}, r"--max_steps must be >= 1, or -1 .*got 0"),
+    (FinetuningArguments, {"resume_from_checkpoint": "no_such_run/checkpoint-3"},
+     r"--resume_from_checkpoint 'no_such_run/checkpoint-3' is not a folder"),
     (FinetuningArguments, {"eval_steps": -1}, r"--eval_steps must be >= 0"),
     (FinetuningArguments, {"poly_power": 0}, r"--poly_power must be > 0"),
     (PretrainingArguments, {"per_device_train_batch_size": 0}, r"--per_device_train_batch_size must be >= 1"),

@@ -141,6 +141,9 @@ class TrainingLoopArguments:
         if names not in ([], ["none"], ["all"]):
             for name in names:
                 check_choice("report_to", name, ("none", "all", *TRACKER_PACKAGES))
+        if self.resume_from_checkpoint not in (None, "", "latest") and not os.path.isdir(self.resume_from_checkpoint):
+            raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a folder; give a "
+                             "checkpoint-N folder of an earlier run, or 'latest' for the newest one in --output_dir")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-small-run), checked now rather "
                              "than after the training")
