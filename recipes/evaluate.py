@@ -1,6 +1,6 @@
 """Evaluation of any UNIP segmentation checkpoint on a data set split (Zhang et al., "UNIP", ICLR 2025).
 
-A thin entry point over `unip_hf.finetuning.run_evaluation`: prints a metrics table (mIoU and per-class IoU for
+A thin entry point over `unip_hf.evaluation.run_evaluation`: prints a metrics table (mIoU and per-class IoU for
 semantic sets; IoU, nIoU, Pd, Fa for small-target sets) and writes `eval_results.json` and `.eval_results/*.yaml`
 (the Hub's result files); `--push_to_hub --hub_model_id user/name` pushes the model with an updated card.
 
@@ -20,7 +20,7 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from unip_hf.finetuning import evaluate_main  # noqa: E402
+from unip_hf.evaluation import evaluate_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

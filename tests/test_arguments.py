@@ -21,15 +21,8 @@ from unip_hf.pretraining import (
     PretrainingArguments,
     main as pretrain_main,
 )
-from unip_hf.finetuning import (
-    DataArguments,
-    EvaluationArguments,
-    FinetuningArguments,
-    ModelArguments,
-    evaluate_main,
-    finetune_main,
-    run_finetuning,
-)
+from unip_hf.evaluation import EvaluationArguments, evaluate_main
+from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, run_finetuning
 
 REPO = Path(__file__).resolve().parents[1]
 
