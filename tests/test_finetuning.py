@@ -295,10 +295,13 @@ def test_finetune_writes_eval_results_best_model_and_card(scenes, tmp_path):
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_unip.py", "README.md"):
         assert (out / name).is_file() and (out / "best_model" / name).is_file(), name
     processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"height": 40, "width": 48}  # the evaluation resolution
+    # the evaluation protocol: --img_scale 48x40 keeping the aspect ratio, padding to the patch size 8
+    assert processor["img_scale"] == [48, 40] and processor["size_divisor"] == 8 and processor["do_resize"]
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and "infrared" in card.data.tags
     assert {r.metric_type for r in card.data.eval_results} >= {"mean_iou"}
+    assert "Protocol: folder val: whole image, single scale" in card.content  # what the pipeline reproduces
+    assert "runs whole-image" in card.content
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
 
 
@@ -405,3 +408,89 @@ def test_bad_inputs_name_the_problem(scenes, tmp_path):
     reset_accelerate()
     with pytest.raises(FileNotFoundError, match="missing"):
         run_finetuning(model, data, train)
+
+
+# ------------------------------------------------------------------------------------------------- saved protocol
+def write_real_binary_set(root, source):
+    """A `folder` layout from real frames: 4 buffalo-udder training frames (640x480) and two validation images of
+    other sizes and aspect ratios (a 640x480 frame, a 338x222 SIRST image); masks 0/255 become 0/1."""
+    from PIL import Image
+
+    buffalo, sirst = source("buffalo-udder"), source("sirst")
+    frames = {"train": sorted((buffalo / "images" / "train").iterdir())[:4],
+              "val": sorted((buffalo / "images" / "val").iterdir())[:1]}
+    pairs = [(split, path, buffalo / "masks" / split / path.name) for split, paths in frames.items() for path in paths]
+    pairs.append(("val", sirst / "images" / "Misc_242.png", sirst / "masks" / "Misc_242_pixels0.png"))
+    for split, image, mask in pairs:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        name = image.stem + ".png"
+        Image.open(image).save(root / "images" / split / name)
+        Image.fromarray((np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8)).save(
+            root / "masks" / split / name)
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", "target"]}))
+
+
+def pipeline_label_map(segments, label2id, size):
+    label_map = np.full(size, -1, dtype=np.int64)
+    for segment in segments:
+        label_map[np.asarray(segment["mask"]) > 0] = label2id[segment["label"]]
+    assert (label_map >= 0).all()
+    return label_map
+
+
+def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
+    """`pipeline("image-segmentation")` on the saved model predicts, pixel for pixel, what the evaluation measured
+    (`recipes/evaluate.py`'s path: `EvalSegmentationDataset` + `predict_logits` at the label size), for real images
+    whose size and aspect ratio differ from the training crops, from each other, and from the patch grid."""
+    from transformers import pipeline
+
+    from conftest import data_path
+    from unip_hf.data import load_segmentation_dataset
+    from unip_hf.evaluation import EvaluationArguments, run_evaluation
+    from unip_hf.finetuning_data import EvalSegmentationDataset
+    from unip_hf.image_processing_unip import UnipImageProcessor
+
+    data_dir = tmp_path / "data"
+    write_real_binary_set(data_dir, data_path)
+    img_scale = "60x44"  # 640x480 -> 59x44 and 338x222 -> 60x39: not a multiple of the patch size 8
+    model_args, data_args, train_args = arguments(str(data_dir), str(tmp_path / "out"), max_steps=2)
+    data_args.img_scale = img_scale
+    reset_accelerate()
+    run_finetuning(model_args, data_args, train_args)
+    out = tmp_path / "out"
+
+    processor = UnipImageProcessor.from_pretrained(out)
+    assert processor.img_scale == [60, 44] and processor.size_divisor == 8 and processor.do_resize
+
+    model = UnipForSemanticSegmentation.from_pretrained(out).eval()
+    split = load_segmentation_dataset("folder", str(data_dir), "val", cache_dir=str(tmp_path / "cache"))
+    eval_set = EvalSegmentationDataset(split, parse_img_scale(img_scale, 32), model.config.num_channels)
+    # two steps leave the tiny model predicting background everywhere, which any protocol reproduces: move the target
+    # class's bias to the median margin of the first image (saved back), so that both classes are predicted
+    logits = predict_logits(model, eval_set[0]["pixel_values"][None])[0]
+    with torch.no_grad():
+        model.decode_head.classifier.bias[1] += (logits[0] - logits[1]).median()
+    model.save_pretrained(out)
+    segmenter = pipeline("image-segmentation", model=str(out))
+    infrared = pipeline("infrared-image-segmentation", model=str(out))  # the 16-bit-preserving variant: same masks
+    predictions = []
+    for index in range(len(eval_set)):
+        sample = eval_set[index]
+        labels = sample["labels"]
+        expected = predict_logits(model, sample["pixel_values"][None], output_size=labels.shape).argmax(1)[0]
+        path = data_dir / "images" / "val" / f"{sample['id']}.png"
+        got = pipeline_label_map(segmenter(str(path)), model.config.label2id, tuple(labels.shape))
+        np.testing.assert_array_equal(got, expected.numpy(), err_msg=str(path))
+        np.testing.assert_array_equal(pipeline_label_map(infrared(str(path)), model.config.label2id, got.shape), got)
+        predictions.append((got, labels.numpy()))
+    assert any(len(np.unique(got)) > 1 for got, _ in predictions)  # the comparison is not trivially constant
+
+    # and the metrics `recipes/evaluate.py` reports are those of the pipeline's masks
+    reset_accelerate()
+    result = run_evaluation(EvaluationArguments(model_name_or_path=str(out), dataset="folder", data_dir=str(data_dir),
+                                                img_scale=img_scale, cache_dir=str(tmp_path / "cache"),
+                                                output_dir=str(tmp_path / "eval")))
+    reference = compute_mean_iou([got for got, _ in predictions], [label for _, label in predictions], num_labels=2,
+                                 ignore_index=255)
+    assert result["metrics"]["mean_iou"] == pytest.approx(reference["mean_iou"], abs=1e-12)

@@ -512,3 +512,42 @@ def test_percentile_stretch_matches_numpy_for_both_byte_orders(byte_order):
     expected = np.clip((values - lo) / (hi - lo), 0, 1)
     for source in (image, raw):
         np.testing.assert_allclose(proc(source)["pixel_values"][0, 0], expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- evaluation protocol
+def test_img_scale_keeps_the_ratio_pads_to_the_divisor_and_post_processing_inverts_it(tmp_path):
+    from unip_hf.image_processing_unip import keep_ratio_size
+
+    processor = UnipImageProcessor(img_scale=[60, 44], size_divisor=8)
+    assert keep_ratio_size(480, 640, (60, 44)) == (44, 59) and keep_ratio_size(222, 338, (44, 60)) == (39, 60)
+    image = np.random.default_rng(0).integers(0, 256, (222, 338), dtype=np.uint8)
+    mask = np.ones((222, 338), dtype=np.int64)
+    out = processor(image, segmentation_maps=mask, return_tensors="pt")
+    assert tuple(out["pixel_values"].shape) == (1, 3, 40, 64)  # 39x60 padded to multiples of 8
+    unpadded = UnipImageProcessor(img_scale=[60, 44])(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(out["pixel_values"][:, :, :39, :60], unpadded)
+    assert (out["pixel_values"][:, :, 39:] == 0).all() and (out["pixel_values"][:, :, :, 60:] == 0).all()
+    assert (out["labels"][0, :39, :60] == 1).all() and (out["labels"][0, 39:] == 255).all()
+
+    # logits that are class 1 exactly on the unpadded area come back as class 1 everywhere at the image size
+    logits = torch.zeros(1, 2, 40, 64)
+    logits[:, 1, :39, :60] = 1.0
+    logits[:, 0, 39:, :] = logits[:, 0, :, 60:] = 5.0
+    (label_map,) = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(222, 338)])
+    assert label_map.shape == (222, 338) and bool((label_map == 1).all())
+
+    processor.save_pretrained(tmp_path)
+    reloaded = UnipImageProcessor.from_pretrained(tmp_path)
+    assert reloaded.img_scale == [60, 44] and reloaded.size_divisor == 8
+    with pytest.raises(ValueError, match="img_scale"):
+        UnipImageProcessor(img_scale=[60])
+    with pytest.raises(ValueError, match="size_divisor"):
+        UnipImageProcessor(size_divisor=0)
+
+
+def test_gray_stored_as_rgb_decodes_exactly_like_l():
+    from unip_hf.image_processing_unip import decode_intensity
+
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(decode_intensity(np.stack([gray] * 3, -1)), decode_intensity(gray))
+    assert np.array_equal(decode_intensity(Image.fromarray(gray).convert("RGB")), decode_intensity(Image.fromarray(gray)))

@@ -160,9 +160,8 @@ def evaluate_model(
                 labels = sample["labels"].unsqueeze(0)
                 context = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
                 with context:
-                    logits = predict_logits(model, pixel_values, eval_mode, crop_size, stride)
-                if logits.shape[-2:] != labels.shape[-2:]:
-                    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                    logits = predict_logits(model, pixel_values, eval_mode, crop_size, stride,
+                                            output_size=labels.shape[-2:])
                 evaluator.add(logits.cpu(), labels)
     finally:
         model.train(was_training)
@@ -362,7 +361,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
         if args.push_to_hub:
             if os.path.abspath(output_dir) != os.path.abspath(args.model_name_or_path):
                 model.save_pretrained(output_dir)
-                make_processor(model.config).save_pretrained(output_dir)
+                make_processor(model.config, img_scale).save_pretrained(output_dir)
             card_for(model, output_dir, results, hub_model_id=args.hub_model_id).save(
                 os.path.join(output_dir, "README.md"))
             push_saved_model(output_dir, args.hub_model_id, results, private=args.hub_private_repo,

@@ -36,7 +36,6 @@ from .layer_decay import layer_decay_scale
 from .segmentation_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
-    processor_size,
     push_saved_model,
     save_segmentation_model,
 )
@@ -397,7 +396,6 @@ def run_finetuning(
     best = {"value": None, "step": None}
     unwrapped = accelerator.unwrap_model(prepared)
     stride = data.eval_stride
-    inference_size = processor_size(eval_dataset, config.patch_size)
 
     def evaluate_now(step: int) -> dict[str, Any]:
         metrics = evaluate_model(unwrapped, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
@@ -432,7 +430,7 @@ def run_finetuning(
                                       data.crop_size, stride, data.hub_dataset_id)
             save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
                                     {**training_table, "best step": step}, model_args.model_name_or_path,
-                                    train.hub_model_id, size=inference_size)
+                                    train.hub_model_id, img_scale=img_scale)
         best["on_disk"] = True
 
     def evaluation_due(step: int) -> bool:
@@ -496,7 +494,7 @@ def run_finetuning(
             to_save = UnipForSemanticSegmentation.from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
-                                model_args.model_name_or_path, train.hub_model_id, size=inference_size)
+                                model_args.model_name_or_path, train.hub_model_id, img_scale=img_scale)
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
     accelerator.wait_for_everyone()

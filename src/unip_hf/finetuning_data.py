@@ -9,11 +9,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .data.segmentation import available_splits
-from .image_processing_unip import load_infrared_image
+from .image_processing_unip import (
+    INFRARED_MEAN,
+    INFRARED_STD,
+    UnipImageProcessor,
+    keep_ratio_size,
+    load_infrared_image,
+)
 
 
 #: Data sets evaluated with the small-target metrics (IoU, nIoU, Pd, Fa).
@@ -50,9 +57,9 @@ def parse_img_scale(text: str | None, crop_size: int) -> tuple[int, int]:
 
 
 def rescale_size(width: int, height: int, img_scale: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of an image rescaled, ratio kept, to fit `img_scale` (mmseg `keep_ratio` rule)."""
-    scale = min(max(img_scale) / max(width, height), min(img_scale) / min(width, height))
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    """(height, width) of an image rescaled, ratio kept, to fit `img_scale` (mmseg `keep_ratio` rule; the processor's
+    `keep_ratio_size`, which owns it)."""
+    return keep_ratio_size(height, width, img_scale)
 
 
 def resolve_eval_split(name: str, data_dir: str, split: str | None) -> str:
@@ -107,9 +114,21 @@ class KeyedSegmentationDataset(Dataset):
         return self.inner[int(index)]
 
 
+def _protocol_processor(img_scale: tuple[int, int] | None, num_channels: int,
+                        size_divisor: int | None = None) -> UnipImageProcessor:
+    """The evaluation protocol as a `UnipImageProcessor`: rescale to `img_scale` keeping the ratio (`None`: no
+    resize), normalise, and (for the saved processor) pad to `size_divisor`. Evaluation and the processor saved with
+    a model both use it, so that `pipeline("image-segmentation")` predicts what the reported metrics measured."""
+    return UnipImageProcessor(
+        do_resize=img_scale is not None, img_scale=list(img_scale) if img_scale is not None else None,
+        size_divisor=size_divisor, num_channels=num_channels, image_mean=[INFRARED_MEAN] * num_channels,
+        image_std=[INFRARED_STD] * num_channels)
+
+
 class EvalSegmentationDataset(Dataset):
-    """Evaluation samples: the image rescaled to `img_scale` (ratio kept; `None` keeps its size), normalised, and the
-    label at full resolution.
+    """Evaluation samples: the image rescaled to `img_scale` (ratio kept; `None` keeps its size) and normalised by
+    the protocol's `UnipImageProcessor` (the one saved with the model, less the padding `predict_logits` adds), and
+    the label at full resolution.
 
     Args:
         dataset: a `datasets.Dataset` with `image` and `label` columns.
@@ -124,21 +143,18 @@ class EvalSegmentationDataset(Dataset):
             "label", datasets.Image(decode=False))
         self.img_scale = img_scale
         self.num_channels = num_channels
+        self.image_processor = _protocol_processor(img_scale, num_channels)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .data.transforms import SegmentationEvalTransform
-
         example = self.dataset[int(index)]
-        size = None
-        if self.img_scale is not None:
-            width, height = load_infrared_image(example["image"]).size
-            size = rescale_size(width, height, self.img_scale)
-        out = SegmentationEvalTransform(size=size, num_channels=self.num_channels)(example["image"], example["label"])
-        out["id"] = example.get("id", str(index))
-        return out
+        image = load_infrared_image(example["image"])
+        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        label = np.asarray(load_infrared_image(example["label"]), dtype=np.int64)
+        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label.copy()),
+                "id": example.get("id", str(index))}
 
 
 __all__ = [

@@ -373,6 +373,11 @@ def _format_value(key: str, value: float) -> str:
     return f"{100 * value:.2f}" if percent else f"{value:.2f}" if key == "fa" else f"{value:.4g}"
 
 
+#: The note under a model card's results table (`make_model_card(..., results_note=...)` replaces it).
+RESULTS_NOTE = ("Percentages are fractions x 100; Fa is false-alarm pixels per million pixels; mIoU averages all "
+                "classes, background included.")
+
+
 def _results_rows(results: Iterable[BenchmarkResult]) -> list[dict[str, str]]:
     rows = []
     for result in results:
@@ -496,8 +501,7 @@ def make_model_card(
         "pretraining_rows": pretraining.rows() if pretraining is not None else None,
         "training_rows": [(str(key), str(value)) for key, value in training.items()] if training else None,
         "results_rows": _results_rows(results),
-        "results_note": "Percentages are fractions x 100; Fa is false-alarm pixels per million pixels; "
-        "mIoU averages all classes, background included.",
+        "results_note": RESULTS_NOTE,
         "citation": UNIP_CITATION,
     }
     kwargs.update(template_kwargs)

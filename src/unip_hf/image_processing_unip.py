@@ -329,8 +329,11 @@ def _decode_image(image: Any, input_data_format: Any = None) -> tuple[np.ndarray
 
 
 def _intensity(array: np.ndarray) -> np.ndarray:
-    """(H, W, 1 or 3) array -> (H, W) float32 intensity (ITU-R 601 luma for colour)."""
-    if array.shape[-1] == 1:
+    """(H, W, 1 or 3) array -> (H, W) float32 intensity (ITU-R 601 luma for colour; a gray image stored as RGB gives
+    its gray value exactly, as the float32 luma sum can be one ulp off)."""
+    if array.shape[-1] == 1 or (
+        np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2])
+    ):
         return array[..., 0].astype(np.float32)
     return array.astype(np.float32) @ _LUMA
 
@@ -366,11 +369,32 @@ def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return x
 
 
+def keep_ratio_size(height: int, width: int, img_scale: Sequence[int]) -> tuple[int, int]:
+    """(height, width) of an image rescaled, aspect ratio kept, to fit `img_scale` = (long, short) side targets: the
+    largest scale with the long side <= `max(img_scale)` and the short side <= `min(img_scale)`, sides rounded half up
+    (mmseg's `keep_ratio` rule; upscales small images too). The evaluation protocol of UNIP fine-tuning."""
+    scale = min(max(img_scale) / max(width, height), min(img_scale) / min(width, height))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def _pad_bottom_right(array: np.ndarray, multiple: int | None, fill_value: float) -> np.ndarray:
+    """Pad the last two axes of `array` at the bottom and right with `fill_value` up to multiples of `multiple`."""
+    if not multiple:
+        return array
+    pad_h, pad_w = (-array.shape[-2]) % multiple, (-array.shape[-1]) % multiple
+    if not (pad_h or pad_w):
+        return array
+    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
+    return np.pad(array, widths, mode="constant", constant_values=fill_value)
+
+
 def _check_options(
     num_channels: int | None = None,
     bit_depth_scaling: str | None = None,
     intensity_range: Sequence[float] | None = None,
     percentiles: Sequence[float] | None = None,
+    img_scale: Sequence[int] | None = None,
+    size_divisor: int | None = None,
 ) -> None:
     if num_channels is not None and num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels!r}.")
@@ -382,6 +406,11 @@ def _check_options(
     if percentiles is not None:
         if len(percentiles) != 2 or not 0.0 <= float(percentiles[0]) < float(percentiles[1]) <= 100.0:
             raise ValueError(f"`percentiles` must be (lo, hi) with 0 <= lo < hi <= 100, got {percentiles!r}.")
+    if img_scale is not None:
+        if len(img_scale) != 2 or not all(int(v) == v and v >= 1 for v in img_scale):
+            raise ValueError(f"`img_scale` must be (long, short) side lengths >= 1, got {img_scale!r}.")
+    if size_divisor is not None and not (int(size_divisor) == size_divisor and size_divisor >= 1):
+        raise ValueError(f"`size_divisor` must be an integer >= 1, got {size_divisor!r}.")
 
 
 def decode_intensity(
@@ -520,12 +549,18 @@ class UnipImageProcessorKwargs(ImagesKwargs, total=False):
         for float data (default: float data are taken as already in [0, 1]).
     percentiles (`list[float]`, *optional*, defaults to `self.percentiles`):
         Lower and upper percentiles of the `"percentile"` stretch.
+    img_scale (`list[int]`, *optional*, defaults to `self.img_scale`):
+        `(long, short)` side targets of a resize that keeps the aspect ratio (`keep_ratio_size`); replaces `size`.
+    size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
+        Pad the outputs at the bottom and right (0 after normalisation, 255 in labels) to multiples of it.
     """
 
     num_channels: int
     bit_depth_scaling: str
     intensity_range: list[float | int] | tuple[float | int, ...] | None
     percentiles: list[float | int] | tuple[float | int, ...]
+    img_scale: list[int] | tuple[int, ...] | None
+    size_divisor: int | None
 
 
 class UnipImageProcessor(PilBackend):
@@ -569,6 +604,15 @@ class UnipImageProcessor(PilBackend):
             float data (default: float data are taken as already in [0, 1]).
         percentiles (`list[float]`, *optional*, defaults to `[1.0, 99.0]`):
             Percentiles of the per-image `"percentile"` stretch.
+        img_scale (`list[int]`, *optional*):
+            `(long, short)` side targets: when set, images (and maps) are resized keeping their aspect ratio with
+            `keep_ratio_size` (the fine-tuning evaluation protocol) instead of to `size`.
+        size_divisor (`int`, *optional*):
+            When set, outputs are padded at the bottom and right to multiples of it (the patch size): images with 0
+            (after normalisation), labels with 255. `post_process_semantic_segmentation` then crops the padding and
+            resizes to the original size exactly as `unip_hf.finetuning`'s evaluation does. The processor saved with
+            a fine-tuned model sets both, so `pipeline("image-segmentation")` reproduces the evaluated predictions
+            (whole-image inference; sliding-window evaluation has no pipeline counterpart).
 
     Example:
 
@@ -603,13 +647,20 @@ class UnipImageProcessor(PilBackend):
     bit_depth_scaling = "percentile"
     intensity_range = None
     percentiles = DEFAULT_PERCENTILES
+    img_scale = None
+    size_divisor = None
 
     def __init__(self, **kwargs: Unpack[UnipImageProcessorKwargs]):
         super().__init__(**kwargs)
-        _check_options(self.num_channels, self.bit_depth_scaling, self.intensity_range, self.percentiles)
+        _check_options(self.num_channels, self.bit_depth_scaling, self.intensity_range, self.percentiles,
+                       self.img_scale, self.size_divisor)
         self.percentiles = [float(p) for p in self.percentiles]
         if self.intensity_range is not None:
             self.intensity_range = [float(v) for v in self.intensity_range]
+        if self.img_scale is not None:
+            self.img_scale = [int(v) for v in self.img_scale]
+        if self.size_divisor is not None:
+            self.size_divisor = int(self.size_divisor)
 
     @classmethod
     def from_model_config(cls, config: Any, **kwargs) -> "UnipImageProcessor":
@@ -678,6 +729,8 @@ class UnipImageProcessor(PilBackend):
             kwargs.get("bit_depth_scaling"),
             kwargs.get("intensity_range"),
             kwargs.get("percentiles"),
+            kwargs.get("img_scale"),
+            kwargs.get("size_divisor"),
         )
 
     def fetch_images(self, image_url_or_urls: Any) -> Any:
@@ -824,7 +877,11 @@ class UnipImageProcessor(PilBackend):
 
     # ------------------------------------------------------------------ geometry
     @staticmethod
-    def _output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
+    def _output_size(
+        height: int, width: int, size: SizeDict, img_scale: Sequence[int] | None = None
+    ) -> tuple[int, int]:
+        if img_scale is not None:
+            return keep_ratio_size(height, width, img_scale)
         if size.shortest_edge and size.longest_edge:
             return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
         if size.shortest_edge:
@@ -848,6 +905,7 @@ class UnipImageProcessor(PilBackend):
         image: np.ndarray,
         size: SizeDict,
         resample: PILImageResampling | int | None = None,
+        img_scale: Sequence[int] | None = None,
         **kwargs,
     ) -> np.ndarray:
         """Resize a channels-first float array in float32 (PIL mode `F`, anti-aliased when shrinking).
@@ -859,6 +917,8 @@ class UnipImageProcessor(PilBackend):
                 Target size (see the class docstring).
             resample (`PILImageResampling`, *optional*):
                 PIL filter, bilinear by default.
+            img_scale (`Sequence[int]`, *optional*):
+                `(long, short)` targets of an aspect-ratio-keeping resize, used instead of `size`.
 
         Returns:
             `np.ndarray`: float32 array of shape (C, new_height, new_width).
@@ -866,7 +926,7 @@ class UnipImageProcessor(PilBackend):
         if not isinstance(size, SizeDict):
             size = SizeDict(**size)
         height, width = image.shape[-2:]
-        new_height, new_width = self._output_size(height, width, size)
+        new_height, new_width = self._output_size(height, width, size, img_scale)
         if (new_height, new_width) == (height, width):
             return image.astype(np.float32, copy=False)
         resample = PIL.Image.Resampling(int(PILImageResampling.BILINEAR if resample is None else resample))
@@ -921,9 +981,11 @@ class UnipImageProcessor(PilBackend):
         image_mean: float | Iterable[float] | None = None,
         image_std: float | Iterable[float] | None = None,
         num_channels: int | None = None,
+        img_scale: Sequence[int] | None = None,
+        size_divisor: int | None = None,
         **kwargs,
     ) -> list[np.ndarray]:
-        """Resize, crop, normalise and replicate prepared (1, H, W) float32 intensity images."""
+        """Resize, crop, normalise, replicate and pad prepared (1, H, W) float32 intensity images."""
         num_channels = self.num_channels if num_channels is None else num_channels
         if do_normalize:
             mean = self._channel_stats(image_mean, num_channels, "image_mean")
@@ -932,7 +994,7 @@ class UnipImageProcessor(PilBackend):
         processed = []
         for image in images:
             if do_resize:
-                image = self.resize(image, size=size, resample=resample)
+                image = self.resize(image, size=size, resample=resample, img_scale=img_scale)
             if do_center_crop:
                 top, left, bottom, right = self._crop_box(image.shape[-2], image.shape[-1], crop_size)
                 image = image[:, top:bottom, left:right]
@@ -942,6 +1004,7 @@ class UnipImageProcessor(PilBackend):
             image = np.broadcast_to(image, (num_channels, *image.shape[-2:]))
             if do_normalize and not uniform:
                 image = (image - mean[:, None, None]) / std[:, None, None]
+            image = _pad_bottom_right(image, size_divisor, 0.0)
             processed.append(np.ascontiguousarray(image, dtype=np.float32))
         return processed
 
@@ -953,6 +1016,8 @@ class UnipImageProcessor(PilBackend):
         size: SizeDict | None,
         do_center_crop: bool,
         crop_size: SizeDict | None,
+        img_scale: Sequence[int] | None = None,
+        size_divisor: int | None = None,
     ) -> list[np.ndarray]:
         maps = _flatten_inputs(self.fetch_images(segmentation_maps), batch_ndim=3, what="segmentation maps")
         if len(maps) != len(image_sizes):
@@ -972,10 +1037,11 @@ class UnipImageProcessor(PilBackend):
                     "(height, width); they must match."
                 )
             if do_resize:
-                label_map = self._nearest_resize(label_map, *self._output_size(*label_map.shape, size))
+                label_map = self._nearest_resize(label_map, *self._output_size(*label_map.shape, size, img_scale))
             if do_center_crop:
                 top, left, bottom, right = self._crop_box(*label_map.shape, crop_size)
                 label_map = label_map[top:bottom, left:right]
+            label_map = _pad_bottom_right(label_map, size_divisor, 255)
             processed.append(np.ascontiguousarray(label_map, dtype=np.int64))
         return processed
 
@@ -1005,6 +1071,8 @@ class UnipImageProcessor(PilBackend):
                 size=kwargs.get("size", self.size),
                 do_center_crop=kwargs.get("do_center_crop", self.do_center_crop),
                 crop_size=kwargs.get("crop_size", self.crop_size),
+                img_scale=kwargs.get("img_scale", self.img_scale),
+                size_divisor=kwargs.get("size_divisor", self.size_divisor),
             )
             if do_pad:
                 labels = [
@@ -1024,8 +1092,10 @@ class UnipImageProcessor(PilBackend):
             outputs ([`SemanticSegmenterOutput`] or anything with a `logits` attribute/key):
                 Model outputs; `logits` of shape (batch, num_labels, height, width).
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
-                One (height, width) per image; logits are bilinearly resized to it before the argmax. When not given,
-                the maps keep the logits' size.
+                One (height, width) per image, the size of the image given to the processor; logits are bilinearly
+                resized to it before the argmax. When not given, the maps keep the logits' size. With `img_scale` or
+                `size_divisor` set, the evaluation protocol of `unip_hf.finetuning` is followed: the logits are
+                resized to the padded input size, the padding is cropped, and the rest is resized to the target size.
 
         Returns:
             `list[torch.Tensor]`: `batch` int64 tensors of shape (height, width).
@@ -1041,8 +1111,19 @@ class UnipImageProcessor(PilBackend):
                 "give one per image."
             )
         maps = []
+        protocol = self.img_scale is not None or self.size_divisor is not None
         for logit, target_size in zip(logits, target_sizes):
             height, width = (int(v) for v in target_size)
+            if protocol:
+                # the input the model saw: resized (or not) as in preprocessing, then padded to the divisor
+                inner = (height, width)
+                if self.do_resize:
+                    size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
+                    inner = self._output_size(height, width, size, self.img_scale)
+                divisor = self.size_divisor or 1
+                padded = tuple(-(-side // divisor) * divisor for side in inner)
+                logit = F.interpolate(logit[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
+                logit = logit[:, : inner[0], : inner[1]]
             if (height, width) != tuple(logit.shape[-2:]):
                 logit = F.interpolate(
                     logit[None].float(), size=(height, width), mode="bilinear", align_corners=False
@@ -1076,6 +1157,7 @@ __all__ = [
     "decode_intensity",
     "load_infrared_image",
     "to_intensity_image",
+    "keep_ratio_size",
     "INFRARED_MEAN",
     "INFRARED_STD",
     "MAX_IMAGE_PIXELS",

@@ -29,8 +29,9 @@ def predict_logits(
     window: int | Sequence[int] = 512,
     stride: int | Sequence[int] | None = None,
     patch_size: int | None = None,
+    output_size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Logits `(B, K, H, W)` at the input size, by one whole-image pass or by sliding windows.
+    """Logits `(B, K, H, W)` at the input size (or `output_size`), by one whole-image pass or by sliding windows.
 
     Whole image: the input is padded (bottom/right, zeros) to a multiple of the patch size, the logits are upsampled
     (bilinear) to the padded size and cropped. Slide: `sliding_window_inference` with the given window
@@ -43,6 +44,7 @@ def predict_logits(
         window (`int` or `(h, w)`, *optional*, defaults to 512): sliding window size.
         stride (`int` or `(h, w)`, *optional*): sliding window stride.
         patch_size (`int`, *optional*): pad multiple; defaults to `model.config.patch_size`.
+        output_size (`(h, w)`, *optional*): size the logits are then resized to (bilinear), e.g. the label's size.
     """
     if eval_mode not in EVAL_MODES:
         raise ValueError(f"--eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
@@ -57,12 +59,16 @@ def predict_logits(
         return logits[:, :, : x.shape[-2], : x.shape[-1]]
 
     if eval_mode == "whole":
-        return forward(pixel_values)
-    window = (window, window) if isinstance(window, int) else tuple(window)
-    if stride is None:
-        stride = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    return sliding_window_inference(forward, pixel_values, window=window, stride=stride)[:, :, :height, :width]
+        logits = forward(pixel_values)
+    else:
+        window = (window, window) if isinstance(window, int) else tuple(window)
+        if stride is None:
+            stride = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        logits = sliding_window_inference(forward, pixel_values, window=window, stride=stride)[:, :, :height, :width]
+    if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
+        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return logits
 
 
 def sliding_window_positions(height: int, width: int, window: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:

@@ -1,5 +1,5 @@
 """What a fine-tuned or evaluated UNIP segmentation model (Zhang et al., ICLR 2025) is saved and pushed with: its
-`UnipImageProcessor` (`make_processor`, `processor_size`), the evaluation as a `hub.BenchmarkResult`
+`UnipImageProcessor` (`make_processor`: the evaluation protocol), the evaluation as a `hub.BenchmarkResult`
 (`benchmark_result`), `eval_results.json`, the model card (`card_for`), `save_segmentation_model` and
 `push_saved_model`.
 """
@@ -10,38 +10,26 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .finetuning_data import rescale_size
-from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, load_infrared_image
+from .finetuning_data import _protocol_processor
 
 
 BEST_MODEL_DIR = "best_model"
 
 
-def make_processor(config, size: tuple[int, int] | None = None):
-    """The `UnipImageProcessor` saved with a segmentation model.
+def make_processor(config, img_scale: tuple[int, int] | None = None):
+    """The `UnipImageProcessor` saved with a segmentation model: the evaluation protocol of its reported metrics.
+
+    Each image is rescaled keeping its aspect ratio to fit `img_scale` (as `EvalSegmentationDataset` does; `None`:
+    kept at its size), normalised, and padded to a multiple of the patch size as `predict_logits` pads; the
+    processor's `post_process_semantic_segmentation` crops the padding and resizes the logits to the image size as
+    `evaluate_model` does. So `pipeline("image-segmentation")` predicts, image for image, what a whole-image
+    evaluation measured (sliding-window metrics, marked "slide" in the card, have no pipeline counterpart).
 
     Args:
-        config (`UnipConfig`): the model's configuration (channels; square `image_size` when `size` is not given).
-        size (`tuple[int, int]`, *optional*): `(height, width)` the processor resizes to: the evaluation resolution,
-            so that `pipeline("image-segmentation")` sees images at the scale the model was trained and evaluated on.
+        config (`UnipConfig`): the model's configuration (channels, patch size).
+        img_scale (`tuple[int, int]`, *optional*): `(long, short)` side targets of the evaluation.
     """
-    from .image_processing_unip import UnipImageProcessor
-
-    channels = config.num_channels
-    kwargs = {"size": {"height": int(size[0]), "width": int(size[1])}} if size else {}
-    return UnipImageProcessor.from_model_config(config, image_mean=[INFRARED_MEAN] * channels,
-                                                image_std=[INFRARED_STD] * channels, **kwargs)
-
-
-def processor_size(dataset: "EvalSegmentationDataset", patch_size: int) -> tuple[int, int] | None:
-    """Evaluation resolution of the first image of `dataset`, rounded to multiples of the patch size."""
-    if len(dataset) == 0:
-        return None
-    width, height = load_infrared_image(dataset.dataset[0]["image"]).size
-    if dataset.img_scale is not None:
-        height, width = rescale_size(width, height, dataset.img_scale)
-    return (max(patch_size, round(height / patch_size) * patch_size),
-            max(patch_size, round(width / patch_size) * patch_size))
+    return _protocol_processor(img_scale, int(config.num_channels), int(config.patch_size))
 
 
 def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
@@ -60,14 +48,15 @@ def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any
 
 def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
                             base_model: str | None = None, hub_model_id: str | None = None,
-                            datasets: Sequence[str] = (), size: tuple[int, int] | None = None) -> None:
-    """`save_pretrained` of the model and its processor (remote code included), `eval_results.json` and
-    `.eval_results/*.yaml`, and the model card `README.md`."""
+                            datasets: Sequence[str] = (), img_scale: tuple[int, int] | None = None) -> None:
+    """`save_pretrained` of the model and its processor (remote code included; the evaluation protocol of
+    `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
+    `README.md`."""
     from .hub import write_eval_results
 
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
-    make_processor(model.config, size).save_pretrained(output_dir)
+    make_processor(model.config, img_scale).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))
     card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
@@ -77,11 +66,19 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
 def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
              base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
     """The model card of a saved segmentation model."""
-    from .hub import make_model_card
+    from .hub import RESULTS_NOTE, make_model_card
 
     config = model.config
     labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
     hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
+    protocols = "; ".join(dict.fromkeys(
+        f"{r.dataset_name or r.dataset_id} {r.dataset_split}: {r.notes}" for r in results if getattr(r, "notes", None)))
+    extra = {}
+    if protocols:
+        extra["results_note"] = (
+            f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
+            "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
+            "whole-image results exactly; sliding-window results come from `recipes/evaluate.py --eval_mode slide`.")
     return make_model_card(
         hub_model_id or os.path.basename(os.path.normpath(output_dir)),
         repo_id=hub_model_id,
@@ -91,6 +88,7 @@ def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict
         training=training,
         labels=labels,
         decode_head=config.decode_head,
+        **extra,
     )
 
 
@@ -112,7 +110,6 @@ __all__ = [
     "BEST_MODEL_DIR",
     "card_for",
     "make_processor",
-    "processor_size",
     "push_saved_model",
     "save_segmentation_model",
 ]
