@@ -41,14 +41,13 @@ from .segmentation_saving import (
 )
 from .training import (
     EpochSampler,
-    NonFiniteLossError,
     TrainingLoopArguments,
     create_accelerator,
     create_optimizer,
     create_scheduler,
-    interrupted_exit_code,
     parse_recipe_args,
     num_warmup_steps,
+    run_recipe,
     train_loop,
     write_json_atomic,
 )
@@ -529,17 +528,9 @@ def parse_finetuning_args(argv: Sequence[str] | None = None):
 def finetune_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/finetune.py`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, training_args = parse_finetuning_args(argv)
-    try:
-        result = run_finetuning(model_args, data_args, training_args)
-    except NonFiniteLossError:
-        return 1
-    except KeyboardInterrupt as interrupt:
-        return interrupted_exit_code(interrupt)
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
+    code, result = run_recipe(run_finetuning, parse_finetuning_args(argv))
+    if result is None:
+        return code
     value = result.metrics.get(result.main_metric)
     print(f"done: {result.global_step} steps, {result.main_metric} {value:.4f} (step {result.best_step}); "
           f"saved to {result.output_dir}")

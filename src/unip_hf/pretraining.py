@@ -34,15 +34,14 @@ from .modeling_unip import UnipViTModel
 from .pretraining_data import PretrainImageDataset, load_training_sources
 from .training import (
     EpochSampler,
-    NonFiniteLossError,
     TrainingLoopArguments,
     create_accelerator,
     create_optimizer,
     create_scheduler,
-    interrupted_exit_code,
     parse_recipe_args,
     num_warmup_steps,
     resolve_learning_rate,
+    run_recipe,
     train_loop,
 )
 from .vit_family import require_vision_config
@@ -383,17 +382,9 @@ def parse_pretraining_args(argv: Sequence[str] | None = None):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/pretrain.py`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    distill_args, data_args, training_args = parse_pretraining_args(argv)
-    try:
-        result = run_pretraining(distill_args, data_args, training_args)
-    except NonFiniteLossError:
-        return 1
-    except KeyboardInterrupt as interrupt:
-        return interrupted_exit_code(interrupt)
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
+    code, result = run_recipe(run_pretraining, parse_pretraining_args(argv))
+    if result is None:
+        return code
     if result.losses:
         print(f"done: {result.global_step} steps, first loss {result.first_loss:.4f}, last loss {result.final_loss:.4f}; "
               f"saved to {result.output_dir}")
