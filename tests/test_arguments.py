@@ -14,22 +14,15 @@ from PIL import Image
 
 from unip_hf import cli
 from unip_hf.analysis_commands import _load_model
-from unip_hf.distillation import (
-    AttentionTeacher,
+from unip_hf.distillation import AttentionTeacher
+from unip_hf.pretraining import (
     DistillationArguments,
     PretrainDataArguments,
     PretrainingArguments,
     main as pretrain_main,
 )
-from unip_hf.finetuning import (
-    DataArguments,
-    EvaluationArguments,
-    FinetuningArguments,
-    ModelArguments,
-    evaluate_main,
-    finetune_main,
-    run_finetuning,
-)
+from unip_hf.evaluation import EvaluationArguments, evaluate_main
+from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, run_finetuning
 
 REPO = Path(__file__).resolve().parents[1]
 

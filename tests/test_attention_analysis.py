@@ -14,24 +14,18 @@ import torch
 from PIL import Image
 
 from conftest import data_path
-from unip_hf.attention_analysis import (
-    AttentionReport,
-    PatternThresholds,
-    analyze_attention,
+from unip_hf.attention_analysis import analyze_attention, query_attention_maps
+from unip_hf.attention_measures import (
     attention_entropy,
     attention_measures,
-    choose_teacher_layer,
-    eager_attention,
-    find_images,
-    label_pattern,
     mean_attention_distance,
-    model_attentions,
     normalized_mutual_information,
     patch_distance_matrix,
-    plot_attention_maps,
-    plot_layer_curves,
-    query_attention_maps,
 )
+from unip_hf.attention_patterns import AttentionReport, PatternThresholds, choose_teacher_layer, label_pattern
+from unip_hf.attention_plots import plot_attention_maps, plot_layer_curves
+from unip_hf.files import find_images
+from unip_hf.vit_family import eager_attention, model_attentions
 
 GRID = 14
 P = GRID * GRID
@@ -464,3 +458,12 @@ def test_cli_names_and_counts_scan_skips(tmp_path, capsys):
     assert "dangling.png: broken symbolic link" in printed and "FIFO" in printed and "b\\xff.png" in printed
     report = AttentionReport.load(out / "report.json")
     assert report.num_images == 3 and len(report.skipped_images) == 3
+
+
+def test_readme_names_stay_importable_from_attention_analysis():
+    """The README's usage block imports these from `unip_hf.attention_analysis`; they live in their own modules."""
+    import unip_hf.attention_analysis as analysis
+
+    assert analysis.AttentionReport is AttentionReport and analysis.choose_teacher_layer is choose_teacher_layer
+    assert analysis.plot_layer_curves is plot_layer_curves and analysis.analyze_attention is analyze_attention
+    assert analysis.find_images is find_images and analysis.model_attentions is model_attentions

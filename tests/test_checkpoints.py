@@ -293,18 +293,18 @@ def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
 
 
 def test_recipe_mains_return_130_without_a_traceback(monkeypatch, capsys, tmp_path):
-    import unip_hf.distillation as distillation
+    import unip_hf.pretraining as pretraining
     import unip_hf.finetuning as finetuning
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distillation, "run_pretraining", interrupted)
+    monkeypatch.setattr(pretraining, "run_pretraining", interrupted)
     monkeypatch.setattr(finetuning, "run_finetuning", interrupted)
     # the start-up checks (paths exist, the teacher's config is a ViT) are tested in test_arguments.py
-    monkeypatch.setattr(distillation, "check_pretraining_args", lambda *args: None)
+    monkeypatch.setattr(pretraining, "check_pretraining_args", lambda *args: None)
     monkeypatch.setattr(finetuning, "check_finetuning_args", lambda *args: None)
-    assert distillation.main(["--teacher_name_or_path", str(tmp_path), "--train_data", str(tmp_path)]) == 130
+    assert pretraining.main(["--teacher_name_or_path", str(tmp_path), "--train_data", str(tmp_path)]) == 130
     assert finetuning.finetune_main(["--data_dir", str(tmp_path)]) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "--resume_from_checkpoint latest" in captured.err

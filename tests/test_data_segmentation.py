@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import data_path
-from unip_hf.data import SEGMENTATION_SPECS, load_segmentation_dataset, segmentation_metadata
+from unip_hf.data import SEGMENTATION_SPECS, available_splits, load_segmentation_dataset, segmentation_metadata
 from unip_hf.data.segmentation import MASSMIND_CLASSES, MFNET_CLASSES, SCUT_SEG_CLASSES, SODA_CLASSES
 
 
@@ -48,6 +48,23 @@ def test_soda_layout(tmp_path):
     assert len(_load("soda", root, "test", tmp_path)) == 1
     meta = segmentation_metadata(ds)
     assert meta["id2label"][14] == "traffic_cone" and meta["ignore_index"] == 255
+    assert sorted(available_splits("soda", str(root))) == ["test", "train"]
+
+
+def test_split_handling_stays_with_the_builders():
+    """Outside `unip_hf/data/`, the splits of a data set come from the public `available_splits`, never from a
+    builder's private `_splits`."""
+    package = os.path.join(os.path.dirname(__file__), os.pardir, "src", "unip_hf")
+    callers = []
+    for folder, _, names in os.walk(package):
+        if os.path.basename(folder) == "data":
+            continue
+        for name in names:
+            if name.endswith(".py") and "._splits(" in open(os.path.join(folder, name), encoding="utf-8").read():
+                callers.append(name)
+    assert callers == []
+    with pytest.raises(ValueError, match="unknown segmentation data set 'nope'"):
+        available_splits("nope", ".")
 
 
 def test_mfnet_thermal_channel(tmp_path):

@@ -16,11 +16,9 @@ from unip_hf.data import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
     make_thermal_scene,
-    merge_window_logits,
-    sliding_window_inference,
-    sliding_window_positions,
     write_synthetic_dataset,
 )
+from unip_hf.inference import merge_window_logits, sliding_window_inference, sliding_window_positions
 
 
 def _jpeg(h=300, w=400, mode="RGB", seed=0):

@@ -1,5 +1,5 @@
 """Tests of NMI-HAD distillation (`unip_hf.distillation`): the loss, the teacher adapter for every supported family,
-the student side, teacher-layer choice and the pre-training data."""
+the student side, teacher-layer choice, and the pre-training data (`unip_hf.pretraining_data`)."""
 
 import math
 import os
@@ -14,16 +14,14 @@ from unip_hf import UnipConfig, UnipViTModel
 from unip_hf.distillation import (
     AttentionTeacher,
     NmiHadStudent,
-    PretrainImageDataset,
     check_student_heads,
     feature_distillation_loss,
-    load_training_sources,
     nmi_had_loss,
     resolve_teacher_layer,
-    scan_image_folder,
     student_attention_logits,
     unused_by_attention_target,
 )
+from unip_hf.pretraining_data import PretrainImageDataset, load_training_sources, scan_image_folder
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
             patch_size=8)

@@ -15,21 +15,11 @@ from torch import nn
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.finetuning import (
-    DataArguments,
-    FinetuningArguments,
-    ModelArguments,
-    SegmentationEvaluator,
-    build_model,
-    dataset_task,
-    layer_decay_groups,
-    layer_decay_scale,
-    layer_id,
-    parse_img_scale,
-    predict_logits,
-    rescale_size,
-    run_finetuning,
-)
+from unip_hf.evaluation import SegmentationEvaluator
+from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, build_model, run_finetuning
+from unip_hf.finetuning_data import dataset_task, parse_img_scale, rescale_size
+from unip_hf.inference import predict_logits
+from unip_hf.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
 from unip_hf.metrics import compute_irstd, compute_mean_iou
 from unip_hf.training import create_optimizer
 
@@ -457,7 +447,8 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
 
     from conftest import data_path
     from unip_hf.data import load_segmentation_dataset
-    from unip_hf.finetuning import EvalSegmentationDataset, EvaluationArguments, run_evaluation
+    from unip_hf.evaluation import EvaluationArguments, run_evaluation
+    from unip_hf.finetuning_data import EvalSegmentationDataset
     from unip_hf.image_processing_unip import UnipImageProcessor
 
     data_dir = tmp_path / "data"

@@ -285,7 +285,7 @@ def test_infmix_build_decodes_like_training(tmp_path):
 
 
 def test_pretraining_skips_an_oversized_image_naming_it(tmp_path, monkeypatch, caplog):
-    from unip_hf.distillation import PretrainImageDataset
+    from unip_hf.pretraining_data import PretrainImageDataset
 
     for name, side in (("a.png", 8), ("huge.png", 40)):
         Image.fromarray(np.full((side, side), 100, np.uint8)).save(tmp_path / name)

@@ -1,4 +1,4 @@
-"""Tests of the NMI-HAD pre-training recipe (`unip_hf.distillation.run_pretraining`, `recipes/pretrain.py`): the three
+"""Tests of the NMI-HAD pre-training recipe (`unip_hf.pretraining.run_pretraining`, `recipes/pretrain.py`): the three
 targets, outputs loadable with AutoModel, exact resume, two processes, patched Hub push and bad input."""
 
 import json
@@ -14,7 +14,7 @@ import transformers as T
 from PIL import Image
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.distillation import (
+from unip_hf.pretraining import (
     DistillationArguments,
     PretrainDataArguments,
     PretrainingArguments,
@@ -226,9 +226,9 @@ def test_bad_input(assets, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
-    import unip_hf.distillation as distillation
+    import unip_hf.pretraining as pretraining
 
-    real = distillation.nmi_had_loss
+    real = pretraining.nmi_had_loss
     count = {"n": 0}
 
     def poisoned(student, teacher):
@@ -236,7 +236,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeyp
         loss = real(student, teacher)
         return loss * float("nan") if count["n"] >= 3 else loss
 
-    monkeypatch.setattr(distillation, "nmi_had_loss", poisoned)
+    monkeypatch.setattr(pretraining, "nmi_had_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="checkpoint-2"):
         run_pretraining(*make_args(assets, tmp_path))
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["checkpoint-2"]

@@ -17,17 +17,8 @@ from huggingface_hub import parse_eval_result_entries
 from PIL import Image
 
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.finetuning import (
-    DataArguments,
-    EvaluationArguments,
-    FinetuningArguments,
-    ModelArguments,
-    evaluate_main,
-    finetune_main,
-    parse_evaluation_args,
-    parse_finetuning_args,
-    run_evaluation,
-)
+from unip_hf.evaluation import EvaluationArguments, evaluate_main, parse_evaluation_args, run_evaluation
+from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, parse_finetuning_args
 from unip_hf.hub import BenchmarkResult, write_eval_results
 
 ROOT = Path(__file__).resolve().parents[1]

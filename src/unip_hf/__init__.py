@@ -6,7 +6,8 @@ Importing the package registers the UNIP classes with the transformers Auto clas
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_unip import UNIP_PRESETS, UnipConfig
-from .distillation import AttentionTeacher, nmi_had_loss, run_pretraining
+from .distillation import AttentionTeacher, nmi_had_loss
+from .pretraining import run_pretraining
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import (
     UnipBackbone,

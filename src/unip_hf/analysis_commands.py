@@ -48,7 +48,7 @@ def _load_model(name: str, trust_remote_code: bool):
     missing local path or a model that is no vision transformer ends the command with an error naming MODEL."""
     from transformers import AutoImageProcessor  # noqa: PLC0415
 
-    from .attention_analysis import load_vision_backbone  # noqa: PLC0415
+    from .vit_family import load_vision_backbone  # noqa: PLC0415
 
     try:
         check_model_source("MODEL", name)
@@ -66,15 +66,14 @@ def _run_analyze_attention(args: argparse.Namespace) -> int:
     """Run `unip analyze-attention`; returns the exit status."""
     import torch  # noqa: PLC0415
 
-    from .attention_analysis import (  # noqa: PLC0415
-        analyze_attention,
+    from .attention_analysis import analyze_attention, query_attention_maps  # noqa: PLC0415
+    from .attention_plots import (  # noqa: PLC0415
         default_map_layers,
         default_queries,
-        find_images,
         plot_attention_maps,
         plot_layer_curves,
-        query_attention_maps,
     )
+    from .files import find_images  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     out = Path(args.out)

@@ -131,18 +131,9 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
     from transformers import pipeline
 
     from .data import segmentation_metadata, write_synthetic_dataset
-    from .finetuning import (
-        DataArguments,
-        EvalSegmentationDataset,
-        FinetuningArguments,
-        ModelArguments,
-        chance_metrics,
-        class_frequencies,
-        dataset_task,
-        load_split,
-        resolve_eval_split,
-        run_finetuning,
-    )
+    from .evaluation import chance_metrics, class_frequencies
+    from .finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
+    from .finetuning_data import EvalSegmentationDataset, dataset_task, load_split, resolve_eval_split
 
     start = time.perf_counter()
     if (dataset is None) != (data_dir is None):

@@ -1,23 +1,27 @@
 """Finding the image files of a folder for UNIP (Zhang et al., ICLR 2025): the one walker of the package.
 
-InfMix, the segmentation ``folder`` layouts, the attention analysis and the pre-training folder scan list their
-files through `scan_files`; `data_fingerprint` summarises what a folder holds for the `datasets` cache keys.
+InfMix, the segmentation ``folder`` layouts, the attention analysis (`find_images`) and the pre-training folder scan
+list their files through `scan_files`; `data_fingerprint` summarises what a folder holds for the `datasets` cache keys.
 Standard library only, so that ``import unip_hf`` stays light.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "SkippedFile", "FileScan", "scan_files", "printable_path", "require_utf8_name", "read_text",
-    "data_fingerprint",
+    "data_fingerprint", "find_images",
 ]
 
 #: File suffixes taken as images when a folder is scanned (case-insensitive).
@@ -254,3 +258,31 @@ def data_fingerprint(paths: Iterable[str], root: Optional[str] = None, extra: st
         except OSError:
             h.update(f"\0{printable_path(name)}\0missing".encode("utf-8"))
     return h.hexdigest()[:16]
+
+
+def find_images(sources: str | os.PathLike | Sequence[str | os.PathLike], skipped: list[str] | None = None) -> list[Path]:
+    """Image files named by `sources`: files, or folders searched recursively (following symbolic links).
+
+    Files are taken as given (their readability is checked later); folders contribute files with an image extension,
+    sorted, through the package's walker (`unip_hf.files`): each real file once, link loops not followed, names that
+    are not UTF-8, broken links and non-regular files (FIFOs) skipped, never opened.
+
+    Args:
+        sources: A path or a list of paths.
+        skipped: Optional list that receives one ``"path: reason"`` line per skipped entry.
+
+    Raises:
+        FileNotFoundError: a named path does not exist (a broken link is skipped instead).
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    scan = FileScan()
+    for src in sources:
+        if not os.path.lexists(src):
+            raise FileNotFoundError(f"no such image file or folder: {src}")
+        scan.add(src, IMAGE_EXTENSIONS)
+    for item in scan.skipped:
+        logger.warning("skipping %s", item)
+        if skipped is not None:
+            skipped.append(str(item))
+    return [Path(f) for f in scan.files]

@@ -1,22 +1,12 @@
-"""Fine-tuning, linear probing and evaluation of UNIP segmentation models (Zhang et al., "UNIP: Rethinking Pre-trained
-Attention Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`.
+"""Fine-tuning and linear probing of UNIP segmentation models (Zhang et al., "UNIP: Rethinking Pre-trained Attention
+Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`: the recipe behind `recipes/finetune.py`
+and `unip demo`.
 
-The logic behind `recipes/finetune.py`, `recipes/eval_segmentation.py` and `unip demo`: layer-wise lr decay, data
-set preparation from the `unip_hf.data` builders, whole-image or sliding-window evaluation with the data set's
-metrics (mIoU, or IoU / nIoU / Pd / Fa for small targets), best-checkpoint keeping, `eval_results.json`, saving of
-model + processor + card, and pushing to the Hub. The step loop itself is `unip_hf.training.train_loop`.
-
-API (all names are in `__all__`):
-
-- `layer_decay_scale(name, num_layers, decay)` / `layer_decay_groups(model, ...)`: per-parameter learning-rate
-  multipliers (patch embedding, CLS and positions `decay ** (L + 1)`, block `i` `decay ** (L - i)`, neck and heads 1).
-- `dataset_task(name)`: `"irstd"` for small-target sets (SIRST, NUDT-SIRST, IRSTD-1K), else `"semantic"`.
-- `SegmentationEvaluator`: streaming, process-parallel accumulation of the metrics of one evaluation.
-- `predict_logits(model, pixel_values, ...)`: whole-image or sliding-window logits at the input size.
-- `evaluate_model(model, dataset, ...)`: metrics of a model on a data set split (sharded over processes).
-- `ModelArguments`, `DataArguments`, `FinetuningArguments`, `EvaluationArguments`: `HfArgumentParser` dataclasses.
-- `run_finetuning(model_args, data_args, training_args)` -> `FinetuningResult`; `run_evaluation(args)`.
-- `parse_finetuning_args`, `parse_evaluation_args`, `finetune_main`, `evaluate_main`: the recipes' entry points.
+This file holds the arguments (`ModelArguments`, `DataArguments`, `FinetuningArguments`), the model to train
+(`build_model`, `freeze_unused_backbone_parameters`), `run_finetuning` (periodic evaluation, best-checkpoint keeping,
+saving, pushing) and `finetune_main`. The step loop is `training.train_loop`; the other jobs have their own files:
+`layer_decay.py`, `finetuning_data.py` (data sets and splits), `inference.py` (whole-image / sliding-window logits),
+`evaluation.py` (metrics, `run_evaluation`, `evaluate_main`) and `segmentation_saving.py` (processor, card, push).
 """
 
 from __future__ import annotations
@@ -30,527 +20,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .argument_checks import check_choice, check_model_source, check_range
-from .image_processing_unip import (
-    INFRARED_MEAN,
-    INFRARED_STD,
-    UnipImageProcessor,
-    keep_ratio_size,
-    load_infrared_image,
+from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_main, evaluate_model, format_metrics_table
+from .finetuning_data import (
+    EvalSegmentationDataset,
+    KeyedSegmentationDataset,
+    dataset_task,
+    load_split,
+    parse_img_scale,
+    resolve_eval_split,
+)
+from .layer_decay import layer_decay_scale
+from .segmentation_saving import (
+    BEST_MODEL_DIR,
+    benchmark_result,
+    push_saved_model,
+    save_segmentation_model,
 )
 from .training import (
     EpochSampler,
-    NonFiniteLossError,
     TrainingLoopArguments,
     create_accelerator,
     create_optimizer,
     create_scheduler,
-    interrupted_exit_code,
     parse_recipe_args,
     num_warmup_steps,
+    run_recipe,
     train_loop,
     write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Data sets evaluated with the small-target metrics (IoU, nIoU, Pd, Fa).
-IRSTD_DATASETS = ("sirst", "nudt-sirst", "irstd-1k")
+
 DECODE_HEAD_CHOICES = ("ll_fpn", "multilevel_fpn")
 MODES = ("finetune", "linear_probe")
-EVAL_MODES = ("whole", "slide")
-TASKS = ("auto", "semantic", "irstd")
-BEST_MODEL_DIR = "best_model"
 EVAL_LOG_NAME = "eval_log.json"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Layer-wise learning-rate decay
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """Depth of a parameter for layer-wise decay: 0 for the embeddings (patch projection, CLS token, positions),
-    `i + 1` for block `i`, `num_layers + 1` for everything else (final norm, neck, decode and auxiliary heads).
-
-    Args:
-        name (`str`): parameter name in a `UnipForSemanticSegmentation` (`unip.encoder.layer.3.mlp.fc1.weight`) or a
-            `UnipViTModel` (`encoder.layer.3...`).
-        num_layers (`int`): number of transformer blocks.
-    """
-    parts = name.split(".")
-    if parts and parts[0] == "unip":
-        parts = parts[1:]
-    if parts and parts[0] == "embeddings":
-        return 0
-    if len(parts) > 2 and parts[0] == "encoder" and parts[1] == "layer":
-        return int(parts[2]) + 1
-    return num_layers + 1
-
-
-def layer_decay_scale(name: str, num_layers: int, decay: float) -> float:
-    """Learning-rate multiplier of a parameter: `decay ** (num_layers + 1 - layer_id(name))`.
-
-    Patch embedding, CLS token and positions get `decay ** (L + 1)`, block `i` gets `decay ** (L - i)`, the rest 1.
-
-    Args:
-        name (`str`): parameter name.
-        num_layers (`int`): number of transformer blocks `L`.
-        decay (`float`): the decay per block (0.85 in UNIP's fine-tuning).
-    """
-    return float(decay) ** (num_layers + 1 - layer_id(name, num_layers))
-
-
-def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_layers: int | None = None):
-    """AdamW parameter groups with layer-wise decay (`lr_scale`) and no weight decay on norms, biases, tokens and
-    positions: `unip_hf.training.param_groups` with `layer_decay_scale` as the multiplier.
-
-    Args:
-        model (`nn.Module`): a `UnipForSemanticSegmentation` or `UnipViTModel`.
-        weight_decay (`float`): decay of weight matrices.
-        decay (`float`): layer-wise decay (1.0 turns it off).
-        num_layers (`int`, *optional*): number of blocks; defaults to `model.config.num_hidden_layers`.
-    """
-    from .training import param_groups
-
-    layers = num_layers if num_layers is not None else model.config.num_hidden_layers
-    return param_groups(model, weight_decay, lambda name: layer_decay_scale(name, layers, decay))
-
-
-def freeze_unused_backbone_parameters(model) -> list[str]:
-    """Freeze backbone parameters the decode head never uses (the final layer norm, and blocks after the deepest
-    tapped one), so that they get no weight decay drift and DDP sees no unused parameters. Returns their names."""
-    config = model.config
-    deepest = config.num_hidden_layers - 1 if config.decode_head == "ll_fpn" else max(config.feature_indices)
-    frozen = []
-    for name, parameter in model.named_parameters():
-        unused = name.startswith("unip.layernorm.")
-        if name.startswith("unip.encoder.layer."):
-            unused = unused or int(name.split(".")[3]) > deepest
-        if unused and parameter.requires_grad:
-            parameter.requires_grad_(False)
-            frozen.append(name)
-    return frozen
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def dataset_task(name: str, override: str | None = None) -> str:
-    """`"irstd"` (IoU, nIoU, Pd, Fa) for the infrared small-target sets, `"semantic"` (mIoU) otherwise.
-
-    Args:
-        name (`str`): builder name (`sirst`, `buffalo-udder`, `folder`, ...).
-        override (`str`, *optional*): `"semantic"`, `"irstd"` or `"auto"`/None (decide from the name).
-    """
-    if override and override != "auto":
-        if override not in ("semantic", "irstd"):
-            raise ValueError(f"--task must be auto, semantic or irstd, got {override!r}")
-        return override
-    return "irstd" if name.lower().replace("_", "-") in IRSTD_DATASETS else "semantic"
-
-
-def parse_img_scale(text: str | None, crop_size: int) -> tuple[int, int]:
-    """`"2048x512"` -> `(2048, 512)` (long, short side targets); empty -> `(4 * crop_size, crop_size)` (mmseg's
-    2048x512 for 512 crops)."""
-    if not text:
-        return (4 * crop_size, crop_size)
-    try:
-        long_side, short_side = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--img_scale must look like 2048x512 (long x short side), got {text!r}") from None
-    if min(long_side, short_side) < 1:
-        raise ValueError(f"--img_scale sides must be >= 1 pixel, got {text!r}")
-    return (max(long_side, short_side), min(long_side, short_side))
-
-
-def rescale_size(width: int, height: int, img_scale: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of an image rescaled, ratio kept, to fit `img_scale` (mmseg `keep_ratio` rule; the processor's
-    `keep_ratio_size`, which owns it)."""
-    return keep_ratio_size(height, width, img_scale)
-
-
-def available_splits(name: str, data_dir: str) -> list[str]:
-    """Splits a data set folder provides (read from its builder, without building)."""
-    from .data.segmentation import SEGMENTATION_BUILDERS
-
-    key = name.lower().replace("_", "-")
-    if key not in SEGMENTATION_BUILDERS:
-        raise ValueError(f"unknown --dataset {name!r}; choose from {sorted(SEGMENTATION_BUILDERS)}")
-    cls, spec = SEGMENTATION_BUILDERS[key]
-    builder = cls(data_dir=os.path.abspath(data_dir), spec=spec, dataset_name=key.replace("-", "_"))
-    return list(builder._splits(os.path.abspath(data_dir)))
-
-
-def resolve_eval_split(name: str, data_dir: str, split: str | None) -> str:
-    """The evaluation split: `split` if given, else `val` when the data set has one, else `test`."""
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
-    if split:
-        return split
-    splits = available_splits(name, data_dir)
-    for candidate in ("val", "test"):
-        if candidate in splits:
-            return candidate
-    raise ValueError(f"{data_dir} has no val or test split (found {splits}); pass --eval_split")
-
-
-def load_split(name: str, data_dir: str, split: str, cache_dir: str | None = None, max_samples: int | None = None):
-    """One split of a segmentation data set (`unip_hf.data.load_segmentation_dataset`), optionally truncated."""
-    from .data import load_segmentation_dataset
-
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
-    dataset = load_segmentation_dataset(name, data_dir, split, cache_dir=cache_dir)
-    if max_samples:
-        dataset = dataset.select(range(min(int(max_samples), len(dataset))))
-    return dataset
-
-
-class KeyedSegmentationDataset(Dataset):
-    """Training views keyed by `(epoch, index)` (from `EpochSampler`): each view's augmentation is drawn from
-    `(seed, epoch, index)`, so resumed and multi-process runs see the views of an uninterrupted run.
-
-    Args:
-        dataset: a `datasets.Dataset` with `image` and `label` columns.
-        transform (`SegmentationTrainTransform`): the augmentation.
-    """
-
-    def __init__(self, dataset, transform):
-        from .data import IndexedTransformDataset
-
-        self.inner = IndexedTransformDataset(dataset, transform, image_key="image", label_key="label")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, key) -> dict[str, torch.Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        self.transform.set_epoch(epoch)
-        return self.inner[int(index)]
-
-
-def _protocol_processor(img_scale: tuple[int, int] | None, num_channels: int,
-                        size_divisor: int | None = None) -> UnipImageProcessor:
-    """The evaluation protocol as a `UnipImageProcessor`: rescale to `img_scale` keeping the ratio (`None`: no
-    resize), normalise, and (for the saved processor) pad to `size_divisor`. Evaluation and the processor saved with
-    a model both use it, so that `pipeline("image-segmentation")` predicts what the reported metrics measured."""
-    return UnipImageProcessor(
-        do_resize=img_scale is not None, img_scale=list(img_scale) if img_scale is not None else None,
-        size_divisor=size_divisor, num_channels=num_channels, image_mean=[INFRARED_MEAN] * num_channels,
-        image_std=[INFRARED_STD] * num_channels)
-
-
-class EvalSegmentationDataset(Dataset):
-    """Evaluation samples: the image rescaled to `img_scale` (ratio kept; `None` keeps its size) and normalised by
-    the protocol's `UnipImageProcessor` (the one saved with the model, less the padding `predict_logits` adds), and
-    the label at full resolution.
-
-    Args:
-        dataset: a `datasets.Dataset` with `image` and `label` columns.
-        img_scale (`tuple[int, int]`, *optional*): (long, short) side targets.
-        num_channels (`int`, *optional*, defaults to 3): model input channels.
-    """
-
-    def __init__(self, dataset, img_scale: tuple[int, int] | None = None, num_channels: int = 3):
-        import datasets
-
-        self.dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
-            "label", datasets.Image(decode=False))
-        self.img_scale = img_scale
-        self.num_channels = num_channels
-        self.image_processor = _protocol_processor(img_scale, num_channels)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self.dataset[int(index)]
-        image = load_infrared_image(example["image"])
-        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"][0]
-        label = np.asarray(load_infrared_image(example["label"]), dtype=np.int64)
-        return {"pixel_values": pixel_values, "labels": torch.from_numpy(label.copy()),
-                "id": example.get("id", str(index))}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Inference and metrics
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
-    height, width = pixel_values.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    pixel_values: torch.Tensor,
-    eval_mode: str = "whole",
-    window: int | Sequence[int] = 512,
-    stride: int | Sequence[int] | None = None,
-    patch_size: int | None = None,
-    output_size: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Logits `(B, K, H, W)` at the input size (or `output_size`), by one whole-image pass or by sliding windows.
-
-    Whole image: the input is padded (bottom/right, zeros) to a multiple of the patch size, the logits are upsampled
-    (bilinear) to the padded size and cropped. Slide: `unip_hf.data.sliding_window_inference` with the given window
-    and stride (default stride: 2/3 of the window, mmseg's 512/341), windows averaged where they overlap.
-
-    Args:
-        model (`nn.Module`): a segmentation model returning an object with `logits` (or a tuple).
-        pixel_values (`torch.Tensor`): `(B, C, H, W)` normalised images.
-        eval_mode (`str`, *optional*, defaults to `"whole"`): `"whole"` or `"slide"`.
-        window (`int` or `(h, w)`, *optional*, defaults to 512): sliding window size.
-        stride (`int` or `(h, w)`, *optional*): sliding window stride.
-        patch_size (`int`, *optional*): pad multiple; defaults to `model.config.patch_size`.
-        output_size (`(h, w)`, *optional*): size the logits are then resized to (bilinear), e.g. the label's size.
-    """
-    from .data import sliding_window_inference
-
-    if eval_mode not in EVAL_MODES:
-        raise ValueError(f"--eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
-    patch = patch_size or getattr(getattr(model, "config", None), "patch_size", 16)
-    height, width = pixel_values.shape[-2:]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        padded = _pad_to_multiple(x, patch)
-        output = model(pixel_values=padded)
-        logits = output.logits if hasattr(output, "logits") else output[0]
-        logits = F.interpolate(logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[:, :, : x.shape[-2], : x.shape[-1]]
-
-    if eval_mode == "whole":
-        logits = forward(pixel_values)
-    else:
-        window = (window, window) if isinstance(window, int) else tuple(window)
-        if stride is None:
-            stride = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
-        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        logits = sliding_window_inference(forward, pixel_values, window=window, stride=stride)[:, :, :height, :width]
-    if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
-        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
-    return logits
-
-
-class SegmentationEvaluator:
-    """Streaming metrics of one evaluation, summed over processes at the end.
-
-    Semantic sets accumulate a confusion matrix (`unip_hf.metrics.confusion_matrix`; memory independent of the
-    number of images) and report `mean_iou` and the rest of the `mean_iou` metric; small-target sets accumulate the
-    `irstd` metric's per-image counters (`unip_hf.metrics.image_statistics`) on the target-class probability and
-    report `iou`, `niou`, `pd`, `fa` (x 1e6). Both are the numbers of the shipped `evaluate` modules.
-
-    Args:
-        task (`str`): `"semantic"` or `"irstd"`.
-        num_labels (`int`): classes, background included.
-        ignore_index (`int`, *optional*, defaults to 255): ignored label.
-        threshold (`float`, *optional*, defaults to 0.5): IRSTD probability threshold.
-        fa_rule (`str`, *optional*, defaults to `"correct"`): IRSTD false-alarm rule.
-    """
-
-    def __init__(self, task: str, num_labels: int, ignore_index: int = 255, threshold: float = 0.5,
-                 fa_rule: str = "correct"):
-        if task not in ("semantic", "irstd"):
-            raise ValueError(f"task must be semantic or irstd, got {task!r}")
-        self.task, self.num_labels, self.ignore_index = task, int(num_labels), int(ignore_index)
-        self.threshold, self.fa_rule = threshold, fa_rule
-        self.confusion = np.zeros((self.num_labels + 1, self.num_labels + 1), dtype=np.int64)
-        self.counters = {"intersection": 0, "union": 0, "num_targets": 0, "num_detected": 0, "false_alarm_pixels": 0,
-                         "total_pixels": 0, "niou_sum": 0.0, "niou_images": 0, "num_images": 0}
-
-    @property
-    def main_metric(self) -> str:
-        """The key ranked for the best checkpoint (higher is better)."""
-        from .metrics import MAIN_METRIC
-
-        return MAIN_METRIC["irstd" if self.task == "irstd" else "mean_iou"]
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch: `logits (B, K, H, W)` at the label size, `labels (B, H, W)`."""
-        from .metrics import confusion_matrix, image_statistics
-
-        labels_np = labels.cpu().numpy()
-        if self.task == "semantic":
-            predictions = logits.argmax(1).cpu().numpy()
-            for prediction, label in zip(predictions, labels_np):
-                self.confusion += confusion_matrix(prediction, label, self.num_labels, self.ignore_index)
-            return
-        probabilities = logits.float().softmax(1)[:, min(1, logits.shape[1] - 1)].cpu().numpy()
-        for probability, label in zip(probabilities, labels_np):
-            reference = np.where(label == self.ignore_index, 0, label)
-            probability = np.where(label == self.ignore_index, 0.0, probability)
-            stats = image_statistics(probability, reference, self.threshold, fa_rule=self.fa_rule)
-            for key, value in stats.items():
-                self.counters[key] += value
-            self.counters["num_images"] += 1
-            if stats["union"] > 0:
-                self.counters["niou_sum"] += stats["intersection"] / stats["union"]
-                self.counters["niou_images"] += 1
-
-    def compute(self, accelerator=None) -> dict[str, Any]:
-        """Final metrics (summed over processes when `accelerator` runs several)."""
-        from .metrics import irstd_from_counters, mean_iou_from_confusion_matrix
-
-        if self.task == "semantic":
-            matrix = torch.from_numpy(self.confusion.astype(np.float64))
-            if accelerator is not None and accelerator.num_processes > 1:
-                matrix = accelerator.reduce(matrix.to(accelerator.device), reduction="sum").cpu()
-            return mean_iou_from_confusion_matrix(matrix.numpy().round().astype(np.int64))
-        keys = sorted(self.counters)
-        values = torch.tensor([float(self.counters[k]) for k in keys], dtype=torch.float64)
-        if accelerator is not None and accelerator.num_processes > 1:
-            values = accelerator.reduce(values.to(accelerator.device), reduction="sum").cpu()
-        counters = {k: (float(v) if k == "niou_sum" else int(round(float(v)))) for k, v in zip(keys, values.tolist())}
-        if counters["num_images"] == 0:
-            raise ValueError("no image was evaluated")
-        return irstd_from_counters(counters)
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    dataset: Dataset,
-    task: str,
-    num_labels: int,
-    eval_mode: str = "whole",
-    crop_size: int = 512,
-    stride: int | None = None,
-    accelerator=None,
-    ignore_index: int = 255,
-    threshold: float = 0.5,
-    fa_rule: str = "correct",
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Metrics of `model` on an `EvalSegmentationDataset` (one image at a time; images are sharded over processes
-    and the accumulators summed, so every process returns the same numbers).
-
-    Args:
-        model (`nn.Module`): the (unwrapped) segmentation model; put in eval mode here and restored afterwards.
-        dataset (`EvalSegmentationDataset`): evaluation samples.
-        task (`str`): `"semantic"` or `"irstd"`.
-        num_labels (`int`): classes.
-        eval_mode (`str`, *optional*, defaults to `"whole"`): `"whole"` or `"slide"`.
-        crop_size (`int`, *optional*, defaults to 512): sliding window size.
-        stride (`int`, *optional*): sliding window stride (2/3 of the window by default).
-        accelerator (`accelerate.Accelerator`, *optional*): shards the images and sums the metrics.
-        ignore_index (`int`, *optional*, defaults to 255): ignored label.
-        threshold (`float`, *optional*, defaults to 0.5): IRSTD probability threshold.
-        fa_rule (`str`, *optional*, defaults to `"correct"`): IRSTD false-alarm rule.
-        show_progress (`bool`, *optional*, defaults to `True`): tqdm bar on the main process.
-    """
-    from tqdm.auto import tqdm
-
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    evaluator = SegmentationEvaluator(task, num_labels, ignore_index, threshold, fa_rule)
-    was_training = model.training
-    model.eval()
-    indices = range(rank, len(dataset), world)
-    main = accelerator is None or accelerator.is_local_main_process
-    try:
-        with torch.random.fork_rng(devices=[]):
-            bar = tqdm(indices, desc="eval", disable=not (show_progress and main), leave=False, dynamic_ncols=True)
-            for index in bar:
-                sample = dataset[index]
-                pixel_values = sample["pixel_values"].unsqueeze(0).to(device)
-                labels = sample["labels"].unsqueeze(0)
-                context = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
-                with context:
-                    logits = predict_logits(model, pixel_values, eval_mode, crop_size, stride,
-                                            output_size=labels.shape[-2:])
-                evaluator.add(logits.cpu(), labels)
-    finally:
-        model.train(was_training)
-    return evaluator.compute(accelerator)
-
-
-def chance_metrics(dataset: Dataset, task: str, num_labels: int, ignore_index: int = 255, seed: int = 0,
-                   class_frequencies: Sequence[float] | None = None) -> dict[str, float]:
-    """What a model without information scores: the main metric of (a) the majority class everywhere and (b) a
-    random per-pixel guess drawn from `class_frequencies` (uniform when not given). Returns
-    `{"majority": ..., "random": ..., "chance": max of both}`.
-
-    Args:
-        dataset (`EvalSegmentationDataset`): evaluation samples (only the labels are read).
-        task (`str`): `"semantic"` or `"irstd"`.
-        num_labels (`int`): classes.
-        ignore_index (`int`, *optional*, defaults to 255): ignored label.
-        seed (`int`, *optional*, defaults to 0): seed of the random guess.
-        class_frequencies (`Sequence[float]`, *optional*): probabilities of the random guess.
-    """
-    rng = np.random.default_rng(seed)
-    probabilities = np.asarray(class_frequencies if class_frequencies is not None else [1.0] * num_labels, float)
-    probabilities = probabilities / probabilities.sum()
-    majority = int(np.argmax(probabilities))
-    results = {}
-    for kind in ("majority", "random"):
-        evaluator = SegmentationEvaluator(task, num_labels, ignore_index)
-        for index in range(len(dataset)):
-            labels = dataset[index]["labels"].unsqueeze(0)
-            if kind == "majority":
-                guess = torch.full(labels.shape, majority)
-            else:
-                guess = torch.from_numpy(rng.choice(num_labels, size=labels.shape, p=probabilities))
-            evaluator.add(F.one_hot(guess, num_labels).permute(0, 3, 1, 2).float() * 10, labels)
-        results[kind] = float(evaluator.compute()[evaluator.main_metric])
-    results["chance"] = max(results.values())
-    return results
-
-
-def class_frequencies(dataset, num_labels: int, ignore_index: int = 255, max_images: int = 64) -> list[float]:
-    """Pixel share of each class in (up to `max_images` of) a data set's labels."""
-    counts = np.zeros(num_labels, dtype=np.float64)
-    import datasets
-
-    raw = dataset.cast_column("label", datasets.Image(decode=False))
-    for index in range(min(len(raw), max_images)):
-        label = np.asarray(load_infrared_image(raw[index]["label"]), dtype=np.int64)
-        label = label[label != ignore_index]
-        counts += np.bincount(label[label < num_labels], minlength=num_labels)[:num_labels]
-    return (counts / max(counts.sum(), 1.0)).tolist()
-
-
-def _percent(value) -> str:
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return f"{'-':>10}" if missing else f"{value * 100:>10.2f}"
-
-
-def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | None = None) -> str:
-    """A plain-text table of the headline metrics (percent) and, for semantic sets, per-class IoU / accuracy."""
-    from .hub import METRIC_DISPLAY, headline_metrics
-
-    lines = [f"{'metric':<18}{'value':>10}"]
-    for key, value in headline_metrics(metrics).items():
-        name, percent = METRIC_DISPLAY.get(key, (key, False))
-        lines.append(f"{name:<18}{(value * 100 if percent else value):>10.2f}")
-    per_iou, per_acc = metrics.get("per_category_iou"), metrics.get("per_category_accuracy")
-    if per_iou is not None and id2label:
-        lines.append("")
-        lines.append(f"{'class':<18}{'IoU':>10}{'Acc':>10}")
-        for index, name in sorted(id2label.items()):
-            iou = per_iou[index] if index < len(per_iou) else float("nan")
-            acc = per_acc[index] if per_acc is not None and index < len(per_acc) else float("nan")
-            lines.append(f"{str(name)[:17]:<18}{_percent(iou)}{_percent(acc)}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Arguments
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -596,19 +103,6 @@ class ModelArguments:
             if not isinstance(overrides, dict):
                 raise ValueError(f"--config_overrides must be a JSON object such as '{{\"num_hidden_layers\": 4}}', "
                                  f"got {self.config_overrides!r}")
-
-
-def check_eval_protocol(task: str, eval_mode: str, crop_size: int | None, eval_stride: int | None,
-                        img_scale: str | None, irstd_threshold: float) -> None:
-    """The evaluation arguments that fine-tuning and evaluation share; `ValueError` naming the first bad one."""
-    check_choice("task", task, TASKS)
-    check_choice("eval_mode", eval_mode, EVAL_MODES)
-    check_range("crop_size", crop_size, 1, optional=True)
-    check_range("eval_stride", eval_stride, 1, optional=True)
-    if img_scale and img_scale.lower() != "none":
-        parse_img_scale(img_scale, crop_size or 1)
-    check_range("irstd_threshold", irstd_threshold, 0, 1, low_open=True, high_open=True,
-                note="a probability threshold of the target class")
 
 
 @dataclass
@@ -684,47 +178,6 @@ class FinetuningArguments(TrainingLoopArguments):
                      [name for names in RANKED_METRICS.values() for name in names], optional=True)
 
 
-@dataclass
-class EvaluationArguments:
-    """`recipes/eval_segmentation.py`: a checkpoint, a data set split, the protocol, where results go."""
-
-    model_name_or_path: str = field(default=None, metadata={"help": "Segmentation checkpoint (folder or Hub id)."})
-    dataset: str = field(default="folder")
-    data_dir: str | None = field(default=None)
-    split: str | None = field(default=None, metadata={"help": "Split (default: val, else test)."})
-    task: str = field(default="auto")
-    eval_mode: str = field(default="whole")
-    crop_size: int | None = field(default=None, metadata={"help": "Window size (default: the model's image_size)."})
-    eval_stride: int | None = field(default=None)
-    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop); "
-                                                                 "'none' keeps the original size."})
-    irstd_threshold: float = field(default=0.5)
-    fa_rule: str = field(default="correct", metadata={"help": "correct or reference (IRSTD)."})
-    max_eval_samples: int | None = field(default=None)
-    cache_dir: str | None = field(default=None)
-    output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: the checkpoint folder "
-                                                                    "if local, else eval_out)."})
-    hub_dataset_id: str | None = field(default=None)
-    trust_remote_code: bool = field(default=False)
-    mixed_precision: str = field(default="no")
-    push_to_hub: bool = field(default=False, metadata={"help": "Push model, processor, card and results."})
-    hub_model_id: str | None = field(default=None)
-    hub_private_repo: bool = field(default=False)
-
-    def __post_init__(self):
-        from .metrics import FA_RULES
-        from .training import MIXED_PRECISION_TYPES
-
-        check_model_source("model_name_or_path", self.model_name_or_path)
-        check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
-                            self.irstd_threshold)
-        check_choice("fa_rule", self.fa_rule, FA_RULES)
-        check_range("max_eval_samples", self.max_eval_samples, 1, optional=True)
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_TYPES)
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
-
-
 def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
                           training_args: FinetuningArguments) -> None:
     """Checks across the fine-tuning dataclasses, before any model or data is loaded (`ValueError` naming the
@@ -758,11 +211,6 @@ class FinetuningResult:
     task: str
     eval_history: list[dict[str, Any]]
     resumed_from: str | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model construction, saving, results
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int, task: str = "semantic"):
@@ -818,80 +266,20 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     )
 
 
-def make_processor(config, img_scale: tuple[int, int] | None = None):
-    """The `UnipImageProcessor` saved with a segmentation model: the evaluation protocol of its reported metrics.
-
-    Each image is rescaled keeping its aspect ratio to fit `img_scale` (as `EvalSegmentationDataset` does; `None`:
-    kept at its size), normalised, and padded to a multiple of the patch size as `predict_logits` pads; the
-    processor's `post_process_semantic_segmentation` crops the padding and resizes the logits to the image size as
-    `evaluate_model` does. So `pipeline("image-segmentation")` predicts, image for image, what a whole-image
-    evaluation measured (sliding-window metrics, marked "slide" in the card, have no pipeline counterpart).
-
-    Args:
-        config (`UnipConfig`): the model's configuration (channels, patch size).
-        img_scale (`tuple[int, int]`, *optional*): `(long, short)` side targets of the evaluation.
-    """
-    return _protocol_processor(img_scale, int(config.num_channels), int(config.patch_size))
-
-
-def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
-                     crop_size: int, stride: int | None, hub_dataset_id: str | None = None):
-    """A `unip_hf.hub.BenchmarkResult` for one evaluation (the notes record the protocol)."""
-    from .hub import BenchmarkResult
-
-    if eval_mode == "slide":
-        protocol = f"slide {crop_size}/{stride or max(1, crop_size * 2 // 3)}, single scale"
-    else:
-        protocol = "whole image, single scale"
-    kind = "irstd" if task == "irstd" else ("linear-probe" if mode == "linear_probe" else "semantic-segmentation")
-    return BenchmarkResult(dataset_id=hub_dataset_id or dataset, dataset_name=dataset, dataset_split=split,
-                           task=kind, metrics=dict(metrics), notes=protocol)
-
-
-def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
-                            base_model: str | None = None, hub_model_id: str | None = None,
-                            datasets: Sequence[str] = (), img_scale: tuple[int, int] | None = None) -> None:
-    """`save_pretrained` of the model and its processor (remote code included; the evaluation protocol of
-    `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
-    `README.md`."""
-    from .hub import write_eval_results
-
-    os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
-    make_processor(model.config, img_scale).save_pretrained(output_dir)
-    if results:
-        write_eval_results(output_dir, list(results))
-    card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
-        os.path.join(output_dir, "README.md"))
-
-
-def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
-             base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
-    """The model card of a saved segmentation model."""
-    from .hub import RESULTS_NOTE, make_model_card
-
+def freeze_unused_backbone_parameters(model) -> list[str]:
+    """Freeze backbone parameters the decode head never uses (the final layer norm, and blocks after the deepest
+    tapped one), so that they get no weight decay drift and DDP sees no unused parameters. Returns their names."""
     config = model.config
-    labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
-    hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
-    protocols = "; ".join(dict.fromkeys(
-        f"{r.dataset_name or r.dataset_id} {r.dataset_split}: {r.notes}" for r in results if getattr(r, "notes", None)))
-    extra = {}
-    if protocols:
-        extra["results_note"] = (
-            f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
-            "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
-            "whole-image results exactly; sliding-window results come from `recipes/eval_segmentation.py --eval_mode slide`.")
-    return make_model_card(
-        hub_model_id or os.path.basename(os.path.normpath(output_dir)),
-        repo_id=hub_model_id,
-        results=list(results),
-        datasets=[d for d in datasets if d and d.count("/") == 1 and not os.path.exists(d)],
-        base_model=base_model if hub_like else None,
-        training=training,
-        labels=labels,
-        decode_head=config.decode_head,
-        **extra,
-    )
+    deepest = config.num_hidden_layers - 1 if config.decode_head == "ll_fpn" else max(config.feature_indices)
+    frozen = []
+    for name, parameter in model.named_parameters():
+        unused = name.startswith("unip.layernorm.")
+        if name.startswith("unip.encoder.layer."):
+            unused = unused or int(name.split(".")[3]) > deepest
+        if unused and parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 def _gather_training_table(model_args, data_args, train, total_batch, max_steps, learning_rate) -> dict[str, Any]:
@@ -909,11 +297,6 @@ def _gather_training_table(model_args, data_args, train, total_batch, max_steps,
         "layer decay": train.layer_decay if model_args.mode == "finetune" else "n/a (frozen backbone)",
         "evaluation": data_args.eval_mode,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fine-tuning
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def run_finetuning(
@@ -1136,185 +519,35 @@ def read_eval_log(path: str) -> tuple[list[dict[str, Any]], int | None]:
         raise ValueError(f"{path} is unreadable ({error}); move it away to resume without the earlier evaluations")
 
 
-def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequence[Any], private: bool = False,
-                     message: str | None = None):
-    """Push a saved segmentation folder (model, processor, remote code, card, results and the small training logs;
-    not the checkpoints, nor `best_model/`, which the saved model already is or was chosen over)."""
-    from .hub import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
-
-    if not hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
-    return push_to_hub(output_dir, hub_model_id, results=list(results), private=private or None,
-                       commit_message=message,
-                       ignore_patterns=[*DEFAULT_PUSH_IGNORE_PATTERNS, f"{BEST_MODEL_DIR}/*", "hf_cache/*"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation of any checkpoint
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def check_evaluation_args(args: EvaluationArguments) -> None:
-    """What `run_evaluation` needs before it loads anything: valid arguments (checked again, a caller may have
-    changed a field since), a checkpoint and a data folder (`FileNotFoundError`)."""
-    args.__post_init__()
-    if not args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required")
-    if not args.data_dir:
-        raise ValueError("--data_dir is required")
-    if not os.path.isdir(args.data_dir):
-        raise FileNotFoundError(f"--data_dir {args.data_dir!r} is not a folder")
-
-
-def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
-    """Evaluate a segmentation checkpoint on one split; print a table; write `eval_results.json` and
-    `.eval_results/*.yaml` (results of other data sets already there are kept) and, with `--push_to_hub`, push the
-    model with an updated card.
-
-    Args:
-        args (`EvaluationArguments`): checkpoint, data set, protocol, output.
-
-    Returns:
-        `dict` with `metrics`, `task`, `split`, `output_dir` and the written `files`.
-    """
-    from accelerate import Accelerator
-    from transformers import AutoModelForSemanticSegmentation
-
-    from .data import segmentation_metadata
-    from .hub import read_eval_results, write_eval_results
-    from .metrics import to_builtin
-
-    check_evaluation_args(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path,
-                                                             trust_remote_code=args.trust_remote_code)
-    model.to(accelerator.device).eval()
-    split = resolve_eval_split(args.dataset, args.data_dir, args.split)
-    with accelerator.main_process_first():
-        dataset = load_split(args.dataset, args.data_dir, split, args.cache_dir, args.max_eval_samples)
-    meta = segmentation_metadata(dataset)
-    id2label = meta["id2label"]
-    if model.config.num_labels != len(id2label):
-        raise ValueError(f"{args.model_name_or_path} predicts {model.config.num_labels} classes but {args.dataset} "
-                         f"({args.data_dir}) has {len(id2label)}: {list(id2label.values())}")
-    task = dataset_task(args.dataset, args.task)
-    crop = args.crop_size or int(getattr(model.config, "image_size", 512))
-    if args.img_scale and args.img_scale.lower() == "none":
-        img_scale = None
-    else:
-        img_scale = parse_img_scale(args.img_scale, crop)
-    eval_dataset = EvalSegmentationDataset(dataset, img_scale, int(getattr(model.config, "num_channels", 3)))
-    metrics = evaluate_model(model, eval_dataset, task, len(id2label), args.eval_mode, crop, args.eval_stride,
-                             accelerator, int(meta.get("ignore_index", 255)), args.irstd_threshold, args.fa_rule)
-    metrics = to_builtin(metrics)
-    output_dir = args.output_dir or (args.model_name_or_path if os.path.isdir(args.model_name_or_path) else "eval_out")
-    result = benchmark_result(args.dataset, split, task, metrics, "linear_probe"
-                              if getattr(model.config, "decode_head", "") == "linear_probe" else "finetune",
-                              args.eval_mode, crop, args.eval_stride, args.hub_dataset_id)
-    files: list[str] = []
-    if accelerator.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        previous = [r for r in read_eval_results(output_dir) if r.file_stem() != result.file_stem()]
-        results = previous + [result]
-        files = [str(p) for p in write_eval_results(output_dir, results)]
-        print(f"{args.model_name_or_path} on {args.dataset} {split} ({args.eval_mode}, {len(eval_dataset)} images):")
-        print(format_metrics_table(metrics, id2label))
-        print(f"results written to {', '.join(files)}")
-        if args.push_to_hub:
-            if os.path.abspath(output_dir) != os.path.abspath(args.model_name_or_path):
-                model.save_pretrained(output_dir)
-                make_processor(model.config, img_scale).save_pretrained(output_dir)
-            card_for(model, output_dir, results, hub_model_id=args.hub_model_id).save(
-                os.path.join(output_dir, "README.md"))
-            push_saved_model(output_dir, args.hub_model_id, results, private=args.hub_private_repo,
-                             message=f"Evaluation on {args.dataset} {split}")
-    accelerator.wait_for_everyone()
-    return {"metrics": metrics, "task": task, "split": split, "output_dir": output_dir, "files": files}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Entry points
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def parse_finetuning_args(argv: Sequence[str] | None = None):
     """Parse command-line arguments (or one JSON/YAML file) into `(ModelArguments, DataArguments,
     FinetuningArguments)`."""
     return parse_recipe_args((ModelArguments, DataArguments, FinetuningArguments), argv, check=check_finetuning_args)
 
 
-def parse_evaluation_args(argv: Sequence[str] | None = None) -> EvaluationArguments:
-    """Parse command-line arguments (or one JSON/YAML file) into `EvaluationArguments`."""
-    return parse_recipe_args((EvaluationArguments,), argv, check=check_evaluation_args)[0]
-
-
 def finetune_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/finetune.py`."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, training_args = parse_finetuning_args(argv)
-    try:
-        result = run_finetuning(model_args, data_args, training_args)
-    except NonFiniteLossError:
-        return 1
-    except KeyboardInterrupt as interrupt:
-        return interrupted_exit_code(interrupt)
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
+    code, result = run_recipe(run_finetuning, parse_finetuning_args(argv))
+    if result is None:
+        return code
     value = result.metrics.get(result.main_metric)
     print(f"done: {result.global_step} steps, {result.main_metric} {value:.4f} (step {result.best_step}); "
           f"saved to {result.output_dir}")
     return 0
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `recipes/eval_segmentation.py`."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_evaluation(parse_evaluation_args(argv))
-    return 0
-
-
 __all__ = [
-    "BEST_MODEL_DIR",
+    "build_model",
+    "check_finetuning_args",
     "DataArguments",
-    "EVAL_MODES",
-    "EvalSegmentationDataset",
-    "EvaluationArguments",
+    "evaluate_main",
+    "finetune_main",
     "FinetuningArguments",
     "FinetuningResult",
-    "IRSTD_DATASETS",
-    "KeyedSegmentationDataset",
-    "ModelArguments",
-    "SegmentationEvaluator",
-    "available_splits",
-    "benchmark_result",
-    "build_model",
-    "card_for",
-    "chance_metrics",
-    "check_eval_protocol",
-    "check_evaluation_args",
-    "check_finetuning_args",
-    "class_frequencies",
-    "dataset_task",
-    "evaluate_main",
-    "evaluate_model",
-    "finetune_main",
-    "format_metrics_table",
     "freeze_unused_backbone_parameters",
-    "layer_decay_groups",
-    "layer_decay_scale",
-    "layer_id",
-    "load_split",
-    "make_processor",
-    "parse_evaluation_args",
+    "ModelArguments",
     "parse_finetuning_args",
-    "parse_img_scale",
-    "predict_logits",
-    "push_saved_model",
-    "rescale_size",
-    "resolve_eval_split",
-    "run_evaluation",
+    "read_eval_log",
     "run_finetuning",
-    "save_segmentation_model",
 ]

@@ -610,7 +610,7 @@ class UnipImageProcessor(PilBackend):
         size_divisor (`int`, *optional*):
             When set, outputs are padded at the bottom and right to multiples of it (the patch size): images with 0
             (after normalisation), labels with 255. `post_process_semantic_segmentation` then crops the padding and
-            resizes to the original size exactly as `unip_hf.finetuning`'s evaluation does. The processor saved with
+            resizes to the original size exactly as `unip_hf.evaluation` does. The processor saved with
             a fine-tuned model sets both, so `pipeline("image-segmentation")` reproduces the evaluated predictions
             (whole-image inference; sliding-window evaluation has no pipeline counterpart).
 
@@ -1094,7 +1094,7 @@ class UnipImageProcessor(PilBackend):
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 One (height, width) per image, the size of the image given to the processor; logits are bilinearly
                 resized to it before the argmax. When not given, the maps keep the logits' size. With `img_scale` or
-                `size_divisor` set, the evaluation protocol of `unip_hf.finetuning` is followed: the logits are
+                `size_divisor` set, the evaluation protocol of `unip_hf.evaluation` is followed: the logits are
                 resized to the padded input size, the padding is cropped, and the rest is resized to the target size.
 
         Returns:

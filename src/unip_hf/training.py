@@ -1194,6 +1194,21 @@ def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
     return 130
 
 
+def run_recipe(run: Callable[..., Any], arguments: Sequence[Any]) -> tuple[int, Any]:
+    """Run a recipe's `run(*arguments)` for its `main()`: `(exit status, result)`, where a non-finite loss (already
+    reported by `train_loop`) exits 1, Ctrl-C exits as `interrupted_exit_code` says, and the result is `None` on
+    every process but the main one (only that one prints the summary)."""
+    try:
+        result = run(*arguments)
+    except NonFiniteLossError:
+        return 1, None
+    except KeyboardInterrupt as interrupt:
+        return interrupted_exit_code(interrupt), None
+    from accelerate import PartialState
+
+    return 0, (result if PartialState().is_main_process else None)
+
+
 def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], groups_now: list[dict[str, Any]],
                                optimizer: torch.optim.Optimizer, scheduler) -> list[str]:
     """After a resume: compare the run's settings with those recorded in the checkpoint, apply this run's optimizer
@@ -1248,6 +1263,7 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
 
 
 __all__ = [
+    "run_recipe",
     "CheckpointError",
     "NonFiniteStateError",
     "TrainingInterrupted",

@@ -20,6 +20,7 @@ from .segmentation import (
     SirstBuilder,
     SodaBuilder,
     SplitFolderBuilder,
+    available_splits,
     load_segmentation_dataset,
     segmentation_metadata,
 )
@@ -31,10 +32,7 @@ from .transforms import (
     PretrainTransform,
     SegmentationEvalTransform,
     SegmentationTrainTransform,
-    merge_window_logits,
     sample_rng,
-    sliding_window_inference,
-    sliding_window_positions,
 )
 
 __all__ = [
@@ -42,8 +40,9 @@ __all__ = [
     "export_parquet", "push_to_hub", "write_dataset_readme",
     "IGNORE_INDEX", "SEGMENTATION_BUILDERS", "SEGMENTATION_SPECS", "SegmentationSpec", "SegmentationBuilder",
     "SodaBuilder", "MFNetBuilder", "ScutSegBuilder", "SirstBuilder", "IrstdBuilder", "SplitFolderBuilder",
-    "MassMindBuilder", "GenericFolderBuilder", "load_segmentation_dataset", "segmentation_metadata",
+    "MassMindBuilder", "GenericFolderBuilder", "available_splits", "load_segmentation_dataset",
+    "segmentation_metadata",
     "SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset",
     "UNIP_MEAN", "UNIP_STD", "PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform",
-    "IndexedTransformDataset", "sample_rng", "sliding_window_positions", "merge_window_logits", "sliding_window_inference",
+    "IndexedTransformDataset", "sample_rng",
 ]

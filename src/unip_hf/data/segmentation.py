@@ -44,6 +44,7 @@ __all__ = [
     "GenericFolderBuilder",
     "SEGMENTATION_BUILDERS",
     "load_segmentation_dataset",
+    "available_splits",
     "segmentation_metadata",
     "encode_png",
     "colour_mask_to_ids",
@@ -648,12 +649,7 @@ def load_segmentation_dataset(
         its class names, palette and ignore index are in `segmentation_metadata(ds)`, with the pairs skipped
         because a file could not be decoded under ``"skipped"`` (see `SegmentationBuilder`).
     """
-    key = name.lower().replace("_", "-")
-    if key not in SEGMENTATION_BUILDERS:
-        raise ValueError(f"unknown segmentation data set {name!r}; choose from {sorted(SEGMENTATION_BUILDERS)}")
-    cls, default_spec = SEGMENTATION_BUILDERS[key]
-    builder = cls(data_dir=os.path.abspath(data_dir), cache_dir=cache_dir, spec=spec or default_spec,
-                  skip_missing=skip_missing, dataset_name=key.replace("-", "_"))
+    builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing)
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
@@ -661,6 +657,26 @@ def load_segmentation_dataset(
             raise err.__cause__ from None
         raise
     return builder.as_dataset(split=split)
+
+
+def available_splits(name: str, data_dir: str) -> list[str]:
+    """The splits a data set folder provides, read from its builder's layout (nothing is built).
+
+    Args:
+        name: a name of `SEGMENTATION_BUILDERS` (as for `load_segmentation_dataset`).
+        data_dir: the data set's root folder.
+    """
+    return list(_builder(name, data_dir)._splits(os.path.abspath(data_dir)))
+
+
+def _builder(name: str, data_dir: str, spec: Optional[SegmentationSpec] = None, **kwargs: Any) -> SegmentationBuilder:
+    """The builder registered as `name` for `data_dir` (a `ValueError` listing the names when unknown)."""
+    key = name.lower().replace("_", "-")
+    if key not in SEGMENTATION_BUILDERS:
+        raise ValueError(f"unknown segmentation data set {name!r}; choose from {sorted(SEGMENTATION_BUILDERS)}")
+    cls, default_spec = SEGMENTATION_BUILDERS[key]
+    return cls(data_dir=os.path.abspath(data_dir), spec=spec or default_spec, dataset_name=key.replace("-", "_"),
+               **kwargs)
 
 
 def segmentation_metadata(dataset_or_name: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Pre-training view (RandomResizedCrop 224, scale 0.2-1, flip, RGB->L->3 channels, normalise), segmentation
 training (random resize 0.5-2.0, crop with a max single-class ratio, flip, photometric distortion, pad with
-ignore 255), evaluation (resize, sliding windows). Randomness comes from a generator per (seed, epoch, index).
+ignore 255), evaluation (resize; the sliding windows are inference, in `unip_hf.inference`). Randomness comes from a
+generator per (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ __all__ = [
     "SegmentationTrainTransform",
     "SegmentationEvalTransform",
     "IndexedTransformDataset",
-    "sliding_window_positions",
-    "merge_window_logits",
-    "sliding_window_inference",
 ]
 
 IGNORE_INDEX = 255
@@ -288,7 +286,7 @@ class SegmentationEvalTransform:
 
     Args:
         size (`int` or `tuple`, *optional*): ``(height, width)``, or an int for the short side (keep ratio);
-            ``None`` keeps the original size (use with `sliding_window_inference`).
+            ``None`` keeps the original size (use with `inference.sliding_window_inference`).
         mean / std / num_channels: as in training.
         image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
             images (see `to_working_image`); default settings when omitted.
@@ -347,62 +345,3 @@ class IndexedTransformDataset(torch.utils.data.Dataset):
         if self.label_key:
             return self.transform(ex[self.image_key], ex[self.label_key], index=int(index))
         return {"pixel_values": self.transform(ex[self.image_key], index=int(index))}
-
-
-def sliding_window_positions(height: int, width: int, window: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Window boxes ``(top, left, bottom, right)`` covering an image (mmseg "slide" rule; last window flush).
-
-    Args:
-        height / width: image size.
-        window: ``(h, w)`` of a window; stride: ``(h, w)`` step.
-    """
-    wh, ww = window
-    sh, sw = stride
-    rows = max(height - wh + sh - 1, 0) // sh + 1
-    cols = max(width - ww + sw - 1, 0) // sw + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y1, x1 = min(r * sh + wh, height), min(c * sw + ww, width)
-            y0, x0 = max(y1 - wh, 0), max(x1 - ww, 0)
-            boxes.append((y0, x0, y1, x1))
-    return boxes
-
-
-def merge_window_logits(window_logits: Sequence[torch.Tensor], boxes: Sequence[tuple], height: int, width: int) -> torch.Tensor:
-    """Average overlapping window logits (each ``(B, K, h, w)``) into ``(B, K, height, width)``."""
-    first = window_logits[0]
-    total = first.new_zeros(first.shape[0], first.shape[1], height, width)
-    count = first.new_zeros(1, 1, height, width)
-    for logit, (y0, x0, y1, x1) in zip(window_logits, boxes):
-        total[:, :, y0:y1, x0:x1] += logit
-        count[:, :, y0:y1, x0:x1] += 1
-    if (count == 0).any():
-        raise ValueError("the windows do not cover the whole image")
-    return total / count
-
-
-@torch.no_grad()
-def sliding_window_inference(model_fn: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor,
-                             window=(512, 512), stride=(341, 341)) -> torch.Tensor:
-    """Logits of a whole image by sliding windows.
-
-    Args:
-        model_fn: maps ``(B, C, h, w)`` to logits ``(B, K, h', w')`` (upsampled here to ``h, w`` if needed).
-        pixel_values: ``(B, C, H, W)``; images smaller than the window are padded with 0 and cropped back.
-        window / stride: ``(h, w)``.
-
-    Returns:
-        ``(B, K, H, W)`` averaged logits.
-    """
-    _, _, height, width = pixel_values.shape
-    ph, pw = max(window[0] - height, 0), max(window[1] - width, 0)
-    x = torch.nn.functional.pad(pixel_values, (0, pw, 0, ph)) if ph or pw else pixel_values
-    boxes = sliding_window_positions(x.shape[2], x.shape[3], window, stride)
-    outs = []
-    for y0, x0, y1, x1 in boxes:
-        logit = model_fn(x[:, :, y0:y1, x0:x1])
-        if logit.shape[-2:] != (y1 - y0, x1 - x0):
-            logit = torch.nn.functional.interpolate(logit, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-        outs.append(logit)
-    return merge_window_logits(outs, boxes, x.shape[2], x.shape[3])[:, :, :height, :width]

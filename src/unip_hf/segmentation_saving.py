@@ -1,0 +1,115 @@
+"""What a fine-tuned or evaluated UNIP segmentation model (Zhang et al., ICLR 2025) is saved and pushed with: its
+`UnipImageProcessor` (`make_processor`: the evaluation protocol), the evaluation as a `hub.BenchmarkResult`
+(`benchmark_result`), `eval_results.json`, the model card (`card_for`), `save_segmentation_model` and
+`push_saved_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .finetuning_data import _protocol_processor
+
+
+BEST_MODEL_DIR = "best_model"
+
+
+def make_processor(config, img_scale: tuple[int, int] | None = None):
+    """The `UnipImageProcessor` saved with a segmentation model: the evaluation protocol of its reported metrics.
+
+    Each image is rescaled keeping its aspect ratio to fit `img_scale` (as `EvalSegmentationDataset` does; `None`:
+    kept at its size), normalised, and padded to a multiple of the patch size as `predict_logits` pads; the
+    processor's `post_process_semantic_segmentation` crops the padding and resizes the logits to the image size as
+    `evaluate_model` does. So `pipeline("image-segmentation")` predicts, image for image, what a whole-image
+    evaluation measured (sliding-window metrics, marked "slide" in the card, have no pipeline counterpart).
+
+    Args:
+        config (`UnipConfig`): the model's configuration (channels, patch size).
+        img_scale (`tuple[int, int]`, *optional*): `(long, short)` side targets of the evaluation.
+    """
+    return _protocol_processor(img_scale, int(config.num_channels), int(config.patch_size))
+
+
+def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
+                     crop_size: int, stride: int | None, hub_dataset_id: str | None = None):
+    """A `unip_hf.hub.BenchmarkResult` for one evaluation (the notes record the protocol)."""
+    from .hub import BenchmarkResult
+
+    if eval_mode == "slide":
+        protocol = f"slide {crop_size}/{stride or max(1, crop_size * 2 // 3)}, single scale"
+    else:
+        protocol = "whole image, single scale"
+    kind = "irstd" if task == "irstd" else ("linear-probe" if mode == "linear_probe" else "semantic-segmentation")
+    return BenchmarkResult(dataset_id=hub_dataset_id or dataset, dataset_name=dataset, dataset_split=split,
+                           task=kind, metrics=dict(metrics), notes=protocol)
+
+
+def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
+                            base_model: str | None = None, hub_model_id: str | None = None,
+                            datasets: Sequence[str] = (), img_scale: tuple[int, int] | None = None) -> None:
+    """`save_pretrained` of the model and its processor (remote code included; the evaluation protocol of
+    `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
+    `README.md`."""
+    from .hub import write_eval_results
+
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    make_processor(model.config, img_scale).save_pretrained(output_dir)
+    if results:
+        write_eval_results(output_dir, list(results))
+    card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
+        os.path.join(output_dir, "README.md"))
+
+
+def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
+             base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
+    """The model card of a saved segmentation model."""
+    from .hub import RESULTS_NOTE, make_model_card
+
+    config = model.config
+    labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
+    hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
+    protocols = "; ".join(dict.fromkeys(
+        f"{r.dataset_name or r.dataset_id} {r.dataset_split}: {r.notes}" for r in results if getattr(r, "notes", None)))
+    extra = {}
+    if protocols:
+        extra["results_note"] = (
+            f"{RESULTS_NOTE} Protocol: {protocols}. `pipeline(\"image-segmentation\")` runs whole-image "
+            "inference with the saved processor (the evaluation's resize and patch padding), so it reproduces "
+            "whole-image results exactly; sliding-window results come from `recipes/eval_segmentation.py --eval_mode slide`.")
+    return make_model_card(
+        hub_model_id or os.path.basename(os.path.normpath(output_dir)),
+        repo_id=hub_model_id,
+        results=list(results),
+        datasets=[d for d in datasets if d and d.count("/") == 1 and not os.path.exists(d)],
+        base_model=base_model if hub_like else None,
+        training=training,
+        labels=labels,
+        decode_head=config.decode_head,
+        **extra,
+    )
+
+
+def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequence[Any], private: bool = False,
+                     message: str | None = None):
+    """Push a saved segmentation folder (model, processor, remote code, card, results and the small training logs;
+    not the checkpoints, nor `best_model/`, which the saved model already is or was chosen over)."""
+    from .hub import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
+
+    if not hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
+    return push_to_hub(output_dir, hub_model_id, results=list(results), private=private or None,
+                       commit_message=message,
+                       ignore_patterns=[*DEFAULT_PUSH_IGNORE_PATTERNS, f"{BEST_MODEL_DIR}/*", "hf_cache/*"])
+
+
+__all__ = [
+    "benchmark_result",
+    "BEST_MODEL_DIR",
+    "card_for",
+    "make_processor",
+    "push_saved_model",
+    "save_segmentation_model",
+]
