@@ -136,6 +136,17 @@ def test_app_predict_keeps_16_bits_and_reports_targets(tmp_path, tiny_model):
     assert low >= shares[1][1] >= high
 
 
+def test_app_predict_keeps_16_bit_tiff(tmp_path, tiny_model):
+    space = create_space(str(tiny_model), tmp_path / "space")
+    app = _load_app(space)
+    png = _sixteen_bit(tmp_path / "hot16.png")
+    tiff = tmp_path / "hot16.tif"
+    Image.open(png).save(tiff)
+    from_png, from_tiff = app.predict(str(png), 0.5), app.predict(str(tiff), 0.5)
+    assert np.array_equal(np.asarray(from_png[0]), np.asarray(from_tiff[0]))
+    assert np.asarray(from_tiff[0]).std() > 10 and from_png[3] == from_tiff[3]
+
+
 @pytest.mark.parametrize("mode", ["RGB", "P", "L"])
 def test_app_predict_accepts_8_bit_colour_and_palette(tmp_path, tiny_model, mode):
     space = create_space(str(tiny_model), tmp_path / "space")

@@ -105,7 +105,7 @@ def _space_readme(title: str, hub_id: str | None, license: str, emoji: str, desc
     data = SpaceCardData(
         title=title, sdk="gradio", sdk_version=GRADIO_VERSION, app_file="app.py", license=license,
         models=[hub_id] if hub_id else None, emoji=emoji, colorFrom="indigo", colorTo="red", pinned=False,
-        short_description=description[:60],
+        short_description="UNIP infrared segmentation: upload a thermal image",
         tags=["infrared", "thermal", "unip", "image-segmentation"],
     )
     model = f"[`{hub_id}`](https://huggingface.co/{hub_id})" if hub_id else "the model in `model/`"
