@@ -155,9 +155,7 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
                 "unip_hf; save it again with save_pretrained")
         if not (local / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"{local} has no preprocessor_config.json; save the UnipImageProcessor with it")
-    try:
-        import unip_hf  # noqa: F401  (registers the UNIP config class)
-
+    try:  # the UNIP config class is registered with AutoConfig by importing this package
         config = AutoConfig.from_pretrained(str(local) if local else hub_id)
     except OSError as error:  # a Hub id while offline: the app reads the classes when it starts
         if local is not None:
