@@ -551,3 +551,17 @@ def test_gray_stored_as_rgb_decodes_exactly_like_l():
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(decode_intensity(np.stack([gray] * 3, -1)), decode_intensity(gray))
     assert np.array_equal(decode_intensity(Image.fromarray(gray).convert("RGB")), decode_intensity(Image.fromarray(gray)))
+
+
+def test_resize_logits_are_what_post_processing_takes_the_argmax_of():
+    """`resize_logits` (class probabilities at the image size, e.g. the Space's threshold) follows the evaluation
+    protocol exactly as `post_process_semantic_segmentation` does: padding cropped, then resized."""
+    processor = UnipImageProcessor(img_scale=[60, 44], size_divisor=8)
+    logits = torch.randn(2, 3, 40, 64, generator=torch.Generator().manual_seed(0))
+    sizes = [(222, 338), (30, 50)]
+    resized = processor.resize_logits({"logits": logits}, sizes)
+    maps = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=sizes)
+    assert [tuple(r.shape) for r in resized] == [(3, 222, 338), (3, 30, 50)]
+    assert all(torch.equal(r.argmax(dim=0), m) for r, m in zip(resized, maps))
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.resize_logits({"logits": logits}, sizes[:1])

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.analysis_commands",
     "unip_hf.data.commands",
     "unip_hf.demo",
+    "unip_hf.space",
 )
 
 

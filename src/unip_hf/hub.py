@@ -428,6 +428,7 @@ def make_model_card(
     tags: Sequence[str] = (),
     pipeline_tag: str | None = None,
     template: str | Path | None = None,
+    space_id: str | None = None,
     **template_kwargs: Any,
 ) -> ModelCard:
     """Model card of a UNIP segmentation model or pre-trained backbone.
@@ -454,6 +455,7 @@ def make_model_card(
         tags (`Sequence[str]`, *optional*): Extra tags.
         pipeline_tag (`str`, *optional*): Override the pipeline tag.
         template (`str` or `Path`, *optional*): Another Jinja template; defaults to the shipped one.
+        space_id (`str`, *optional*): A Space running the model (`unip space push`); the card links to it.
         **template_kwargs: Extra variables for a custom template.
 
     Returns:
@@ -503,6 +505,7 @@ def make_model_card(
         "results_rows": _results_rows(results),
         "results_note": RESULTS_NOTE,
         "citation": UNIP_CITATION,
+        "space_id": space_id,
     }
     kwargs.update(template_kwargs)
     card = ModelCard.from_template(card_data, template_path=str(template or template_path("model_card")), **kwargs)
@@ -661,8 +664,9 @@ def push_to_hub(
     ignore_patterns: Sequence[str] | str | None = DEFAULT_PUSH_IGNORE_PATTERNS,
     check_remote_code: bool = True,
     api: HfApi | None = None,
+    space_sdk: str = "gradio",
 ):
-    """Push a saved model (weights, config, processor, remote code) or data set folder to the Hub.
+    """Push a saved model (weights, config, processor, remote code), data set or Space folder to the Hub.
 
     Writes `card` to `README.md` and `results` to `.eval_results/` + `eval_results.json` in `folder`
     first, checks that the remote code files named by `auto_map` are present, then runs
@@ -673,7 +677,7 @@ def push_to_hub(
         repo_id (`str`): Target repo, `"user/name"`.
         card (`ModelCard` or `DatasetCard`, *optional*): Card to save as `README.md`.
         results (`Sequence[BenchmarkResult]`, *optional*): Results to write with `write_eval_results`.
-        repo_type (`str`, *optional*, defaults to `"model"`): `"model"` or `"dataset"`.
+        repo_type (`str`, *optional*, defaults to `"model"`): `"model"`, `"dataset"` or `"space"`.
         private (`bool`, *optional*): Create the repo as private.
         token (`str`, *optional*): Hub token; defaults to the logged-in one.
         commit_message (`str`, *optional*): Commit message.
@@ -684,6 +688,7 @@ def push_to_hub(
             `DEFAULT_PUSH_IGNORE_PATTERNS` (checkpoints, optimizer states, logs).
         check_remote_code (`bool`, *optional*, defaults to `True`): Fail when `auto_map` names a missing file.
         api (`HfApi`, *optional*): Client to use; defaults to `HfApi(token=token)`.
+        space_sdk (`str`, *optional*, defaults to `"gradio"`): The SDK of a new Space (`repo_type="space"` only).
 
     Returns:
         The `CommitInfo` returned by `upload_folder`.
@@ -709,7 +714,8 @@ def push_to_hub(
         logger.warning("%s has no README.md: the repo will have no card", folder)
     logger.info("pushing %d files to %s: %s", len(files), repo_id, ", ".join(files))
     api = api or HfApi(token=token)
-    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token)
+    space = {"space_sdk": space_sdk} if repo_type == "space" else {}
+    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token, **space)
     ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
     return api.upload_folder(
         repo_id=repo_id,

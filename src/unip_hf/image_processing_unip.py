@@ -1103,6 +1103,22 @@ class UnipImageProcessor(PilBackend):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if target_sizes is None:
             return list(logits.argmax(dim=1).long().unbind(0))
+        return [logit.argmax(dim=0).long() for logit in self.resize_logits(outputs, target_sizes)]
+
+    def resize_logits(
+        self, outputs: Any, target_sizes: list[tuple[int, int]] | torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The logits of each image at its target size, as `post_process_semantic_segmentation` resizes them before
+        the argmax (for class probabilities at the image size, e.g. a small-target threshold).
+
+        Args:
+            outputs: as for `post_process_semantic_segmentation`.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`): one (height, width) per image.
+
+        Returns:
+            `list[torch.Tensor]`: `batch` float tensors of shape (num_labels, height, width).
+        """
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
         if len(target_sizes) != logits.shape[0]:
@@ -1128,7 +1144,7 @@ class UnipImageProcessor(PilBackend):
                 logit = F.interpolate(
                     logit[None].float(), size=(height, width), mode="bilinear", align_corners=False
                 )[0]
-            maps.append(logit.argmax(dim=0).long())
+            maps.append(logit)
         return maps
 
 

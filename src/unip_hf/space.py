@@ -1,0 +1,247 @@
+"""`unip space create` / `unip space push`: a Gradio Space that gives a UNIP model a live demo on the Hub.
+
+The Hub's inference widgets do not run models with custom code, so the way to let people try a UNIP model in the
+browser is a Space. `create_space` writes one folder:
+
+- `app.py`: the Gradio app (shipped as `unip_hf/space_template/app.py`), which keeps 16-bit inputs, shows the
+  intensity the model sees, the prediction overlaid in the class colours with a legend, the per-class pixel shares,
+  and for small-target models the target list and a threshold slider. It loads the model with `unip_hf` when that is
+  installed and through `trust_remote_code=True` otherwise (the saved model folders carry the UNIP code);
+- `space_config.json`: what the app shows (model, title, task, class names and colours, examples);
+- `requirements.txt` and a `README.md` whose YAML header is the Space metadata (sdk, sdk_version, app_file, models);
+- `examples/`: the example images, and `model/`: a copy of a local model folder (a Hub id is referenced instead).
+
+`push_space` creates the Space repo (`sdk: gradio`) and uploads the folder with `hub.push_to_hub`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["GRADIO_VERSION", "create_space", "push_space", "register"]
+
+#: The Gradio version the app is written and tested against (the Space's `sdk_version`, pinned in requirements).
+GRADIO_VERSION = "6.31.0"
+TEMPLATE = Path(__file__).with_name("space_template") / "app.py"
+REQUIREMENTS = [
+    f"gradio=={GRADIO_VERSION}",
+    "torch>=2.3",
+    "transformers>=5.0,<6",
+    "huggingface-hub>=1.0",
+    "numpy>=1.24",
+    "pillow>=10.0",
+    "scipy>=1.10",
+]
+
+
+def _is_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _resolve_model(source: str) -> tuple[Path | None, str | None]:
+    """(local folder, None) or (None, Hub id); a clear error for anything else."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"MODEL_DIR {source} has no config.json: give a folder written by save_pretrained")
+        return path, None
+    if path.exists():
+        raise NotADirectoryError(f"MODEL_DIR {source} is a file; give a saved model folder or a Hub id (user/name)")
+    if _is_hub_id(source):
+        return None, source
+    raise FileNotFoundError(f"MODEL_DIR_OR_HUB_ID {source!r} is neither a folder nor a Hub id of the form user/name")
+
+
+def _class_info(config: Any) -> tuple[dict[int, str], list[list[int]]]:
+    from .demo import _palette
+
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    # no data-set palette in the config: gray placeholders, which `_palette` replaces with the vivid colours
+    palette = getattr(config, "palette", None) or [(0, 0, 0)] * len(id2label)
+    return id2label, [list(colour) for colour in _palette(id2label, palette)]
+
+
+def _task(config: Any, task: str) -> str:
+    if task not in ("auto", "semantic", "irstd"):
+        raise ValueError(f"--task must be auto, semantic or irstd, got {task!r}")
+    if task != "auto":
+        return task
+    saved = getattr(config, "task", None)
+    if saved in ("semantic", "irstd"):
+        return saved
+    return "irstd" if getattr(config, "num_labels", 0) == 2 else "semantic"
+
+
+def _copy_examples(examples: Sequence[str], folder: Path) -> list[str]:
+    from .image_processing_unip import load_infrared_image
+
+    names: list[str] = []
+    for example in examples:
+        source = Path(example)
+        if not source.is_file():
+            raise FileNotFoundError(f"--examples: {example} is not a file")
+        try:
+            load_infrared_image(str(source))
+        except Exception as error:  # any decoding failure: name the file
+            raise ValueError(f"--examples: {example} is not an image the processor can read ({error})") from error
+        name, index = source.name, 1
+        while name in names:
+            name, index = f"{source.stem}_{index}{source.suffix}", index + 1
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / name)
+        names.append(name)
+    return [f"examples/{name}" for name in names]
+
+
+def _space_readme(title: str, hub_id: str | None, license: str, emoji: str, description: str) -> str:
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    data = SpaceCardData(
+        title=title, sdk="gradio", sdk_version=GRADIO_VERSION, app_file="app.py", license=license,
+        models=[hub_id] if hub_id else None, emoji=emoji, colorFrom="indigo", colorTo="red", pinned=False,
+        short_description="UNIP infrared segmentation: upload a thermal image",
+        tags=["infrared", "thermal", "unip", "image-segmentation"],
+    )
+    model = f"[`{hub_id}`](https://huggingface.co/{hub_id})" if hub_id else "the model in `model/`"
+    body = (
+        f"# {title}\n\n{description}\n\n"
+        f"Upload an infrared image (8- or 16-bit PNG/TIFF, gray, RGB or palette; 16 bits are kept). The app shows the "
+        f"intensity the model sees, the prediction of {model} overlaid in the class colours with a legend, the share "
+        "of pixels per class and, for small-target models, the list of targets (centroid, area, score) with a "
+        "threshold slider. It runs on CPU.\n\n"
+        "Written by `unip space create` ([unip_hf](https://arxiv.org/abs/2502.02257): UNIP, ICLR 2025).\n"
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n{body}"
+
+
+def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = None,
+                 examples: Sequence[str] = (), task: str = "auto", emoji: str = "🔥",
+                 license: str = "apache-2.0", overwrite: bool = False) -> Path:
+    """Write a Gradio Space folder for a UNIP segmentation model.
+
+    Args:
+        model (`str`): A saved model folder (copied into `model/`; it must carry the UNIP remote code) or a Hub id.
+        out_dir (`str` or `PathLike`): The Space folder to write.
+        title (`str`, *optional*): The Space title; defaults to the model's name.
+        examples (`Sequence[str]`, *optional*): Image files copied into `examples/` and offered as examples.
+        task (`str`, *optional*, defaults to `"auto"`): `"irstd"` (small targets: target list and threshold),
+            `"semantic"`, or `"auto"` (the config's `task`, else `"irstd"` for two classes).
+        emoji (`str`, *optional*): The Space's emoji.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): The Space's licence.
+        overwrite (`bool`, *optional*, defaults to `False`): Write into a non-empty `out_dir`.
+
+    Returns:
+        `Path`: the Space folder.
+    """
+    from transformers import AutoConfig
+
+    from .hub import list_upload_files, missing_remote_code
+
+    local, hub_id = _resolve_model(model)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"OUT_DIR {out} is not empty; choose another folder or pass --overwrite")
+    if local is not None:
+        missing = missing_remote_code(local)
+        if missing:
+            raise FileNotFoundError(
+                f"{local} lacks the remote code files {missing}, which the Space needs to load the model without "
+                "unip_hf; save it again with save_pretrained")
+        if not (local / "preprocessor_config.json").is_file():
+            raise FileNotFoundError(f"{local} has no preprocessor_config.json; save the UnipImageProcessor with it")
+    try:  # the UNIP config class is registered with AutoConfig by importing this package
+        config = AutoConfig.from_pretrained(str(local) if local else hub_id)
+    except OSError as error:  # a Hub id while offline: the app reads the classes when it starts
+        if local is not None:
+            raise
+        print(f"could not read the config of {hub_id} ({error}); class names and colours are read when the app starts")
+        config = None
+    out.mkdir(parents=True, exist_ok=True)
+    if local is not None:
+        target = out / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        for name in list_upload_files(local):  # without checkpoints, optimizer states and logs
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local / name, target / name)
+    id2label, palette = _class_info(config) if config is not None else ({}, [])
+    name = title or (hub_id.split("/")[-1] if hub_id else local.resolve().name)
+    description = "UNIP infrared segmentation: upload a thermal image and see the prediction."
+    settings = {
+        "model": "model" if local is not None else hub_id,
+        "title": name,
+        "description": description,
+        "task": _task(config, task) if config is not None else ("irstd" if task == "auto" else task),
+        "id2label": {str(k): v for k, v in id2label.items()},
+        "palette": palette,
+        "examples": _copy_examples(examples, out / "examples"),
+    }
+    if settings["task"] not in ("semantic", "irstd"):
+        raise ValueError(f"--task must be auto, semantic or irstd, got {task!r}")
+    (out / "space_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    shutil.copyfile(TEMPLATE, out / "app.py")
+    (out / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(_space_readme(name, hub_id, license, emoji, description), encoding="utf-8")
+    return out
+
+
+def push_space(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None):
+    """Create the Space `repo_id` (`sdk: gradio`) when needed and upload a folder written by `create_space`.
+
+    Returns:
+        The `CommitInfo` of the upload.
+    """
+    from .hub import push_to_hub
+
+    folder = Path(folder)
+    for name in ("app.py", "README.md", "requirements.txt"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: write the Space with `unip space create` first")
+    if not _is_hub_id(repo_id):
+        raise ValueError(f"Space id must look like user/space-name, got {repo_id!r}")
+    return push_to_hub(folder, repo_id, repo_type="space", space_sdk="gradio", private=private, token=token,
+                       commit_message="Upload Space with unip_hf", ignore_patterns=["__pycache__/**", "*.pyc",
+                                                                                     "flagged/**", ".gradio/**"])
+
+
+def _create_command(args: argparse.Namespace) -> int:
+    out = create_space(args.model, args.out_dir, title=args.title, examples=args.examples or (), task=args.task,
+                       license=args.license, overwrite=args.overwrite)
+    print(f"Space written to {out}; try it with `cd {out} && python app.py`, publish it with "
+          f"`unip space push {out} user/space-name`")
+    return 0
+
+
+def _push_command(args: argparse.Namespace) -> int:
+    push_space(args.folder, args.space_id, private=args.private or None)
+    print(f"pushed {args.folder} to https://huggingface.co/spaces/{args.space_id}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `unip space create` and `unip space push` to the `unip` command."""
+    parser = subparsers.add_parser("space", help="write or push a Gradio Space (live demo) for a UNIP model",
+                                   description="A Gradio Space that gives a UNIP model a live demo on the Hub.")
+    commands = parser.add_subparsers(dest="space_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    create = commands.add_parser("create", help="write the Space folder (app.py, requirements, README, examples)")
+    create.add_argument("model", metavar="MODEL_DIR_OR_HUB_ID", help="a saved UNIP model folder or a Hub id")
+    create.add_argument("out_dir", metavar="OUT_DIR", help="the Space folder to write")
+    create.add_argument("--title", default=None, help="Space title (default: the model's name)")
+    create.add_argument("--examples", nargs="+", metavar="IMG", default=None, help="example images to copy in")
+    create.add_argument("--task", default="auto", choices=("auto", "semantic", "irstd"),
+                        help="irstd shows the target list and a threshold (auto: two classes = irstd)")
+    create.add_argument("--license", default="apache-2.0", help="the Space's licence (default apache-2.0)")
+    create.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    create.set_defaults(func=_create_command)
+    push = commands.add_parser("push", help="create the Space repo and upload the folder")
+    push.add_argument("folder", metavar="OUT_DIR", help="a folder written by `unip space create`")
+    push.add_argument("space_id", metavar="user/space-name")
+    push.add_argument("--private", action="store_true", help="create the Space as private")
+    push.set_defaults(func=_push_command)
