@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.analysis_commands",
     "unip_hf.data.commands",
     "unip_hf.demo",
+    "unip_hf.onnx_export",
 )
 
 
