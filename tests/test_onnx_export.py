@@ -206,6 +206,19 @@ def test_portable_pooling_equals_adaptive_pooling(in_size, out_size):
                                atol=1e-6, rtol=1e-5)
 
 
+def test_backbone_checkpoint_is_refused(tmp_path):
+    needs_onnx()
+    from unip_hf import UnipViTModel
+
+    UnipViTModel(UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            patch_size=8, image_size=32)).save_pretrained(tmp_path / "backbone")
+    with pytest.raises(ValueError, match="holds a UnipViTModel, not a UnipForSemanticSegmentation"):
+        export_onnx(str(tmp_path / "backbone"), str(tmp_path / "x.onnx"))
+    (tmp_path / "file.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file"):
+        export_onnx(str(tmp_path / "file.bin"), str(tmp_path / "x.onnx"))
+
+
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
     real_import = builtins.__import__
 

@@ -309,6 +309,7 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
     """
     modules = require_onnx(exporter=True)
     ort = modules["onnxruntime"]
+    from .configuration_unip import UnipConfig
     from .image_processing_unip import UnipImageProcessor
     from .modeling_unip import UnipForSemanticSegmentation
 
@@ -316,8 +317,12 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
         raise ValueError(f"--opset must be at least 7 (18 or more recommended), got {opset}")
     if os.path.isfile(model_dir):
         raise ValueError(f"MODEL_DIR {model_dir} is a file; give the folder of a saved UnipForSemanticSegmentation")
+    config = UnipConfig.from_pretrained(model_dir)
+    architectures = config.architectures or []
+    if architectures and "UnipForSemanticSegmentation" not in architectures:
+        raise ValueError(f"MODEL_DIR {model_dir} holds a {', '.join(architectures)}, not a UnipForSemanticSegmentation; "
+                         "export a fine-tuned segmentation model (recipes/finetune.py or `unip demo` write one)")
     model = UnipForSemanticSegmentation.from_pretrained(model_dir).eval()
-    config = model.config
     try:
         processor = UnipImageProcessor.from_pretrained(model_dir)
     except OSError:
