@@ -5,6 +5,10 @@ disagrees with PyTorch is refused; the TorchScript fallback; a clear message whe
 
 import builtins
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ from unip_hf.onnx_export import (
     settings_path,
 )
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 ID2LABEL = {0: "background", 1: "target"}
 #: Real images of three sizes (square, wide, 4:3); the processor maps them to 128x128, 160x104 and 120x160.
 REAL_IMAGES = ("sirst/images/Misc_13.png", "sirst/images/Misc_125.png",
@@ -217,6 +222,14 @@ def test_backbone_checkpoint_is_refused(tmp_path):
     (tmp_path / "file.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="is a file"):
         export_onnx(str(tmp_path / "file.bin"), str(tmp_path / "x.onnx"))
+
+
+def test_unip_command_does_not_import_the_onnx_extra():
+    code = ("import sys; from unip_hf.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(SRC), os.environ.get("PYTHONPATH")] if p)}
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert printed.strip() == "[]"
 
 
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):

@@ -28,6 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .argument_checks import positive_int
+from .configuration_unip import UnipConfig
+from .data.synthetic import make_thermal_scene
+from .demo import overlay_panels
+from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
+from .modeling_unip import UnipForSemanticSegmentation
+
 __all__ = [
     "DEFAULT_OPSET",
     "OnnxCheckResult",
@@ -172,8 +179,6 @@ def _export_graph(wrapper: nn.Module, example: torch.Tensor, output: Path, opset
 # ----------------------------------------------------------------------------------------------------- settings
 def describe_preprocessing(processor: Any, dynamic: bool, patch_size: int, logits_stride: float) -> list[str]:
     """The processor's steps in plain words, with its numbers, for users who preprocess without Python."""
-    from .image_processing_unip import LUMA_WEIGHTS
-
     r, g, b = LUMA_WEIGHTS
     steps = [
         "Decode the image to one intensity channel in [0, 1]: 8-bit gray as value / 255 (rescale_factor "
@@ -234,7 +239,6 @@ def load_onnx_settings(onnx_path: str | os.PathLike, settings: str | os.PathLike
     Raises:
         FileNotFoundError / ValueError: the file is missing or is not a settings file of `unip export onnx`.
     """
-    from .image_processing_unip import UnipImageProcessor
 
     path = Path(settings) if settings is not None else settings_path(onnx_path)
     if not path.is_file():
@@ -267,8 +271,6 @@ class OnnxExportResult:
 def _validation_images(images: list[str] | None) -> list[tuple[str, Any]]:
     if images:
         return [(str(path), str(path)) for path in images]
-    from .data.synthetic import make_thermal_scene
-
     print("no --images given: validating on two synthetic thermal scenes (pass real images with --images)")
     return [(f"synthetic scene {seed} ({height}x{width})", make_thermal_scene(height, width, seed=seed)[0])
             for seed, (height, width) in enumerate(((200, 264), (150, 120)))]
@@ -309,9 +311,6 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
     """
     modules = require_onnx(exporter=True)
     ort = modules["onnxruntime"]
-    from .configuration_unip import UnipConfig
-    from .image_processing_unip import UnipImageProcessor
-    from .modeling_unip import UnipForSemanticSegmentation
 
     if opset < 7:
         raise ValueError(f"--opset must be at least 7 (18 or more recommended), got {opset}")
@@ -416,8 +415,6 @@ def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str
         settings (`str`, *optional*): the settings file (default: the one next to `onnx_path`).
     """
     ort = require_onnx()["onnxruntime"]
-    from .demo import overlay_panels
-    from .image_processing_unip import load_infrared_image
 
     if not os.path.isfile(onnx_path):
         raise FileNotFoundError(f"{onnx_path}: ONNX file not found")
@@ -470,8 +467,6 @@ def _positive_float(text: str) -> float:
 
 def register(subparsers) -> None:
     """Add `unip export onnx` to the `unip` command."""
-    from .argument_checks import positive_int
-
     export = subparsers.add_parser("export", help="export a UNIP model for deployment (onnx)",
                                    description="Export a UNIP model for deployment.")
     formats = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
