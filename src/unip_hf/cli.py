@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.data.commands",
     "unip_hf.demo",
     "unip_hf.space",
+    "unip_hf.onnx_export",
 )
 
 
