@@ -80,7 +80,7 @@ def exported(tmp_path_factory):
 
 def test_export_is_a_cli_command():
     args = build_parser().parse_args(["export", "onnx", "model_dir", "out.onnx", "--dynamic", "--opset", "18"])
-    assert (args.command, args.format, args.source, args.target, args.dynamic, args.opset, args.check) == (
+    assert (args.command, args.export_command, args.source, args.target, args.dynamic, args.opset, args.check) == (
         "export", "onnx", "model_dir", "out.onnx", True, 18, False)
     args = build_parser().parse_args(["export", "onnx", "--check", "out.onnx", "image.png", "--out", "o.png"])
     assert args.check and (args.source, args.target, args.out) == ("out.onnx", "image.png", "o.png")

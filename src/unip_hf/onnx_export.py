@@ -444,7 +444,7 @@ def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str
 
 
 # ----------------------------------------------------------------------------------------------------- command
-def _command(args: argparse.Namespace) -> int:
+def _run_export_onnx(args: argparse.Namespace) -> int:
     if args.check:
         check_onnx(args.source, args.target, out=args.out, settings=args.settings)
     else:
@@ -465,11 +465,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def register(subparsers) -> None:
-    """Add `unip export onnx` to the `unip` command."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `unip export onnx` to the `unip` command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
     export = subparsers.add_parser("export", help="export a UNIP model for deployment (onnx)",
                                    description="Export a UNIP model for deployment.")
-    formats = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    formats = export.add_subparsers(dest="export_command", metavar="ACTION", required=True)
     parser = formats.add_parser(
         "onnx", help="UnipForSemanticSegmentation as ONNX, checked with onnxruntime (needs the [onnx] extra)",
         description="unip export onnx MODEL_DIR OUT.onnx [--opset N] [--dynamic] [--images IMG...]: export, check "
@@ -492,4 +496,4 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="with --check: the overlay PNG (default: IMAGE.onnx_overlay.png)")
     parser.add_argument("--settings", default=None,
                         help="with --check: the settings file (default: OUT.preprocessor.json next to OUT.onnx)")
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=_run_export_onnx)
