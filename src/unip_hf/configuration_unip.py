@@ -7,6 +7,9 @@ This file imports only `transformers` so that it travels with saved checkpoints 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
@@ -19,6 +22,50 @@ UNIP_PRESETS: dict[str, dict[str, Any]] = {
     "unip-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
     "unip-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
 }
+
+# The remote code of a checkpoint: these files travel with every saved model and processor, and `auto_map` names
+# the Auto classes they provide.
+REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_unip.UnipConfig",
+    "AutoModel": "modeling_unip.UnipViTModel",
+    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
+    "AutoBackbone": "modeling_unip.UnipBackbone",
+    "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
+}
+
+
+def write_remote_code(save_directory: str | os.PathLike, json_name: str = "config.json",
+                      auto_map: dict[str, Any] | None = None) -> None:
+    """The one way UNIP objects save their remote code (models and the processor alike): copy the three UNIP files
+    into `save_directory` and write `auto_map` into its `json_name`.
+
+    transformers' `register_for_auto_class` would name only the saved class (a segmentation checkpoint would lose
+    `AutoModel`, `AutoBackbone` and `AutoImageProcessor`) and copy only that class's file, so the package does it
+    here, once.
+
+    Args:
+        save_directory: the folder written by `save_pretrained`.
+        json_name: the JSON file that gets the `auto_map` (`config.json`, or `preprocessor_config.json`).
+        auto_map: the entries to write (default: every Auto class the copied files provide).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in REMOTE_CODE_FILES:
+        source = os.path.join(here, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(save_directory, name))
+    if auto_map is None:
+        auto_map = {key: value for key, value in AUTO_MAP.items()
+                    if os.path.isfile(os.path.join(save_directory, value.split(".")[0] + ".py"))}
+    path = os.path.join(save_directory, json_name)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        data["auto_map"] = auto_map
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
 
 DECODE_HEADS = ("ll_fpn", "multilevel_fpn", "linear_probe")
 LOSS_TYPES = ("cross_entropy", "cross_entropy+soft_iou")

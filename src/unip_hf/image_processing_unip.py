@@ -2,8 +2,8 @@
 Semantic Segmentation", ICLR 2025): decodes infrared images of any depth and mode to one intensity channel, scales
 8/16-bit and float data to [0, 1], resizes, normalises with infrared statistics and replicates to the model's channels.
 
-This file imports only numpy, PIL, torch, transformers and the standard library, so that it travels with saved
-checkpoints as remote code.
+This file imports only numpy, PIL, torch, transformers, the standard library and its sibling `configuration_unip`,
+so that it travels with saved checkpoints as remote code.
 
 How each input kind becomes intensity in [0, 1] (before normalisation):
 
@@ -58,6 +58,8 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
+
+from .configuration_unip import AUTO_MAP, write_remote_code
 
 logger = logging.get_logger(__name__)
 
@@ -692,6 +694,15 @@ class UnipImageProcessor(PilBackend):
             output["auto_map"] = {**auto_map, "AutoImageProcessor": {"pil": auto_map["AutoImageProcessor"]}}
         return output
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`save_pretrained`, plus the remote code (`configuration_unip.write_remote_code`, as the models do): the UNIP
+        files next to `preprocessor_config.json` and its `auto_map`, so that `AutoImageProcessor.from_pretrained(dir,
+        trust_remote_code=True)` works where `unip_hf` is not installed."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory, "preprocessor_config.json",
+                          {"AutoImageProcessor": {"pil": AUTO_MAP["AutoImageProcessor"]}})
+        return result
+
     # ------------------------------------------------------------------ entry point
     def preprocess(
         self,
@@ -1146,11 +1157,6 @@ class UnipImageProcessor(PilBackend):
                 )[0]
             maps.append(logit)
         return maps
-
-
-# Saved processors carry this file and an `auto_map` entry in `preprocessor_config.json`, so that
-# `AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)` works where `unip_hf` is not installed.
-UnipImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 def _fetch_urls(processor: UnipImageProcessor, images: Any) -> Any:

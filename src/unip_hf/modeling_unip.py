@@ -11,9 +11,7 @@ checkpoints as remote code (`trust_remote_code=True`).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,18 +26,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_unip import UnipConfig
-
-# Files that make up the remote code of a checkpoint, and the Auto classes a checkpoint's `auto_map` names.
-REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_unip.UnipConfig",
-    "AutoModel": "modeling_unip.UnipViTModel",
-    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
-    "AutoBackbone": "modeling_unip.UnipBackbone",
-    "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
-}
-
+from .configuration_unip import UnipConfig, write_remote_code
 
 def sincos_position_embedding(embed_dim: int, grid_height: int, grid_width: int, cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embeddings (as in MAE), shape `(1, [1 +] grid_height * grid_width, embed_dim)`.
@@ -485,24 +472,6 @@ class UnipPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
         return result
-
-
-def write_remote_code(save_directory: str | os.PathLike) -> None:
-    """Copy the UNIP modeling files into `save_directory` and add the full `auto_map` to its `config.json`."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in REMOTE_CODE_FILES:
-        source = os.path.join(here, name)
-        if os.path.isfile(source):
-            shutil.copyfile(source, os.path.join(save_directory, name))
-    auto_map = {k: v for k, v in AUTO_MAP.items() if os.path.isfile(os.path.join(save_directory, v.split(".")[0] + ".py"))}
-    config_path = os.path.join(save_directory, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        data["auto_map"] = auto_map
-        with open(config_path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
 
 
 class UnipViTModel(UnipPreTrainedModel):
