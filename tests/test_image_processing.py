@@ -470,7 +470,11 @@ def test_remote_code_load_without_package(tmp_path):
 
     proc = UnipImageProcessor(size={"height": 16, "width": 16}, num_channels=1, bit_depth_scaling="fixed")
     proc.save_pretrained(tmp_path)
-    assert (tmp_path / "image_processing_unip.py").is_file()
+    # the same mechanism as the models (configuration_unip.write_remote_code): the three files and the auto_map
+    for name in ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoImageProcessor": {"pil": "image_processing_unip.UnipImageProcessor"}}
     raw = np.linspace(0, 60000, 20 * 24).reshape(20, 24).astype(np.uint16)
     np.save(tmp_path / "raw.npy", raw)
     np.save(tmp_path / "expected.npy", proc(raw)["pixel_values"])
