@@ -196,9 +196,4 @@ def plot_attention_maps(
     return fig
 
 
-__all__ = [
-    "default_map_layers",
-    "default_queries",
-    "plot_attention_maps",
-    "plot_layer_curves",
-]
+__all__ = ["plot_layer_curves"]

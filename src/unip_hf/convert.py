@@ -364,13 +364,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_convert)
 
 
-__all__ = [
-    "ConversionError",
-    "convert_checkpoint",
-    "convert_timm_state_dict",
-    "convert_transformers_model",
-    "infer_config_from_timm",
-    "load_into_unip",
-    "load_state_dict_file",
-    "unwrap_state_dict",
-]
+__all__ = ["convert_timm_state_dict", "convert_transformers_model"]

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from .argument_checks import non_negative_int, positive_int
 from .image_processing_unip import decode_intensity, load_infrared_image
 
-__all__ = ["DemoResult", "overlay_panels", "register", "run_demo"]
+__all__ = ["register"]
 
 #: The tiny model of the synthetic demo (a few hundred thousand parameters, patch 8).
 DEMO_MODEL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "decoder_hidden_size": 64,

@@ -382,16 +382,4 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "chance_metrics",
-    "check_eval_protocol",
-    "check_evaluation_args",
-    "class_frequencies",
-    "evaluate_main",
-    "evaluate_model",
-    "EvaluationArguments",
-    "format_metrics_table",
-    "parse_evaluation_args",
-    "run_evaluation",
-    "SegmentationEvaluator",
-]
+__all__ = ["SegmentationEvaluator", "evaluate_model", "run_evaluation", "evaluate_main"]

@@ -23,7 +23,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .argument_checks import check_choice, check_model_source, check_range
-from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_main, evaluate_model, format_metrics_table
+from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_model, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
@@ -537,17 +537,4 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "build_model",
-    "check_finetuning_args",
-    "DataArguments",
-    "evaluate_main",
-    "finetune_main",
-    "FinetuningArguments",
-    "FinetuningResult",
-    "freeze_unused_backbone_parameters",
-    "ModelArguments",
-    "parse_finetuning_args",
-    "read_eval_log",
-    "run_finetuning",
-]
+__all__ = ["build_model", "run_finetuning", "finetune_main"]

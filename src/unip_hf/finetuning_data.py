@@ -157,14 +157,4 @@ class EvalSegmentationDataset(Dataset):
                 "id": example.get("id", str(index))}
 
 
-__all__ = [
-    "dataset_task",
-    "EvalSegmentationDataset",
-    "IRSTD_DATASETS",
-    "KeyedSegmentationDataset",
-    "load_split",
-    "parse_img_scale",
-    "rescale_size",
-    "resolve_eval_split",
-    "TASKS",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

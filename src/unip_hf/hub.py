@@ -731,21 +731,6 @@ def push_to_hub(
 
 
 __all__ = [
-    "BASE_TAGS",
-    "BenchmarkResult",
-    "DEFAULT_PUSH_IGNORE_PATTERNS",
-    "EVAL_RESULTS_DIR",
-    "EVAL_RESULTS_JSON",
-    "METRIC_DISPLAY",
-    "PretrainingSummary",
-    "UNIP_CITATION",
-    "headline_metrics",
-    "list_upload_files",
-    "make_dataset_card",
-    "make_model_card",
-    "missing_remote_code",
-    "push_to_hub",
-    "read_eval_results",
-    "template_path",
+    "BenchmarkResult", "PretrainingSummary", "make_dataset_card", "make_model_card", "push_to_hub",
     "write_eval_results",
 ]

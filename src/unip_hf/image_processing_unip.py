@@ -1167,14 +1167,4 @@ def _stack_if_possible(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray
     return arrays
 
 
-__all__ = [
-    "UnipImageProcessor",
-    "InfraredImageError",
-    "decode_intensity",
-    "load_infrared_image",
-    "to_intensity_image",
-    "keep_ratio_size",
-    "INFRARED_MEAN",
-    "INFRARED_STD",
-    "MAX_IMAGE_PIXELS",
-]
+__all__ = ["UnipImageProcessor", "InfraredImageError", "MAX_IMAGE_PIXELS", "decode_intensity"]

@@ -108,4 +108,4 @@ def register_pipeline() -> None:
         )
 
 
-__all__ = ["INFRARED_SEGMENTATION_TASK", "UnipImageSegmentationPipeline", "register_pipeline"]
+__all__ = ["UnipImageSegmentationPipeline"]

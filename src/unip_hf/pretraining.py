@@ -393,15 +393,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "DistillationArguments",
-    "PretrainDataArguments",
-    "PretrainingArguments",
-    "PretrainingResult",
-    "check_pretraining_args",
-    "main",
-    "parse_pretraining_args",
-    "push_pretrained_student",
-    "run_pretraining",
-    "save_pretrained_student",
-]
+__all__ = ["run_pretraining", "main"]

@@ -184,10 +184,4 @@ def load_training_sources(train_data: Sequence[str], image_column: str = "image"
     return sources, skipped, described
 
 
-__all__ = [
-    "PretrainImageDataset",
-    "contains_parquet",
-    "is_saved_dataset",
-    "load_training_sources",
-    "scan_image_folder",
-]
+__all__ = ["PretrainImageDataset"]

@@ -105,11 +105,4 @@ def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequenc
                        ignore_patterns=[*DEFAULT_PUSH_IGNORE_PATTERNS, f"{BEST_MODEL_DIR}/*", "hf_cache/*"])
 
 
-__all__ = [
-    "benchmark_result",
-    "BEST_MODEL_DIR",
-    "card_for",
-    "make_processor",
-    "push_saved_model",
-    "save_segmentation_model",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["GRADIO_VERSION", "create_space", "push_space", "register"]
+__all__ = ["register"]
 
 #: The Gradio version the app is written and tested against (the Space's `sdk_version`, pinned in requirements).
 GRADIO_VERSION = "6.31.0"

@@ -2,7 +2,8 @@
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025): NMI-HAD pre-training uses it, and so can
 fine-tuning. Nothing here knows about distillation or segmentation.
 
-API (all names are in `__all__`):
+The API the recipes share (imported by `pretraining.py` and `finetuning.py`; `__all__` is kept to what the README
+documents, so it is empty here):
 
 - `TrainingLoopArguments`: a dataclass for `HfArgumentParser` with the arguments every recipe shares (output dir,
   batch size, accumulation, learning rate or base learning rate scaled by total batch / 256, AdamW, scheduler,
@@ -1262,38 +1263,4 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
     return lines
 
 
-__all__ = [
-    "run_recipe",
-    "CheckpointError",
-    "NonFiniteStateError",
-    "TrainingInterrupted",
-    "all_finite",
-    "capture_rng_state",
-    "checkpoint_problem",
-    "read_training_state",
-    "reconcile_resumed_settings",
-    "restore_rng_state",
-    "write_json_atomic",
-    "create_accelerator",
-    "interrupted_exit_code",
-    "parse_recipe_args",
-    "CheckpointManager",
-    "EpochSampler",
-    "NonFiniteLossError",
-    "StepLog",
-    "TrainLoopResult",
-    "TrainingLoopArguments",
-    "check_finite",
-    "create_optimizer",
-    "create_scheduler",
-    "is_no_decay",
-    "list_checkpoints",
-    "num_warmup_steps",
-    "param_groups",
-    "resolve_learning_rate",
-    "resolve_report_to",
-    "sample_seed",
-    "schedule_factor",
-    "steps_per_epoch",
-    "train_loop",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -342,9 +342,4 @@ def _reorder(attn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return attn.gather(3, index[:, None, None, :].expand(b, h, n, n))
 
 
-__all__ = [
-    "eager_attention",
-    "load_vision_backbone",
-    "model_attentions",
-    "require_vision_config",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

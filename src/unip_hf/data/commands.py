@@ -15,7 +15,7 @@ from typing import Any
 
 from ..argument_checks import non_negative_int
 
-__all__ = ["register", "contact_sheet"]
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

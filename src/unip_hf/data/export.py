@@ -12,7 +12,7 @@ from typing import Optional
 
 import datasets
 
-__all__ = ["export_parquet", "write_dataset_readme", "push_to_hub"]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need
 
 
 def export_parquet(dataset: datasets.Dataset, out_dir: str, config_name: str, split: str = "train",

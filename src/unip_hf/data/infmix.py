@@ -30,16 +30,7 @@ import datasets
 from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
 from ..image_processing_unip import load_infrared_image, to_intensity_image
 
-__all__ = [
-    "InfMix",
-    "InfMixConfig",
-    "IMAGE_EXTENSIONS",
-    "REPORT_MARKER",
-    "discover_sources",
-    "derive_config_name",
-    "format_report_table",
-    "read_report",
-]
+__all__ = ["InfMix", "format_report_table"]
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-__all__ = ["SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset"]
+__all__ = ["write_synthetic_dataset"]
 
 #: Class names of the synthetic scenes (id = position).
 SYNTHETIC_CLASSES = ("background", "person", "vehicle", "animal", "hot_target")

@@ -19,18 +19,7 @@ from ..image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from ..image_processing_unip import INFRARED_STD as UNIP_STD
 from ..image_processing_unip import decode_intensity, load_infrared_image
 
-__all__ = [
-    "UNIP_MEAN",
-    "UNIP_STD",
-    "IGNORE_INDEX",
-    "sample_rng",
-    "to_working_image",
-    "random_resized_crop_box",
-    "PretrainTransform",
-    "SegmentationTrainTransform",
-    "SegmentationEvalTransform",
-    "IndexedTransformDataset",
-]
+__all__ = ["PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform", "IndexedTransformDataset"]
 
 IGNORE_INDEX = 255
 
