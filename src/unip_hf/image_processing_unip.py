@@ -69,6 +69,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 BIT_DEPTH_SCALINGS = ("percentile", "fixed")
 #: Percentiles of the default per-image stretch of 16-bit data.
 DEFAULT_PERCENTILES = (1.0, 99.0)
+#: The per-call options of `UnipImageProcessor.to_intensity` that `process_image` passes on.
+_DECODING_OPTIONS = ("bit_depth_scaling", "intensity_range", "percentiles", "do_rescale", "rescale_factor")
 #: Largest image, in pixels (width x height), that `load_infrared_image` decodes: 64 megapixels (an 8000x8000 frame;
 #: infrared cameras deliver at most a few megapixels). A larger file is refused with an `InfraredImageError` naming it,
 #: before its pixels are decoded. Pass `max_pixels=` to the functions of this module, or set this attribute, to
@@ -819,26 +821,15 @@ class UnipImageProcessor(PilBackend):
         return tuple(layout.shape[:2])
 
     def process_image(
-        self,
-        image: Any,
-        bit_depth_scaling: str | None = None,
-        intensity_range: Sequence[float] | None = None,
-        percentiles: Sequence[float] | None = None,
-        do_rescale: bool | None = None,
-        rescale_factor: float | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        **kwargs,
+        self, image: Any, input_data_format: str | ChannelDimension | None = None, **kwargs
     ) -> np.ndarray:
-        """Decode one image into float32 intensity of shape (1, H, W) (the backend's channels-first format)."""
-        return self.to_intensity(
-            image,
-            bit_depth_scaling=bit_depth_scaling,
-            intensity_range=intensity_range,
-            percentiles=percentiles,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            input_data_format=input_data_format,
-        )[None]
+        """Decode one image into float32 intensity of shape (1, H, W) (the backend's channels-first format).
+
+        The decoding options among `kwargs` (`to_intensity`'s: bit_depth_scaling, intensity_range, percentiles,
+        do_rescale, rescale_factor) override the processor's for this call; the others belong to later steps.
+        """
+        options = {name: kwargs.get(name) for name in _DECODING_OPTIONS}
+        return self.to_intensity(image, input_data_format=input_data_format, **options)[None]
 
     @staticmethod
     def _decode_segmentation_map(segmentation_map: Any) -> np.ndarray:
