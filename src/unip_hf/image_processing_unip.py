@@ -71,6 +71,8 @@ BIT_DEPTH_SCALINGS = ("percentile", "fixed")
 DEFAULT_PERCENTILES = (1.0, 99.0)
 #: The per-call options of `UnipImageProcessor.to_intensity` that `process_image` passes on.
 _DECODING_OPTIONS = ("bit_depth_scaling", "intensity_range", "percentiles", "do_rescale", "rescale_factor")
+#: The geometry options that the label maps share with their images, in `_process_segmentation_maps`' order.
+_GEOMETRY_OPTIONS = ("do_resize", "size", "do_center_crop", "crop_size", "img_scale", "size_divisor")
 #: Largest image, in pixels (width x height), that `load_infrared_image` decodes: 64 megapixels (an 8000x8000 frame;
 #: infrared cameras deliver at most a few megapixels). A larger file is refused with an `InfraredImageError` naming it,
 #: before its pixels are decoded. Pass `max_pixels=` to the functions of this module, or set this attribute, to
@@ -1000,16 +1002,15 @@ class UnipImageProcessor(PilBackend):
         return processed
 
     def _process_segmentation_maps(
-        self,
-        segmentation_maps: ImageInput,
-        image_sizes: list[tuple[int, int]],
-        do_resize: bool,
-        size: SizeDict | None,
-        do_center_crop: bool,
-        crop_size: SizeDict | None,
-        img_scale: Sequence[int] | None = None,
-        size_divisor: int | None = None,
+        self, segmentation_maps: ImageInput, image_sizes: list[tuple[int, int]], **kwargs
     ) -> list[np.ndarray]:
+        """The label maps through the images' geometry (resize, center crop, padding), NEAREST, values untouched.
+
+        `kwargs` are this call's options; a geometry option (`_GEOMETRY_OPTIONS`) not among them is the processor's.
+        """
+        do_resize, size, do_center_crop, crop_size, img_scale, size_divisor = (
+            kwargs.get(name, getattr(self, name)) for name in _GEOMETRY_OPTIONS
+        )
         maps = _flatten_inputs(self.fetch_images(segmentation_maps), batch_ndim=3, what="segmentation maps")
         if len(maps) != len(image_sizes):
             batch_note = ""
@@ -1055,16 +1056,7 @@ class UnipImageProcessor(PilBackend):
             pixel_values = [np.moveaxis(image, 0, -1) for image in pixel_values]
         data = {"pixel_values": _stack_if_possible(pixel_values)}
         if segmentation_maps is not None:
-            labels = self._process_segmentation_maps(
-                segmentation_maps,
-                image_sizes,
-                do_resize=kwargs.get("do_resize", self.do_resize),
-                size=kwargs.get("size", self.size),
-                do_center_crop=kwargs.get("do_center_crop", self.do_center_crop),
-                crop_size=kwargs.get("crop_size", self.crop_size),
-                img_scale=kwargs.get("img_scale", self.img_scale),
-                size_divisor=kwargs.get("size_divisor", self.size_divisor),
-            )
+            labels = self._process_segmentation_maps(segmentation_maps, image_sizes, **kwargs)
             if do_pad:
                 labels = [
                     label[0]
