@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .attention_measures import _TINY, _layers_measures, patch_distance_matrix
 from .attention_patterns import AttentionReport, PatternThresholds, choose_teacher_layer
@@ -201,8 +202,6 @@ def analyze_attention(
     Returns:
         An `AttentionReport`.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     config = vision_config(model.config)
     size = int(image_size or (config.image_size if isinstance(config.image_size, int) else config.image_size[0]))
     num_channels = int(getattr(config, "num_channels", 3))

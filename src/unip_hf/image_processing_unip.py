@@ -55,6 +55,7 @@ from transformers.image_utils import (
     PILImageResampling,
     SizeDict,
     get_image_size_for_max_height_width,
+    load_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
@@ -745,8 +746,6 @@ class UnipImageProcessor(PilBackend):
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith(("http://", "https://")):
-            from transformers.image_utils import load_image
-
             return load_image(image_url_or_urls)
         if isinstance(image_url_or_urls, (str, os.PathLike)):
             return load_infrared_image(image_url_or_urls)
