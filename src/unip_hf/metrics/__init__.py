@@ -65,6 +65,7 @@ def load_metric(name: str, **kwargs: Any):
     Returns:
         The metric module; call `add_batch(predictions=..., references=...)` per batch, then `compute()`.
     """
+    # Deliberately lazy: `evaluate` takes seconds to import, and compute_mean_iou / compute_irstd work without it.
     import evaluate
 
     return evaluate.load(metric_path(name), **kwargs)
