@@ -291,3 +291,15 @@ def test_push_saved_unip_model_carries_remote_code(tmp_path, patched_api):
     files = patched_api["upload_folder"][0]["files"]
     for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE):
         assert name in files, name
+
+
+def test_card_template_variables_override_the_defaults(tmp_path):
+    """Both cards render through one helper: the caller's template variables win over the defaults (citation
+    included), and a custom template sees the built-in variables too."""
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n{{ repo_id }} | {{ summary }} | {{ citation }} | {{ extra }}\n")
+    model = make_model_card("m", repo_id="me/m", summary="S", template=template, citation="C", extra="E")
+    dataset = make_dataset_card("d", summary="S", template=template, citation="C", extra="E")
+    assert model.text.strip() == "me/m | S | C | E"
+    assert dataset.text.strip() == "d | S | C | E"
+    assert "@inproceedings" in make_dataset_card("d").text  # the UNIP citation by default

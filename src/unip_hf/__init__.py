@@ -28,17 +28,7 @@ AutoImageProcessor.register(UnipConfig, image_processor_classes={"pil": UnipImag
 register_pipeline()  # adds the "infrared-image-segmentation" task; "image-segmentation" is untouched
 
 __all__ = [
-    "UNIP_PRESETS",
-    "AttentionTeacher",
-    "UnipBackbone",
-    "UnipConfig",
-    "UnipForSemanticSegmentation",
-    "UnipImageProcessor",
-    "UnipImageSegmentationPipeline",
-    "UnipModelOutput",
-    "UnipPreTrainedModel",
-    "UnipViTModel",
-    "__version__",
-    "nmi_had_loss",
-    "run_pretraining",
+    "UnipBackbone", "UnipConfig", "UnipForSemanticSegmentation", "UnipImageProcessor",
+    "UnipImageSegmentationPipeline", "UnipPreTrainedModel", "UnipViTModel", "AttentionTeacher", "nmi_had_loss",
+    "run_pretraining", "__version__",
 ]

@@ -11,7 +11,15 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+from transformers import AutoImageProcessor
+
 from .argument_checks import check_model_source, non_negative_int, positive_int
+from .attention_analysis import analyze_attention, query_attention_maps
+from .attention_plots import default_map_layers, default_queries, plot_attention_maps, plot_layer_curves
+from .files import find_images
+from .image_processing_unip import InfraredImageError, load_infrared_image
+from .vit_family import load_vision_backbone
 
 __all__ = ["register"]
 
@@ -46,10 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _load_model(name: str, trust_remote_code: bool):
     """The model (a ViT-family vision model, without an unused pooler) and its image processor, if it has one; a
     missing local path or a model that is no vision transformer ends the command with an error naming MODEL."""
-    from transformers import AutoImageProcessor  # noqa: PLC0415
-
-    from .vit_family import load_vision_backbone  # noqa: PLC0415
-
     try:
         check_model_source("MODEL", name)
         model = load_vision_backbone(name, f"MODEL {name!r}", trust_remote_code=trust_remote_code)
@@ -64,17 +68,6 @@ def _load_model(name: str, trust_remote_code: bool):
 
 def _run_analyze_attention(args: argparse.Namespace) -> int:
     """Run `unip analyze-attention`; returns the exit status."""
-    import torch  # noqa: PLC0415
-
-    from .attention_analysis import analyze_attention, query_attention_maps  # noqa: PLC0415
-    from .attention_plots import (  # noqa: PLC0415
-        default_map_layers,
-        default_queries,
-        plot_attention_maps,
-        plot_layer_curves,
-    )
-    from .files import find_images  # noqa: PLC0415
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,8 +112,6 @@ def _run_analyze_attention(args: argparse.Namespace) -> int:
 
 def _first_readable(paths, measure):
     """The first of `paths` that decodes (skipping those the analysis skipped) and `measure` of it."""
-    from .image_processing_unip import InfraredImageError, load_infrared_image  # noqa: PLC0415
-
     for path in paths:
         try:
             image = load_infrared_image(path)

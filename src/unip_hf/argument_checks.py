@@ -14,7 +14,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["check_choice", "check_model_source", "check_range", "non_negative_int", "positive_int"]
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -66,8 +69,6 @@ def check_choice(argument: str, value: Any, choices: Iterable[Any], optional: bo
 
 def _looks_local(value: str) -> bool:
     """Whether a model/data reference can only be a local path (no Hub id has this form)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if value.startswith((".", "/", "~")) or value.count("/") > 1 or "\\" in value:
         return True
     try:
@@ -91,8 +92,6 @@ def check_model_source(argument: str, value: str | None, hub_file: str | None = 
         raise ValueError(f"{_flag(argument)} {value!r}: the local path does not exist (and it is not a Hub id)")
     if hub_file is None:
         return
-    from huggingface_hub import constants, try_to_load_from_cache
-
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(value, hub_file), str):
         raise ValueError(f"{_flag(argument)} {value!r}: no such local folder, and the Hub is offline (HF_HUB_OFFLINE) "
                          f"with no cached copy of {value}; check the path or download it first")

@@ -5,7 +5,8 @@ transformers ViT-family model over images and measures every layer (`attention_m
 that `attention_plots.plot_attention_maps` draws. The models are read through `vit_family`. Layer indices are
 0-based everywhere.
 
-The README's names stay importable from here: `AttentionReport`, `choose_teacher_layer`, `plot_layer_curves`, ...
+The README imports `AttentionReport`, `choose_teacher_layer` and `plot_layer_curves` from here (their owners are
+`attention_patterns` and `attention_plots`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from .attention_measures import (
-    _TINY,
-    _layers_measures,
-    attention_entropy,
-    attention_measures,
-    mean_attention_distance,
-    normalized_mutual_information,
-    patch_distance_matrix,
-)
-from .attention_patterns import PATTERNS, AttentionReport, PatternThresholds, choose_teacher_layer, label_pattern
-from .attention_plots import default_map_layers, default_queries, plot_attention_maps, plot_layer_curves
+from .attention_measures import _TINY, _layers_measures, patch_distance_matrix
+from .attention_patterns import AttentionReport, PatternThresholds, choose_teacher_layer
+from .attention_plots import plot_layer_curves
 from .files import find_images
 from .image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from .image_processing_unip import INFRARED_STD as UNIP_STD
 from .image_processing_unip import UnipImageProcessor, decode_intensity, load_infrared_image
-from .vit_family import eager_attention, load_vision_backbone, model_attentions, require_vision_config, vision_config
+from .vit_family import eager_attention, model_attentions, vision_config
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +202,6 @@ def analyze_attention(
     Returns:
         An `AttentionReport`.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     config = vision_config(model.config)
     size = int(image_size or (config.image_size if isinstance(config.image_size, int) else config.image_size[0]))
     num_channels = int(getattr(config, "num_channels", 3))
@@ -344,27 +336,4 @@ def query_attention_maps(
     return maps, np.clip(intensity, 0.0, 1.0)
 
 
-__all__ = [
-    "AttentionReport",
-    "PATTERNS",
-    "PatternThresholds",
-    "SimplePreprocessor",
-    "analyze_attention",
-    "attention_entropy",
-    "attention_measures",
-    "choose_teacher_layer",
-    "default_map_layers",
-    "default_queries",
-    "eager_attention",
-    "find_images",
-    "label_pattern",
-    "load_vision_backbone",
-    "mean_attention_distance",
-    "model_attentions",
-    "normalized_mutual_information",
-    "patch_distance_matrix",
-    "plot_attention_maps",
-    "plot_layer_curves",
-    "query_attention_maps",
-    "require_vision_config",
-]
+__all__ = ["AttentionReport", "analyze_attention", "choose_teacher_layer", "plot_layer_curves", "query_attention_maps"]

@@ -241,10 +241,4 @@ def _concentrations(report: "AttentionReport") -> list[float | None]:
     return list(values) if values else [None] * len(report.nmi_mean)
 
 
-__all__ = [
-    "AttentionReport",
-    "PATTERNS",
-    "PatternThresholds",
-    "choose_teacher_layer",
-    "label_pattern",
-]
+__all__ = ["AttentionReport", "PatternThresholds", "choose_teacher_layer", "label_pattern"]

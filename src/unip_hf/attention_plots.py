@@ -18,6 +18,7 @@ _PATTERN_COLOURS = {"local": "#4c72b0", "hybrid": "#55a868", "global": "#c44e52"
 
 
 def _pyplot():
+    # matplotlib is optional (unip-hf[plots]): imported only when a figure is drawn, with a clear error if missing
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -159,7 +160,7 @@ def plot_attention_maps(
         The matplotlib `Figure`.
     """
     plt = _pyplot()
-    from matplotlib.patches import Rectangle  # noqa: PLC0415
+    from matplotlib.patches import Rectangle  # noqa: PLC0415  (optional dependency, after _pyplot's check)
 
     n_rows, n_cols = len(layers), len(queries)
     size = intensity.shape[0]
@@ -196,9 +197,4 @@ def plot_attention_maps(
     return fig
 
 
-__all__ = [
-    "default_map_layers",
-    "default_queries",
-    "plot_attention_maps",
-    "plot_layer_curves",
-]
+__all__ = ["plot_layer_curves"]

@@ -302,4 +302,4 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**cls.presets[key], **overrides})
 
 
-__all__ = ["UnipConfig", "UNIP_PRESETS", "default_out_indices"]
+__all__ = ["UnipConfig"]

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
 
 from .argument_checks import positive_int
 from .configuration_unip import UnipConfig
@@ -39,8 +41,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         try:
@@ -259,8 +259,6 @@ def convert_transformers_model(
     if isinstance(source, torch.nn.Module):
         model = source
     else:
-        from transformers import AutoModel
-
         model = AutoModel.from_pretrained(str(source))
     cfg = model.config
     model_type = getattr(cfg, "model_type", "")
@@ -364,13 +362,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_convert)
 
 
-__all__ = [
-    "ConversionError",
-    "convert_checkpoint",
-    "convert_timm_state_dict",
-    "convert_transformers_model",
-    "infer_config_from_timm",
-    "load_into_unip",
-    "load_state_dict_file",
-    "unwrap_state_dict",
-]
+__all__ = ["convert_timm_state_dict", "convert_transformers_model"]

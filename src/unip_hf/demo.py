@@ -15,13 +15,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import numpy as np
 from PIL import Image, ImageDraw
+from transformers import pipeline
 
 from .argument_checks import non_negative_int, positive_int
+from .data import segmentation_metadata, write_synthetic_dataset
 from .image_processing_unip import decode_intensity, load_infrared_image
 
-__all__ = ["DemoResult", "overlay_panels", "register", "run_demo"]
+__all__ = ["register"]
 
 #: The tiny model of the synthetic demo (a few hundred thousand parameters, patch 8).
 DEMO_MODEL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "decoder_hidden_size": 64,
@@ -128,9 +131,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
         seed (`int`, *optional*, defaults to 0): seed of the scenes, the views and the model.
         quiet (`bool`, *optional*, defaults to `False`): print less.
     """
-    from transformers import pipeline
-
-    from .data import segmentation_metadata, write_synthetic_dataset
+    # Deliberately lazy: the fine-tuning stack (its metrics load scipy) is imported when `unip demo` runs, not each
+    # time the `unip` command builds its parser (`unip --help`).
     from .evaluation import chance_metrics, class_frequencies
     from .finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
     from .finetuning_data import EvalSegmentationDataset, dataset_task, load_split, resolve_eval_split
@@ -187,8 +189,6 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
 
     # Reload through the stock pipeline and draw one prediction.
     segmenter = pipeline("image-segmentation", model=model_dir)
-    import datasets
-
     undecoded = datasets.Image(decode=False)
     raw = eval_split.cast_column("image", undecoded).cast_column("label", undecoded)
     example = raw[0]

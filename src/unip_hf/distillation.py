@@ -419,15 +419,4 @@ def check_student_heads(config: UnipConfig, teacher_heads: int) -> None:
         )
 
 
-__all__ = [
-    "AttentionTeacher",
-    "DISTILL_TARGETS",
-    "FEATURE_LOSSES",
-    "NmiHadStudent",
-    "check_student_heads",
-    "feature_distillation_loss",
-    "nmi_had_loss",
-    "resolve_teacher_layer",
-    "student_attention_logits",
-    "unused_by_attention_target",
-]
+__all__ = ["AttentionTeacher", "nmi_had_loss"]

@@ -14,13 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from accelerate import Accelerator
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoModelForSemanticSegmentation
 
 from .argument_checks import check_choice, check_model_source, check_range
+from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
     EvalSegmentationDataset,
@@ -29,10 +34,20 @@ from .finetuning_data import (
     parse_img_scale,
     resolve_eval_split,
 )
+from .hub import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval_results
 from .image_processing_unip import load_infrared_image
 from .inference import EVAL_MODES, predict_logits
+from .metrics import (
+    FA_RULES,
+    MAIN_METRIC,
+    confusion_matrix,
+    image_statistics,
+    irstd_from_counters,
+    mean_iou_from_confusion_matrix,
+    to_builtin,
+)
 from .segmentation_saving import benchmark_result, card_for, make_processor, push_saved_model
-from .training import parse_recipe_args
+from .training import MIXED_PRECISION_TYPES, parse_recipe_args
 
 
 class SegmentationEvaluator:
@@ -64,14 +79,10 @@ class SegmentationEvaluator:
     @property
     def main_metric(self) -> str:
         """The key ranked for the best checkpoint (higher is better)."""
-        from .metrics import MAIN_METRIC
-
         return MAIN_METRIC["irstd" if self.task == "irstd" else "mean_iou"]
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: `logits (B, K, H, W)` at the label size, `labels (B, H, W)`."""
-        from .metrics import confusion_matrix, image_statistics
-
         labels_np = labels.cpu().numpy()
         if self.task == "semantic":
             predictions = logits.argmax(1).cpu().numpy()
@@ -92,8 +103,6 @@ class SegmentationEvaluator:
 
     def compute(self, accelerator=None) -> dict[str, Any]:
         """Final metrics (summed over processes when `accelerator` runs several)."""
-        from .metrics import irstd_from_counters, mean_iou_from_confusion_matrix
-
         if self.task == "semantic":
             matrix = torch.from_numpy(self.confusion.astype(np.float64))
             if accelerator is not None and accelerator.num_processes > 1:
@@ -141,8 +150,6 @@ def evaluate_model(
         fa_rule (`str`, *optional*, defaults to `"correct"`): IRSTD false-alarm rule.
         show_progress (`bool`, *optional*, defaults to `True`): tqdm bar on the main process.
     """
-    from tqdm.auto import tqdm
-
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
@@ -204,8 +211,6 @@ def chance_metrics(dataset: Dataset, task: str, num_labels: int, ignore_index: i
 def class_frequencies(dataset, num_labels: int, ignore_index: int = 255, max_images: int = 64) -> list[float]:
     """Pixel share of each class in (up to `max_images` of) a data set's labels."""
     counts = np.zeros(num_labels, dtype=np.float64)
-    import datasets
-
     raw = dataset.cast_column("label", datasets.Image(decode=False))
     for index in range(min(len(raw), max_images)):
         label = np.asarray(load_infrared_image(raw[index]["label"]), dtype=np.int64)
@@ -221,8 +226,6 @@ def _percent(value) -> str:
 
 def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | None = None) -> str:
     """A plain-text table of the headline metrics (percent) and, for semantic sets, per-class IoU / accuracy."""
-    from .hub import METRIC_DISPLAY, headline_metrics
-
     lines = [f"{'metric':<18}{'value':>10}"]
     for key, value in headline_metrics(metrics).items():
         name, percent = METRIC_DISPLAY.get(key, (key, False))
@@ -279,9 +282,6 @@ class EvaluationArguments:
     hub_private_repo: bool = field(default=False)
 
     def __post_init__(self):
-        from .metrics import FA_RULES
-        from .training import MIXED_PRECISION_TYPES
-
         check_model_source("model_name_or_path", self.model_name_or_path)
         check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
                             self.irstd_threshold)
@@ -315,13 +315,6 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     Returns:
         `dict` with `metrics`, `task`, `split`, `output_dir` and the written `files`.
     """
-    from accelerate import Accelerator
-    from transformers import AutoModelForSemanticSegmentation
-
-    from .data import segmentation_metadata
-    from .hub import read_eval_results, write_eval_results
-    from .metrics import to_builtin
-
     check_evaluation_args(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path,
@@ -382,16 +375,4 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "chance_metrics",
-    "check_eval_protocol",
-    "check_evaluation_args",
-    "class_frequencies",
-    "evaluate_main",
-    "evaluate_model",
-    "EvaluationArguments",
-    "format_metrics_table",
-    "parse_evaluation_args",
-    "run_evaluation",
-    "SegmentationEvaluator",
-]
+__all__ = ["SegmentationEvaluator", "evaluate_model", "run_evaluation", "evaluate_main"]

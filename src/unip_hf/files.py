@@ -19,10 +19,7 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "IMAGE_EXTENSIONS", "SkippedFile", "FileScan", "scan_files", "printable_path", "require_utf8_name", "read_text",
-    "data_fingerprint", "find_images",
-]
+__all__ = ["scan_files", "find_images"]
 
 #: File suffixes taken as images when a folder is scanned (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")

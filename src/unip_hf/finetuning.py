@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import DataLoader
+from transformers import AutoConfig
 
 from .argument_checks import check_choice, check_model_source, check_range
-from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_main, evaluate_model, format_metrics_table
+from .configuration_unip import LOSS_TYPES, UNIP_PRESETS, UnipConfig
+from .data import SegmentationTrainTransform, segmentation_metadata
+from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_model, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
@@ -33,6 +36,8 @@ from .finetuning_data import (
     resolve_eval_split,
 )
 from .layer_decay import layer_decay_scale
+from .metrics import RANKED_METRICS, to_builtin
+from .modeling_unip import UnipForSemanticSegmentation
 from .segmentation_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
@@ -83,8 +88,6 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False)
 
     def __post_init__(self):
-        from .configuration_unip import LOSS_TYPES, UNIP_PRESETS
-
         if self.model_name_or_path not in (None, "", "none"):
             check_model_source("model_name_or_path", self.model_name_or_path)
         else:
@@ -167,8 +170,6 @@ class FinetuningArguments(TrainingLoopArguments):
                                         "overall_accuracy, niou or pd."})
 
     def __post_init__(self):
-        from .metrics import RANKED_METRICS
-
         super().__post_init__()
         check_range("poly_power", self.poly_power, 0, low_open=True)
         check_range("layer_decay", self.layer_decay, 0, 1, low_open=True,
@@ -183,8 +184,6 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
     """Checks across the fine-tuning dataclasses, before any model or data is loaded (`ValueError` naming the
     argument): each dataclass's own checks again (a caller may have changed a field since), the data folder exists
     (`FileNotFoundError`) and `--metric_for_best_model` is a metric of the data set's task."""
-    from .metrics import RANKED_METRICS
-
     for part in (model_args, data_args, training_args):
         part.__post_init__()
     if not data_args.data_dir:
@@ -217,10 +216,6 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     """A `UnipForSemanticSegmentation` for the data set's classes: from scratch (`--model_name_or_path none`), from a
     backbone checkpoint (heads newly initialised) or from a segmentation checkpoint (classifier re-initialised when
     the classes differ). `task` ("semantic" or "irstd") resolves `--semantic_loss_type auto`."""
-    from transformers import AutoConfig
-
-    from .configuration_unip import UnipConfig
-    from .modeling_unip import UnipForSemanticSegmentation
 
     if model_args.mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {model_args.mode!r}")
@@ -321,8 +316,6 @@ def run_finetuning(
         on_step_end (`Callable`, *optional*): called after every optimizer step as `on_step_end(step, logs)`.
     """
 
-    from .data import SegmentationTrainTransform, segmentation_metadata
-
     train, data = training_args, data_args
     check_finetuning_args(model_args, data_args, training_args)
     accelerator, trackers = create_accelerator(train)
@@ -399,8 +392,6 @@ def run_finetuning(
     def evaluate_now(step: int) -> dict[str, Any]:
         metrics = evaluate_model(unwrapped, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
                                  accelerator, ignore_index, data.irstd_threshold)
-        from .metrics import to_builtin
-
         metrics = to_builtin(metrics)
         value = metrics.get(main_metric)
         if value is None:
@@ -488,8 +479,6 @@ def run_finetuning(
     if accelerator.is_main_process:
         to_save = unwrapped
         if keep_best:
-            from .modeling_unip import UnipForSemanticSegmentation
-
             to_save = UnipForSemanticSegmentation.from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
@@ -537,17 +526,4 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "build_model",
-    "check_finetuning_args",
-    "DataArguments",
-    "evaluate_main",
-    "finetune_main",
-    "FinetuningArguments",
-    "FinetuningResult",
-    "freeze_unused_backbone_parameters",
-    "ModelArguments",
-    "parse_finetuning_args",
-    "read_eval_log",
-    "run_finetuning",
-]
+__all__ = ["build_model", "run_finetuning", "finetune_main"]

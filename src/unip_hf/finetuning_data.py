@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .data import IndexedTransformDataset, load_segmentation_dataset
 from .data.segmentation import available_splits
 from .image_processing_unip import (
     INFRARED_MEAN,
@@ -80,8 +82,6 @@ def resolve_eval_split(name: str, data_dir: str, split: str | None) -> str:
 
 def load_split(name: str, data_dir: str, split: str, cache_dir: str | None = None, max_samples: int | None = None):
     """One split of a segmentation data set (`unip_hf.data.load_segmentation_dataset`), optionally truncated."""
-    from .data import load_segmentation_dataset
-
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
     dataset = load_segmentation_dataset(name, data_dir, split, cache_dir=cache_dir)
@@ -100,8 +100,6 @@ class KeyedSegmentationDataset(Dataset):
     """
 
     def __init__(self, dataset, transform):
-        from .data import IndexedTransformDataset
-
         self.inner = IndexedTransformDataset(dataset, transform, image_key="image", label_key="label")
         self.transform = transform
 
@@ -137,8 +135,6 @@ class EvalSegmentationDataset(Dataset):
     """
 
     def __init__(self, dataset, img_scale: tuple[int, int] | None = None, num_channels: int = 3):
-        import datasets
-
         self.dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
             "label", datasets.Image(decode=False))
         self.img_scale = img_scale
@@ -157,14 +153,4 @@ class EvalSegmentationDataset(Dataset):
                 "id": example.get("id", str(index))}
 
 
-__all__ = [
-    "dataset_task",
-    "EvalSegmentationDataset",
-    "IRSTD_DATASETS",
-    "KeyedSegmentationDataset",
-    "load_split",
-    "parse_img_scale",
-    "rescale_size",
-    "resolve_eval_split",
-    "TASKS",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

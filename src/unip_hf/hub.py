@@ -35,6 +35,7 @@ from huggingface_hub import (
     HfApi,
     ModelCard,
     ModelCardData,
+    RepoCard,
     eval_result_entries_to_yaml,
 )
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
@@ -397,6 +398,15 @@ def _results_rows(results: Iterable[BenchmarkResult]) -> list[dict[str, str]]:
     return rows
 
 
+def _render_card(card_class: type[RepoCard], card_data: Any, template: str | Path, overrides: Mapping[str, Any],
+                 **variables: Any) -> RepoCard:
+    """A model or dataset card from its Jinja template: `variables`, the citation, then a caller's `overrides` (the
+    variables of a custom template, which win), with the markdown tidied."""
+    variables = {"citation": UNIP_CITATION, **variables, **overrides}
+    card = card_class.from_template(card_data, template_path=str(template), **variables)
+    return card_class(_tidy(card.content))
+
+
 def _tidy(markdown: str) -> str:
     """Collapse the runs of blank lines that optional template sections leave behind."""
     return re.sub(r"\n{3,}", "\n\n", markdown).rstrip() + "\n"
@@ -492,24 +502,24 @@ def make_model_card(
         )
     if base_model:
         summary += f" It starts from [`{base_model}`](https://huggingface.co/{base_model})."
-    kwargs = {
-        "model_name": model_name,
-        "repo_id": repo_id or model_name,
-        "summary": summary,
-        "is_backbone": backbone,
-        "decode_head_description": heads.get(decode_head, decode_head),
-        "labels": list(labels) if labels else None,
-        "training_data_rows": list(training_data) or list(datasets) or ([pretraining.data] if pretraining else []),
-        "pretraining_rows": pretraining.rows() if pretraining is not None else None,
-        "training_rows": [(str(key), str(value)) for key, value in training.items()] if training else None,
-        "results_rows": _results_rows(results),
-        "results_note": RESULTS_NOTE,
-        "citation": UNIP_CITATION,
-        "space_id": space_id,
-    }
-    kwargs.update(template_kwargs)
-    card = ModelCard.from_template(card_data, template_path=str(template or template_path("model_card")), **kwargs)
-    return ModelCard(_tidy(card.content))
+    return _render_card(
+        ModelCard,
+        card_data,
+        template or template_path("model_card"),
+        template_kwargs,
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        summary=summary,
+        is_backbone=backbone,
+        decode_head_description=heads.get(decode_head, decode_head),
+        labels=list(labels) if labels else None,
+        training_data_rows=list(training_data) or list(datasets) or ([pretraining.data] if pretraining else []),
+        pretraining_rows=pretraining.rows() if pretraining is not None else None,
+        training_rows=[(str(key), str(value)) for key, value in training.items()] if training else None,
+        results_rows=_results_rows(results),
+        results_note=RESULTS_NOTE,
+        space_id=space_id,
+    )
 
 
 def make_dataset_card(
@@ -575,17 +585,10 @@ def make_dataset_card(
             f"{pretty_name}: unlabelled infrared (thermal) images for pre-training, as in "
             f"[UNIP]({UNIP_PAPER_URL}) (ICLR 2025), built with the `unip_hf` package."
         )
-    kwargs = {
-        "pretty_name": pretty_name,
-        "repo_id": repo_id or pretty_name,
-        "summary": summary,
-        "source_rows": rows,
-        "total_images": total,
-        "citation": UNIP_CITATION,
-    }
-    kwargs.update(template_kwargs)
-    card = DatasetCard.from_template(card_data, template_path=str(template or template_path("dataset_card")), **kwargs)
-    return DatasetCard(_tidy(card.content))
+    return _render_card(
+        DatasetCard, card_data, template or template_path("dataset_card"), template_kwargs,
+        pretty_name=pretty_name, repo_id=repo_id or pretty_name, summary=summary, source_rows=rows, total_images=total,
+    )
 
 
 def list_upload_files(
@@ -731,21 +734,6 @@ def push_to_hub(
 
 
 __all__ = [
-    "BASE_TAGS",
-    "BenchmarkResult",
-    "DEFAULT_PUSH_IGNORE_PATTERNS",
-    "EVAL_RESULTS_DIR",
-    "EVAL_RESULTS_JSON",
-    "METRIC_DISPLAY",
-    "PretrainingSummary",
-    "UNIP_CITATION",
-    "headline_metrics",
-    "list_upload_files",
-    "make_dataset_card",
-    "make_model_card",
-    "missing_remote_code",
-    "push_to_hub",
-    "read_eval_results",
-    "template_path",
+    "BenchmarkResult", "PretrainingSummary", "make_dataset_card", "make_model_card", "push_to_hub",
     "write_eval_results",
 ]

@@ -55,6 +55,7 @@ from transformers.image_utils import (
     PILImageResampling,
     SizeDict,
     get_image_size_for_max_height_width,
+    load_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, logging
@@ -71,6 +72,10 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 BIT_DEPTH_SCALINGS = ("percentile", "fixed")
 #: Percentiles of the default per-image stretch of 16-bit data.
 DEFAULT_PERCENTILES = (1.0, 99.0)
+#: The per-call options of `UnipImageProcessor.to_intensity` that `process_image` passes on.
+_DECODING_OPTIONS = ("bit_depth_scaling", "intensity_range", "percentiles", "do_rescale", "rescale_factor")
+#: The geometry options that the label maps share with their images, in `_process_segmentation_maps`' order.
+_GEOMETRY_OPTIONS = ("do_resize", "size", "do_center_crop", "crop_size", "img_scale", "size_divisor")
 #: Largest image, in pixels (width x height), that `load_infrared_image` decodes: 64 megapixels (an 8000x8000 frame;
 #: infrared cameras deliver at most a few megapixels). A larger file is refused with an `InfraredImageError` naming it,
 #: before its pixels are decoded. Pass `max_pixels=` to the functions of this module, or set this attribute, to
@@ -752,8 +757,6 @@ class UnipImageProcessor(PilBackend):
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, str) and image_url_or_urls.startswith(("http://", "https://")):
-            from transformers.image_utils import load_image
-
             return load_image(image_url_or_urls)
         if isinstance(image_url_or_urls, (str, os.PathLike)):
             return load_infrared_image(image_url_or_urls)
@@ -830,26 +833,15 @@ class UnipImageProcessor(PilBackend):
         return tuple(layout.shape[:2])
 
     def process_image(
-        self,
-        image: Any,
-        bit_depth_scaling: str | None = None,
-        intensity_range: Sequence[float] | None = None,
-        percentiles: Sequence[float] | None = None,
-        do_rescale: bool | None = None,
-        rescale_factor: float | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        **kwargs,
+        self, image: Any, input_data_format: str | ChannelDimension | None = None, **kwargs
     ) -> np.ndarray:
-        """Decode one image into float32 intensity of shape (1, H, W) (the backend's channels-first format)."""
-        return self.to_intensity(
-            image,
-            bit_depth_scaling=bit_depth_scaling,
-            intensity_range=intensity_range,
-            percentiles=percentiles,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            input_data_format=input_data_format,
-        )[None]
+        """Decode one image into float32 intensity of shape (1, H, W) (the backend's channels-first format).
+
+        The decoding options among `kwargs` (`to_intensity`'s: bit_depth_scaling, intensity_range, percentiles,
+        do_rescale, rescale_factor) override the processor's for this call; the others belong to later steps.
+        """
+        options = {name: kwargs.get(name) for name in _DECODING_OPTIONS}
+        return self.to_intensity(image, input_data_format=input_data_format, **options)[None]
 
     @staticmethod
     def _decode_segmentation_map(segmentation_map: Any) -> np.ndarray:
@@ -1020,16 +1012,15 @@ class UnipImageProcessor(PilBackend):
         return processed
 
     def _process_segmentation_maps(
-        self,
-        segmentation_maps: ImageInput,
-        image_sizes: list[tuple[int, int]],
-        do_resize: bool,
-        size: SizeDict | None,
-        do_center_crop: bool,
-        crop_size: SizeDict | None,
-        img_scale: Sequence[int] | None = None,
-        size_divisor: int | None = None,
+        self, segmentation_maps: ImageInput, image_sizes: list[tuple[int, int]], **kwargs
     ) -> list[np.ndarray]:
+        """The label maps through the images' geometry (resize, center crop, padding), NEAREST, values untouched.
+
+        `kwargs` are this call's options; a geometry option (`_GEOMETRY_OPTIONS`) not among them is the processor's.
+        """
+        do_resize, size, do_center_crop, crop_size, img_scale, size_divisor = (
+            kwargs.get(name, getattr(self, name)) for name in _GEOMETRY_OPTIONS
+        )
         maps = _flatten_inputs(self.fetch_images(segmentation_maps), batch_ndim=3, what="segmentation maps")
         if len(maps) != len(image_sizes):
             batch_note = ""
@@ -1075,16 +1066,7 @@ class UnipImageProcessor(PilBackend):
             pixel_values = [np.moveaxis(image, 0, -1) for image in pixel_values]
         data = {"pixel_values": _stack_if_possible(pixel_values)}
         if segmentation_maps is not None:
-            labels = self._process_segmentation_maps(
-                segmentation_maps,
-                image_sizes,
-                do_resize=kwargs.get("do_resize", self.do_resize),
-                size=kwargs.get("size", self.size),
-                do_center_crop=kwargs.get("do_center_crop", self.do_center_crop),
-                crop_size=kwargs.get("crop_size", self.crop_size),
-                img_scale=kwargs.get("img_scale", self.img_scale),
-                size_divisor=kwargs.get("size_divisor", self.size_divisor),
-            )
+            labels = self._process_segmentation_maps(segmentation_maps, image_sizes, **kwargs)
             if do_pad:
                 labels = [
                     label[0]
@@ -1173,14 +1155,4 @@ def _stack_if_possible(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray
     return arrays
 
 
-__all__ = [
-    "UnipImageProcessor",
-    "InfraredImageError",
-    "decode_intensity",
-    "load_infrared_image",
-    "to_intensity_image",
-    "keep_ratio_size",
-    "INFRARED_MEAN",
-    "INFRARED_STD",
-    "MAX_IMAGE_PIXELS",
-]
+__all__ = ["UnipImageProcessor", "InfraredImageError", "MAX_IMAGE_PIXELS", "decode_intensity"]

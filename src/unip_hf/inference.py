@@ -130,10 +130,4 @@ def sliding_window_inference(model_fn: Callable[[torch.Tensor], torch.Tensor], p
     return merge_window_logits(outs, boxes, x.shape[2], x.shape[3])[:, :, :height, :width]
 
 
-__all__ = [
-    "EVAL_MODES",
-    "merge_window_logits",
-    "predict_logits",
-    "sliding_window_inference",
-    "sliding_window_positions",
-]
+__all__ = ["sliding_window_inference"]

@@ -56,8 +56,4 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_
     return param_groups(model, weight_decay, lambda name: layer_decay_scale(name, layers, decay))
 
 
-__all__ = [
-    "layer_decay_groups",
-    "layer_decay_scale",
-    "layer_id",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -972,13 +972,4 @@ def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
 
 
-__all__ = [
-    "UnipPreTrainedModel",
-    "UnipViTModel",
-    "UnipForSemanticSegmentation",
-    "UnipBackbone",
-    "UnipModelOutput",
-    "sincos_position_embedding",
-    "eager_attention_forward",
-    "soft_iou_loss",
-]
+__all__ = ["UnipPreTrainedModel", "UnipViTModel", "UnipForSemanticSegmentation", "UnipBackbone"]

@@ -29,6 +29,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
     MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES,
 )
+from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, ImageSegmentationPipeline, Pipeline
 
 from .image_processing_unip import UnipImageProcessor, load_infrared_image
@@ -72,8 +73,6 @@ class UnipImageSegmentationPipeline(ImageSegmentationPipeline):
     @staticmethod
     def _load(image: Any, timeout: float | None = None) -> Any:
         if isinstance(image, str) and (image.startswith(("http://", "https://", "data:image/")) or len(image) > 4096):
-            from transformers.image_utils import load_image
-
             return load_image(image, timeout=timeout)
         if isinstance(image, str):
             return load_infrared_image(image)
@@ -108,4 +107,4 @@ def register_pipeline() -> None:
         )
 
 
-__all__ = ["INFRARED_SEGMENTATION_TASK", "UnipImageSegmentationPipeline", "register_pipeline"]
+__all__ = ["UnipImageSegmentationPipeline"]

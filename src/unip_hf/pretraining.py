@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoConfig
 
 from .argument_checks import check_choice, check_model_source, check_range
 from .configuration_unip import UNIP_PRESETS, UnipConfig
@@ -29,6 +30,7 @@ from .distillation import (
     feature_distillation_loss,
     nmi_had_loss,
 )
+from .hub import PretrainingSummary, make_model_card, push_to_hub
 from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .pretraining_data import PretrainImageDataset, load_training_sources
@@ -166,8 +168,6 @@ def check_pretraining_args(distill_args: DistillationArguments, data_args: Pretr
         raise ValueError("--train_data is required: image folders, an InfMix folder or a Hub data set id")
     if distill_args.distill_target == "none":
         return
-    from transformers import AutoConfig
-
     name = distill_args.teacher_name_or_path
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=distill_args.trust_remote_code)
@@ -200,7 +200,8 @@ def run_pretraining(
         on_step_end (`Callable`, *optional*): called after every optimizer step (and its checkpoint) as
             `on_step_end(step, logs)`.
     """
-
+    # Deliberately lazy: the data package imports `datasets`, which `import unip_hf` (it exports run_pretraining)
+    # does not otherwise need.
     from .data.transforms import PretrainTransform
 
     args, data, train = distill_args, data_args, training_args
@@ -321,8 +322,6 @@ def _tracker_config(args, data, train, learning_rate, max_steps, teacher) -> dic
 
 
 def _model_card(output_dir: str, summary: dict[str, Any], data: PretrainDataArguments, train: PretrainingArguments):
-    from .hub import PretrainingSummary, make_model_card
-
     teacher = summary["teacher"]
     hub_like = lambda name: bool(name) and not os.path.exists(name) and name.count("/") == 1  # noqa: E731
     pretraining = PretrainingSummary(
@@ -364,8 +363,6 @@ def save_pretrained_student(student: UnipViTModel, output_dir: str, summary: dic
 def push_pretrained_student(output_dir: str, hub_model_id: str | None, summary: dict[str, Any],
                             data: PretrainDataArguments, train: PretrainingArguments):
     """Push the saved student folder (not the checkpoints) to the Hub with its card."""
-    from .hub import push_to_hub
-
     if not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-small-infmix)")
     return push_to_hub(output_dir, hub_model_id, card=_model_card(output_dir, summary, data, train),
@@ -393,15 +390,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = [
-    "DistillationArguments",
-    "PretrainDataArguments",
-    "PretrainingArguments",
-    "PretrainingResult",
-    "check_pretraining_args",
-    "main",
-    "parse_pretraining_args",
-    "push_pretrained_student",
-    "run_pretraining",
-    "save_pretrained_student",
-]
+__all__ = ["run_pretraining", "main"]

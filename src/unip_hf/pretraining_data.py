@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .files import IMAGE_EXTENSIONS, FileScan, scan_files
@@ -98,8 +99,6 @@ def scan_image_folder(folder: str, verify: bool = True, scan: FileScan | None = 
         verify: parse each header with PIL.
         scan: a `FileScan` shared by several folders, so that a file reached from two of them is listed once.
     """
-    from PIL import Image
-
     scan = scan if scan is not None else FileScan()
     start_files, start_skipped = len(scan.files), len(scan.skipped)
     scan.add(folder, IMAGE_EXTENSIONS)
@@ -128,7 +127,7 @@ def load_training_sources(train_data: Sequence[str], image_column: str = "image"
     Returns:
         `(sources, skipped, descriptions)` for `PretrainImageDataset`.
     """
-    import datasets
+    import datasets  # deliberately lazy: `import unip_hf` loads this module and does not otherwise need `datasets`
 
     if isinstance(train_data, str):
         train_data = [train_data]
@@ -184,10 +183,4 @@ def load_training_sources(train_data: Sequence[str], image_column: str = "image"
     return sources, skipped, described
 
 
-__all__ = [
-    "PretrainImageDataset",
-    "contains_parquet",
-    "is_saved_dataset",
-    "load_training_sources",
-    "scan_image_folder",
-]
+__all__ = ["PretrainImageDataset"]

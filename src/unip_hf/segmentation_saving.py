@@ -11,6 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .finetuning_data import _protocol_processor
+from .hub import (
+    DEFAULT_PUSH_IGNORE_PATTERNS,
+    RESULTS_NOTE,
+    BenchmarkResult,
+    make_model_card,
+    push_to_hub,
+    write_eval_results,
+)
 
 
 BEST_MODEL_DIR = "best_model"
@@ -35,8 +43,6 @@ def make_processor(config, img_scale: tuple[int, int] | None = None):
 def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
                      crop_size: int, stride: int | None, hub_dataset_id: str | None = None):
     """A `unip_hf.hub.BenchmarkResult` for one evaluation (the notes record the protocol)."""
-    from .hub import BenchmarkResult
-
     if eval_mode == "slide":
         protocol = f"slide {crop_size}/{stride or max(1, crop_size * 2 // 3)}, single scale"
     else:
@@ -52,8 +58,6 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
     """`save_pretrained` of the model and its processor (remote code included; the evaluation protocol of
     `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
     `README.md`."""
-    from .hub import write_eval_results
-
     os.makedirs(output_dir, exist_ok=True)
     model.save_pretrained(output_dir)
     make_processor(model.config, img_scale).save_pretrained(output_dir)
@@ -66,8 +70,6 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
 def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,
              base_model: str | None = None, hub_model_id: str | None = None, datasets: Sequence[str] = ()):
     """The model card of a saved segmentation model."""
-    from .hub import RESULTS_NOTE, make_model_card
-
     config = model.config
     labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else None
     hub_like = bool(base_model) and not os.path.exists(base_model) and base_model.count("/") == 1
@@ -96,8 +98,6 @@ def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequenc
                      message: str | None = None):
     """Push a saved segmentation folder (model, processor, remote code, card, results and the small training logs;
     not the checkpoints, nor `best_model/`, which the saved model already is or was chosen over)."""
-    from .hub import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
-
     if not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
     return push_to_hub(output_dir, hub_model_id, results=list(results), private=private or None,
@@ -105,11 +105,4 @@ def push_saved_model(output_dir: str, hub_model_id: str | None, results: Sequenc
                        ignore_patterns=[*DEFAULT_PUSH_IGNORE_PATTERNS, f"{BEST_MODEL_DIR}/*", "hf_cache/*"])
 
 
-__all__ = [
-    "benchmark_result",
-    "BEST_MODEL_DIR",
-    "card_for",
-    "make_processor",
-    "push_saved_model",
-    "save_segmentation_model",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -23,7 +23,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["GRADIO_VERSION", "create_space", "push_space", "register"]
+from huggingface_hub import SpaceCard, SpaceCardData
+from transformers import AutoConfig
+
+from .demo import _palette
+from .hub import list_upload_files, missing_remote_code, push_to_hub
+from .image_processing_unip import load_infrared_image
+
+__all__ = ["register"]
 
 #: The Gradio version the app is written and tested against (the Space's `sdk_version`, pinned in requirements).
 GRADIO_VERSION = "6.31.0"
@@ -59,8 +66,6 @@ def _resolve_model(source: str) -> tuple[Path | None, str | None]:
 
 
 def _class_info(config: Any) -> tuple[dict[int, str], list[list[int]]]:
-    from .demo import _palette
-
     id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     # no data-set palette in the config: gray placeholders, which `_palette` replaces with the vivid colours
     palette = getattr(config, "palette", None) or [(0, 0, 0)] * len(id2label)
@@ -79,8 +84,6 @@ def _task(config: Any, task: str) -> str:
 
 
 def _copy_examples(examples: Sequence[str], folder: Path) -> list[str]:
-    from .image_processing_unip import load_infrared_image
-
     names: list[str] = []
     for example in examples:
         source = Path(example)
@@ -100,8 +103,6 @@ def _copy_examples(examples: Sequence[str], folder: Path) -> list[str]:
 
 
 def _space_readme(title: str, hub_id: str | None, license: str, emoji: str, description: str) -> str:
-    from huggingface_hub import SpaceCard, SpaceCardData
-
     data = SpaceCardData(
         title=title, sdk="gradio", sdk_version=GRADIO_VERSION, app_file="app.py", license=license,
         models=[hub_id] if hub_id else None, emoji=emoji, colorFrom="indigo", colorTo="red", pinned=False,
@@ -139,10 +140,6 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
     Returns:
         `Path`: the Space folder.
     """
-    from transformers import AutoConfig
-
-    from .hub import list_upload_files, missing_remote_code
-
     local, hub_id = _resolve_model(model)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -197,8 +194,6 @@ def push_space(folder: str | os.PathLike, repo_id: str, *, private: bool | None 
     Returns:
         The `CommitInfo` of the upload.
     """
-    from .hub import push_to_hub
-
     folder = Path(folder)
     for name in ("app.py", "README.md", "requirements.txt"):
         if not (folder / name).is_file():

@@ -2,7 +2,8 @@
 Attention Patterns for Infrared Semantic Segmentation", ICLR 2025): NMI-HAD pre-training uses it, and so can
 fine-tuning. Nothing here knows about distillation or segmentation.
 
-API (all names are in `__all__`):
+The API the recipes share (imported by `pretraining.py` and `finetuning.py`; `__all__` is kept to what the README
+documents, so it is empty here):
 
 - `TrainingLoopArguments`: a dataclass for `HfArgumentParser` with the arguments every recipe shares (output dir,
   batch size, accumulation, learning rate or base learning rate scaled by total batch / 256, AdamW, scheduler,
@@ -49,16 +50,25 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
 
 from .argument_checks import check_choice, check_range
 
@@ -164,9 +174,6 @@ class TrainingLoopArguments:
 def create_accelerator(train: TrainingLoopArguments):
     """The recipes' `Accelerator` (mixed precision, trackers from `--report_to`, project dir), the seed set and the
     output directory made. Returns `(accelerator, tracker names)`."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     trackers = resolve_report_to(train.report_to)
     accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
                               project_dir=train.output_dir)
@@ -184,10 +191,6 @@ def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
     across dataclasses, run before any model or data is loaded) ends the program like an argparse error: usage,
     `error: <message>` on stderr, exit status 2, no traceback.
     """
-    import sys
-    from pathlib import Path
-
-    from transformers import HfArgumentParser
 
     parser = HfArgumentParser(list(dataclass_types))
     args = list(sys.argv[1:] if argv is None else argv)
@@ -489,8 +492,6 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
 
 def save_state_file(folder: str, name: str, state: Any) -> None:
     """Write `state` (nested dicts/lists/tuples of tensors, numbers, strings) as `name.json` (+ `name.safetensors`)."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, name, tensors)
     if tensors:
@@ -501,8 +502,6 @@ def save_state_file(folder: str, name: str, state: Any) -> None:
 
 def load_state_file(folder: str, name: str) -> Any:
     """Read what `save_state_file` wrote (JSON and safetensors only: nothing is unpickled)."""
-    from safetensors.torch import load_file
-
     where = os.path.join(folder, f"{name}.json")
     try:
         with open(where, encoding="utf-8") as handle:
@@ -516,9 +515,6 @@ def load_state_file(folder: str, name: str) -> Any:
 
 def capture_rng_state() -> dict[str, Any]:
     """This process's RNG states: python `random`, numpy, torch CPU and (if initialised) every CUDA device."""
-    import random
-
-    import numpy as np
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -534,9 +530,6 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `capture_rng_state`."""
-    import random
-
-    import numpy as np
 
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -731,8 +724,6 @@ class CheckpointManager:
         return path
 
     def _save_safe(self, folder: str) -> None:
-        from safetensors.torch import save_model
-
         if self.model is not None:
             save_model(self.accelerator.unwrap_model(self.model), os.path.join(folder, MODEL_FILE))
         if self.optimizer is not None:
@@ -819,8 +810,6 @@ class CheckpointManager:
         return state
 
     def _load_safe(self, path: str, state: dict[str, Any]) -> None:
-        from safetensors.torch import load_model
-
         accelerator = self.accelerator
         if self.model is not None:
             load_model(accelerator.unwrap_model(self.model), os.path.join(path, MODEL_FILE), strict=True)
@@ -1009,8 +998,6 @@ def train_loop(
         checkpoint_format (`str`, *optional*, defaults to `"safetensors"`): `"safetensors"` (pickle-free) or
             `"accelerate"` (accelerate's `save_state`, pickles; for FSDP / DeepSpeed).
     """
-    from tqdm.auto import tqdm
-
     accumulation = max(1, int(gradient_accumulation_steps))
     per_epoch = steps_per_epoch(len(dataloader), accumulation)
     if per_epoch < 1:
@@ -1186,8 +1173,6 @@ def _save_after_interrupt(accelerator, checkpoints: CheckpointManager, step: int
 def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
     """What a recipe's `main()` does with Ctrl-C: no traceback; `train_loop` already said how to resume (other
     interrupts, e.g. while loading data or in the final evaluation, get a short note); returns 130 (128 + SIGINT)."""
-    import sys
-
     if not isinstance(interrupt, TrainingInterrupted):
         print("Interrupted; resume a run that saved checkpoints with --resume_from_checkpoint latest",
               file=sys.stderr)
@@ -1204,8 +1189,6 @@ def run_recipe(run: Callable[..., Any], arguments: Sequence[Any]) -> tuple[int, 
         return 1, None
     except KeyboardInterrupt as interrupt:
         return interrupted_exit_code(interrupt), None
-    from accelerate import PartialState
-
     return 0, (result if PartialState().is_main_process else None)
 
 
@@ -1262,38 +1245,4 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
     return lines
 
 
-__all__ = [
-    "run_recipe",
-    "CheckpointError",
-    "NonFiniteStateError",
-    "TrainingInterrupted",
-    "all_finite",
-    "capture_rng_state",
-    "checkpoint_problem",
-    "read_training_state",
-    "reconcile_resumed_settings",
-    "restore_rng_state",
-    "write_json_atomic",
-    "create_accelerator",
-    "interrupted_exit_code",
-    "parse_recipe_args",
-    "CheckpointManager",
-    "EpochSampler",
-    "NonFiniteLossError",
-    "StepLog",
-    "TrainLoopResult",
-    "TrainingLoopArguments",
-    "check_finite",
-    "create_optimizer",
-    "create_scheduler",
-    "is_no_decay",
-    "list_checkpoints",
-    "num_warmup_steps",
-    "param_groups",
-    "resolve_learning_rate",
-    "resolve_report_to",
-    "sample_seed",
-    "schedule_factor",
-    "steps_per_epoch",
-    "train_loop",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -20,7 +20,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
+from transformers import AutoConfig, AutoModel
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +226,6 @@ def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pret
         name (`str`, *optional*): how errors name the model (e.g. `"--teacher_name_or_path 'x'"`).
         **from_pretrained_kwargs: passed to `AutoConfig` / `AutoModel.from_pretrained` (e.g. `trust_remote_code`).
     """
-    from transformers import AutoConfig, AutoModel
-
     config = AutoConfig.from_pretrained(
         name_or_path, trust_remote_code=from_pretrained_kwargs.get("trust_remote_code", False))
     require_vision_config(config, name or repr(name_or_path))
@@ -243,9 +244,6 @@ def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pret
 def _checkpoint_keys(name_or_path: str, kwargs: dict[str, Any]) -> set[str] | None:
     """Parameter names of a safetensors checkpoint (read from its header or index, not its tensors); `None` when
     they cannot be read (e.g. a `pytorch_model.bin` checkpoint)."""
-    from safetensors import safe_open
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
-
     options = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
     try:
         for filename in (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME):
@@ -342,9 +340,4 @@ def _reorder(attn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return attn.gather(3, index[:, None, None, :].expand(b, h, n, n))
 
 
-__all__ = [
-    "eager_attention",
-    "load_vision_backbone",
-    "model_attentions",
-    "require_vision_config",
-]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need

@@ -4,6 +4,7 @@
 read SODA, MFNet, SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, split folders, MassMIND and generic layouts.
 """
 
+# `__all__` holds what the README documents; the other names stay importable from here.
 from .export import export_parquet, push_to_hub, write_dataset_readme
 from .infmix import InfMix, InfMixConfig, derive_config_name, discover_sources, format_report_table, read_report
 from .segmentation import (
@@ -36,13 +37,6 @@ from .transforms import (
 )
 
 __all__ = [
-    "InfMix", "InfMixConfig", "derive_config_name", "discover_sources", "format_report_table", "read_report",
-    "export_parquet", "push_to_hub", "write_dataset_readme",
-    "IGNORE_INDEX", "SEGMENTATION_BUILDERS", "SEGMENTATION_SPECS", "SegmentationSpec", "SegmentationBuilder",
-    "SodaBuilder", "MFNetBuilder", "ScutSegBuilder", "SirstBuilder", "IrstdBuilder", "SplitFolderBuilder",
-    "MassMindBuilder", "GenericFolderBuilder", "available_splits", "load_segmentation_dataset",
-    "segmentation_metadata",
-    "SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset",
-    "UNIP_MEAN", "UNIP_STD", "PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform",
-    "IndexedTransformDataset", "sample_rng",
+    "InfMix", "format_report_table", "load_segmentation_dataset", "segmentation_metadata", "write_synthetic_dataset",
+    "PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform", "IndexedTransformDataset",
 ]

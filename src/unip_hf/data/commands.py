@@ -13,9 +13,17 @@ import os
 import tempfile
 from typing import Any
 
-from ..argument_checks import non_negative_int
+import datasets
+import numpy as np
+from PIL import Image
 
-__all__ = ["register", "contact_sheet"]
+from ..argument_checks import non_negative_int
+from ..image_processing_unip import decode_intensity
+from .export import export_parquet, push_to_hub
+from .infmix import InfMix, format_report_table
+from .segmentation import SEGMENTATION_BUILDERS, load_segmentation_dataset, segmentation_metadata
+
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,8 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_infmix_build(args: argparse.Namespace) -> int:
     """Run `unip infmix build`; returns the exit status."""
-    from .infmix import InfMix, format_report_table
-
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     tmp = None if args.cache_dir else tempfile.TemporaryDirectory(prefix="infmix-cache-")
     cache = args.cache_dir or tmp.name
@@ -80,8 +86,6 @@ def _run_infmix_build(args: argparse.Namespace) -> int:
                 print(f"  {item['file']}: {item['reason']}")
         print(f"duplicates dropped: {report.get('total_duplicates', 0)}")
         if args.format == "parquet" or args.push_to_hub:
-            from .export import export_parquet, push_to_hub
-
             out = args.output
             export_parquet(ds, out, name, report=report)
             print(f"parquet export: {out}/{name}/ (load with datasets.load_dataset({out!r}, {name!r}))")
@@ -98,10 +102,6 @@ def _run_infmix_build(args: argparse.Namespace) -> int:
 
 
 def _load_for_inspect(args: argparse.Namespace):
-    import datasets
-
-    from .segmentation import SEGMENTATION_BUILDERS, load_segmentation_dataset
-
     key = args.dataset.lower().replace("_", "-")
     if key in SEGMENTATION_BUILDERS:
         if not args.data_dir:
@@ -118,11 +118,6 @@ def _load_for_inspect(args: argparse.Namespace):
 
 def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, cols: int = 4):
     """A PIL contact sheet: each image with its mask blended in its palette colours (mask may be ``None``)."""
-    import numpy as np
-    from PIL import Image
-
-    from ..image_processing_unip import decode_intensity
-
     rows = max(1, -(-len(images) // cols))
     sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
     pal = np.zeros((256, 3), dtype=np.uint8)
@@ -146,10 +141,6 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
 def _run_data_inspect(args: argparse.Namespace) -> int:
     """Run `unip data inspect` (prints, and writes `summary.json` and `contact_sheet.png` under `--out`); returns the
     exit status."""
-    import numpy as np
-
-    from .segmentation import segmentation_metadata
-
     ds = _load_for_inspect(args)
     try:
         meta = segmentation_metadata(ds)

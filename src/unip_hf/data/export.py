@@ -11,8 +11,9 @@ import os
 from typing import Optional
 
 import datasets
+from huggingface_hub import HfApi
 
-__all__ = ["export_parquet", "write_dataset_readme", "push_to_hub"]
+__all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need
 
 
 def export_parquet(dataset: datasets.Dataset, out_dir: str, config_name: str, split: str = "train",
@@ -87,8 +88,6 @@ def push_to_hub(folder: str, repo_id: str, private: bool = False, token: Optiona
     Returns:
         The commit URL (or the repo id when the hub client returns no URL).
     """
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset", commit_message=commit_message,

@@ -26,20 +26,12 @@ import os
 from typing import Any, Iterator, Optional
 
 import datasets
+import yaml
 
 from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
 from ..image_processing_unip import load_infrared_image, to_intensity_image
 
-__all__ = [
-    "InfMix",
-    "InfMixConfig",
-    "IMAGE_EXTENSIONS",
-    "REPORT_MARKER",
-    "discover_sources",
-    "derive_config_name",
-    "format_report_table",
-    "read_report",
-]
+__all__ = ["InfMix", "format_report_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +118,6 @@ def _load_manifest(path: str) -> dict:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"manifest {path} is not valid JSON: {err}") from None
-    try:
-        import yaml  # lazily: PyYAML is a dependency of `datasets`
-    except ImportError as err:  # pragma: no cover - datasets always installs it
-        raise ImportError(f"reading the YAML manifest {path} needs PyYAML; use a .json manifest instead") from err
     return yaml.safe_load(text)
 
 

@@ -24,31 +24,7 @@ from PIL import Image
 from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
 from ..image_processing_unip import InfraredImageError, load_infrared_image, to_intensity_image
 
-__all__ = [
-    "IGNORE_INDEX",
-    "SegmentationSpec",
-    "SEGMENTATION_SPECS",
-    "SODA_CLASSES",
-    "MFNET_CLASSES",
-    "SCUT_SEG_CLASSES",
-    "MASSMIND_CLASSES",
-    "MASSMIND_PALETTE",
-    "SegmentationBuilder",
-    "SodaBuilder",
-    "MFNetBuilder",
-    "ScutSegBuilder",
-    "SirstBuilder",
-    "IrstdBuilder",
-    "SplitFolderBuilder",
-    "MassMindBuilder",
-    "GenericFolderBuilder",
-    "SEGMENTATION_BUILDERS",
-    "load_segmentation_dataset",
-    "available_splits",
-    "segmentation_metadata",
-    "encode_png",
-    "colour_mask_to_ids",
-]
+__all__ = ["load_segmentation_dataset", "segmentation_metadata"]
 
 logger = logging.getLogger(__name__)
 

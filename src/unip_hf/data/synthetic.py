@@ -10,10 +10,13 @@ import json
 import os
 from typing import Optional
 
+import datasets
 import numpy as np
 from PIL import Image
 
-__all__ = ["SYNTHETIC_CLASSES", "make_thermal_scene", "write_synthetic_dataset"]
+from .segmentation import load_segmentation_dataset
+
+__all__ = ["write_synthetic_dataset"]
 
 #: Class names of the synthetic scenes (id = position).
 SYNTHETIC_CLASSES = ("background", "person", "vehicle", "animal", "hot_target")
@@ -139,10 +142,6 @@ def write_synthetic_dataset(
         json.dump({"classes": list(SYNTHETIC_CLASSES), "palette": palette}, f, indent=1)
     if not return_dataset:
         return None
-    import datasets
-
-    from .segmentation import load_segmentation_dataset
-
     return datasets.DatasetDict(
         {split: load_segmentation_dataset("folder", out_dir, split, cache_dir=cache_dir) for split, n in splits.items() if n > 0}
     )

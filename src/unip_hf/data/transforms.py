@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image
@@ -19,18 +20,7 @@ from ..image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from ..image_processing_unip import INFRARED_STD as UNIP_STD
 from ..image_processing_unip import decode_intensity, load_infrared_image
 
-__all__ = [
-    "UNIP_MEAN",
-    "UNIP_STD",
-    "IGNORE_INDEX",
-    "sample_rng",
-    "to_working_image",
-    "random_resized_crop_box",
-    "PretrainTransform",
-    "SegmentationTrainTransform",
-    "SegmentationEvalTransform",
-    "IndexedTransformDataset",
-]
+__all__ = ["PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform", "IndexedTransformDataset"]
 
 IGNORE_INDEX = 255
 
@@ -328,8 +318,6 @@ class IndexedTransformDataset(torch.utils.data.Dataset):
         self.dataset, self.transform, self.image_key, self.label_key = dataset, transform, image_key, label_key
         self._raw = hasattr(dataset, "cast_column") and hasattr(dataset, "features")
         if self._raw:  # read the undecoded bytes: the transform decodes (with draft) itself
-            import datasets
-
             cols = {k: datasets.Image(decode=False) for k in (image_key, label_key) if k}
             for k, feat in cols.items():
                 self.dataset = self.dataset.cast_column(k, feat)

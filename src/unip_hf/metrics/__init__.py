@@ -65,6 +65,7 @@ def load_metric(name: str, **kwargs: Any):
     Returns:
         The metric module; call `add_batch(predictions=..., references=...)` per batch, then `compute()`.
     """
+    # Deliberately lazy: `evaluate` takes seconds to import, and compute_mean_iou / compute_irstd work without it.
     import evaluate
 
     return evaluate.load(metric_path(name), **kwargs)
@@ -159,22 +160,4 @@ def to_builtin(results: Mapping[str, Any]) -> dict[str, Any]:
     return {str(key): convert(value) for key, value in results.items()}
 
 
-__all__ = [
-    "FA_RULES",
-    "MAIN_METRIC",
-    "METRIC_NAMES",
-    "RANKED_METRICS",
-    "binarize",
-    "components",
-    "compute_irstd",
-    "compute_mean_iou",
-    "confusion_matrix",
-    "image_statistics",
-    "irstd_from_counters",
-    "load_metric",
-    "match_targets",
-    "mean_iou_from_confusion_matrix",
-    "metric_path",
-    "resize_confusion_matrix",
-    "to_builtin",
-]
+__all__ = ["compute_irstd", "compute_mean_iou", "load_metric", "to_builtin"]

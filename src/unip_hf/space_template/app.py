@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 HERE = Path(__file__).resolve().parent
 CONFIG = json.loads((HERE / "space_config.json").read_text(encoding="utf-8"))
@@ -37,8 +39,6 @@ def model_source() -> str:
 def load():
     """(model, processor), loaded once; with `unip_hf` when installed, else through the model's remote code."""
     if not _LOADED:
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
         try:
             import unip_hf  # noqa: F401  (registers the UNIP classes with the Auto classes)
 
@@ -90,8 +90,6 @@ def probabilities(model, processor, image: Image.Image) -> np.ndarray:
 
 def find_targets(foreground: np.ndarray, mask: np.ndarray) -> list[list]:
     """8-connected components of `mask` (as the IRSTD metric counts targets): centroid, area, peak score."""
-    from scipy import ndimage
-
     labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if count == 0:
         return []
@@ -163,7 +161,7 @@ def predict(path, threshold: float = 0.5):
 
 
 def build_demo():
-    import gradio as gr
+    import gradio as gr  # only here: the app's helpers (and their tests) run without gradio installed
 
     small_targets = CONFIG.get("task") == "irstd"
     examples = [str(HERE / name) for name in CONFIG.get("examples") or [] if (HERE / name).is_file()]
