@@ -35,18 +35,7 @@ from .demo import overlay_panels
 from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
 from .modeling_unip import UnipForSemanticSegmentation
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "OnnxCheckResult",
-    "OnnxExportResult",
-    "PortableAdaptiveAvgPool2d",
-    "check_onnx",
-    "export_onnx",
-    "load_onnx_settings",
-    "register",
-    "require_onnx",
-    "settings_path",
-]
+__all__ = ["check_onnx", "export_onnx", "register"]  # the README documents these; the rest stays importable
 
 #: Default ONNX opset: the default of torch's dynamo exporter (onnxruntime 1.17+ runs it).
 DEFAULT_OPSET = 20
