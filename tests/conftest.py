@@ -27,3 +27,18 @@ def data_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return data_path
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, so that each test builds its own `Accelerator`."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    reset_accelerate()
+    yield
+    reset_accelerate()

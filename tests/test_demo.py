@@ -10,13 +10,7 @@ from PIL import Image
 
 from unip_hf.cli import build_parser
 from unip_hf.demo import overlay_panels, run_demo
-
-
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+from conftest import reset_accelerate
 
 
 def test_demo_is_a_cli_command():

@@ -22,16 +22,10 @@ from unip_hf.inference import predict_logits
 from unip_hf.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
 from unip_hf.metrics import compute_irstd, compute_mean_iou
 from unip_hf.training import create_optimizer
+from conftest import data_path, reset_accelerate
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16,
         "auxiliary_channels": 8, "out_indices": [0, 1, 1, 1]}
-
-
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +439,6 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
     whose size and aspect ratio differ from the training crops, from each other, and from the patch grid."""
     from transformers import pipeline
 
-    from conftest import data_path
     from unip_hf.data import load_segmentation_dataset
     from unip_hf.evaluation import EvaluationArguments, run_evaluation
     from unip_hf.finetuning_data import EvalSegmentationDataset

@@ -19,15 +19,7 @@ BACKBONE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
 HEADS = {"decoder_hidden_size": 16, "auxiliary_channels": 8, "out_indices": [0, 1, 1, 1]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # from conftest
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,10 @@ from unip_hf.data import write_synthetic_dataset
 from unip_hf.evaluation import EvaluationArguments, evaluate_main, parse_evaluation_args, run_evaluation
 from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, parse_finetuning_args
 from unip_hf.hub import BenchmarkResult, write_eval_results
+from conftest import reset_accelerate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16, "auxiliary_channels": 8}'
-
-
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

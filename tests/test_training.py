@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import reset_accelerate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,10 +29,8 @@ from unip_hf.training import (
 
 def fresh_accelerator(**kwargs):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     return Accelerator(cpu=True, **kwargs)
 
 
