@@ -115,3 +115,14 @@ def _int_type(low: int, wanted: str):
 positive_int = _int_type(1, ">= 1")
 #: argparse `type=` for counts that may be 0.
 non_negative_int = _int_type(0, ">= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse `type=` for a finite number > 0 (tolerances, thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .argument_checks import positive_int
+from .argument_checks import positive_float, positive_int
 from .configuration_unip import UnipConfig
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
@@ -444,16 +444,6 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `unip export onnx` to the `unip` command.
 
@@ -480,7 +470,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dynamic batch, height and width (default: batch 1 at one fixed size)")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMG",
                         help="images to check the export on (default: two synthetic thermal scenes)")
-    parser.add_argument("--tolerance", type=_positive_float, default=DEFAULT_TOLERANCE,
+    parser.add_argument("--tolerance", type=positive_float, default=DEFAULT_TOLERANCE,
                         help=f"largest accepted max-abs logit difference (default {DEFAULT_TOLERANCE:g})")
     parser.add_argument("--out", default=None, help="with --check: the overlay PNG (default: IMAGE.onnx_overlay.png)")
     parser.add_argument("--settings", default=None,
