@@ -14,41 +14,14 @@ from pathlib import Path
 import torch
 from transformers import AutoImageProcessor
 
-from .argument_checks import check_model_source, non_negative_int, positive_int
+from .argument_checks import check_model_source
 from .attention_analysis import analyze_attention, query_attention_maps
 from .attention_plots import default_map_layers, default_queries, plot_attention_maps, plot_layer_curves
 from .files import find_images
 from .image_processing_unip import InfraredImageError, load_infrared_image
 from .vit_family import load_vision_backbone
 
-__all__ = ["register"]
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `analyze-attention` sub-command.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    p = subparsers.add_parser(
-        "analyze-attention",
-        help="layer-wise attention patterns (NMI, distance, local/hybrid/global) and the NMI-HAD teacher layer",
-        description="Measure the attention patterns of every layer of a ViT on a set of images. Layers are 0-based.",
-    )
-    p.add_argument("model", metavar="MODEL", help="local checkpoint folder or Hub id (loaded with AutoModel)")
-    p.add_argument("--images", nargs="+", required=True, metavar="DIR_OR_FILES",
-                   help="image files and/or folders (searched recursively, following symbolic links)")
-    p.add_argument("--num-images", type=positive_int, default=64,
-                   help="images to use, spread over the list (default 64)")
-    p.add_argument("--image-size", type=positive_int, default=224, help="square input side in pixels (default 224)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--map-layers", type=non_negative_int, nargs="*", default=None,
-                   help="0-based layers for attention_maps.png (default: first local, teacher, last)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow remote code when loading MODEL")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_run_analyze_attention)
+__all__: list[str] = []  # the command is registered by unip_hf.commands
 
 
 def _load_model(name: str, trust_remote_code: bool):
@@ -66,7 +39,7 @@ def _load_model(name: str, trust_remote_code: bool):
     return model, processor
 
 
-def _run_analyze_attention(args: argparse.Namespace) -> int:
+def command_analyze_attention(args: argparse.Namespace) -> int:
     """Run `unip analyze-attention`; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     out = Path(args.out)

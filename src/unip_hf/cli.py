@@ -10,31 +10,48 @@ Every module in `COMMAND_MODULES` follows one convention:
 - each runnable (leaf) parser names its handler with `parser.set_defaults(func=_run_<command>)`, a private function
   of the same module taking the parsed `argparse.Namespace` and returning the exit status (`int`);
 
-`main` calls `args.func(args)` and returns its status; `tests/test_cli.py` checks the convention for every module."""
+- the module is light: importing it loads no torch, transformers, datasets or accelerate (nor numpy or PIL); the
+  handler imports the module that does the work when the command runs (`unip_hf.commands.load("unip_hf.x")`), so
+  `unip --help` and every `unip X --help` start in a fraction of a second. Argument dataclasses of the training
+  recipes live in the light `unip_hf.recipe_arguments`.
+
+`main` calls `args.func(args)` and returns its status; `tests/test_cli.py` checks the convention for every module and
+`tests/test_cli_startup.py` that building the parser imports none of the heavy packages."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from . import __version__
 
 # Modules that define `register(subparsers)`; each adds one or more sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
-    "unip_hf.convert",
-    "unip_hf.analysis_commands",
-    "unip_hf.data.commands",
-    "unip_hf.demo",
-    "unip_hf.space",
-    "unip_hf.onnx_export",
+    "unip_hf.commands.training",
+    "unip_hf.commands.predict",
+    "unip_hf.commands.plot",
+    "unip_hf.commands.convert",
+    "unip_hf.commands.analysis",
+    "unip_hf.commands.data",
+    "unip_hf.commands.demo",
+    "unip_hf.commands.space",
+    "unip_hf.commands.export",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unip", description="UNIP infrared vision tools (Hugging Face native).")
+    parser.add_argument("--version", action="version", version=f"unip {__version__} (unip_hf, {_location()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def _location() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv: list[str] | None = None) -> int:

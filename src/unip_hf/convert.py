@@ -16,14 +16,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from .argument_checks import positive_int
+from .commands.convert import SOURCES
 from .configuration_unip import UnipConfig
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("unip", "timm", "transformers")
 # Heads of the standard ViT widths, used when a timm-layout state dict does not say (heads are not visible in shapes).
 DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 # Keys of timm / official checkpoints that are not part of the backbone (classifier heads, pooled norms, ...).
@@ -315,7 +314,7 @@ def convert_checkpoint(
     return model
 
 
-def _run_convert(args: argparse.Namespace) -> int:
+def command_convert(args: argparse.Namespace) -> int:
     """Run `unip convert`; returns the exit status."""
     overrides = {
         key: value
@@ -335,31 +334,6 @@ def _run_convert(args: argparse.Namespace) -> int:
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
     )
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `convert` sub-command.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert official UNIP / timm / transformers ViT weights into a UnipViTModel checkpoint",
-        description="Convert weights into a UnipViTModel checkpoint (strict: every key must map).",
-    )
-    parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors) or transformers directory / Hub id")
-    parser.add_argument("output", help="output directory (save_pretrained layout)")
-    parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="source layout")
-    parser.add_argument("--num-heads", type=positive_int, help="heads of every block (default: standard for the width)")
-    parser.add_argument(
-        "--last-layer-heads", type=int, help="heads of the last block (a UNIP student: the teacher's head count)"
-    )
-    parser.add_argument("--num-channels", type=int, choices=(1, 3), help="input channels of the converted model")
-    parser.add_argument(
-        "--ignore-prefix", action="append", default=None, help="extra key prefix to drop on purpose (repeatable)"
-    )
-    parser.set_defaults(func=_run_convert)
 
 
 __all__ = ["convert_timm_state_dict", "convert_transformers_model"]

@@ -20,11 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
-from .argument_checks import non_negative_int, positive_int
 from .data import segmentation_metadata, write_synthetic_dataset
 from .image_processing_unip import decode_intensity, load_infrared_image
 
-__all__ = ["register"]
+__all__: list[str] = []  # the command is registered by unip_hf.commands
 
 #: The tiny model of the synthetic demo (a few hundred thousand parameters, patch 8).
 DEMO_MODEL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "decoder_hidden_size": 64,
@@ -215,7 +214,7 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
     return DemoResult(result.metrics, result.main_metric, chance, model_dir, overlay_path, labels, seconds)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def command_demo(args: argparse.Namespace) -> int:
     """Run `unip demo`; returns the exit status."""
     run_demo(out=args.out, dataset=args.dataset, data_dir=args.data_dir, max_steps=args.max_steps,
              model_name_or_path=args.model_name_or_path, preset=args.preset, crop_size=args.crop_size,
@@ -223,27 +222,3 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `demo` sub-command.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    parser = subparsers.add_parser(
-        "demo", help="train, evaluate, save, reload and draw a tiny UNIP segmentation model (offline, CPU)",
-        description="Synthetic thermal scenes (or --dataset/--data_dir), a tiny UNIP model trained for a couple of "
-                    "minutes, its mIoU next to the chance level, a saved checkpoint reloaded through "
-                    "pipeline('image-segmentation') and a PNG of the prediction.",
-    )
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--dataset", default=None, help="a unip_hf.data builder name (sirst, buffalo-udder, folder...)")
-    parser.add_argument("--data_dir", default=None, help="the data set's folder (with --dataset)")
-    parser.add_argument("--max_steps", type=positive_int, default=800,
-                        help="optimizer steps (default 800, about two minutes on 2 CPU cores)")
-    parser.add_argument("--model_name_or_path", default="none", help="start from a UNIP checkpoint")
-    parser.add_argument("--preset", default="unip-tiny", help="model size on real data from scratch")
-    parser.add_argument("--crop_size", type=positive_int, default=None)
-    parser.add_argument("--batch_size", type=positive_int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=None)
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.set_defaults(func=_run_demo)

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -24,7 +23,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
-from .argument_checks import check_choice, check_model_source, check_range
+from .argument_checks import check_choice, check_range
 from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
@@ -38,7 +37,6 @@ from .hub import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval
 from .image_processing_unip import load_infrared_image
 from .inference import EVAL_MODES, predict_logits
 from .metrics import (
-    FA_RULES,
     MAIN_METRIC,
     confusion_matrix,
     image_statistics,
@@ -47,7 +45,8 @@ from .metrics import (
     to_builtin,
 )
 from .segmentation_saving import benchmark_result, card_for, make_processor, push_saved_model
-from .training import MIXED_PRECISION_TYPES, parse_recipe_args
+from .recipe_arguments import EvaluationArguments
+from .training import parse_recipe_args
 
 
 class SegmentationEvaluator:
@@ -254,42 +253,6 @@ def check_eval_protocol(task: str, eval_mode: str, crop_size: int | None, eval_s
                 note="a probability threshold of the target class")
 
 
-@dataclass
-class EvaluationArguments:
-    """`recipes/eval_segmentation.py`: a checkpoint, a data set split, the protocol, where results go."""
-
-    model_name_or_path: str = field(default=None, metadata={"help": "Segmentation checkpoint (folder or Hub id)."})
-    dataset: str = field(default="folder")
-    data_dir: str | None = field(default=None)
-    split: str | None = field(default=None, metadata={"help": "Split (default: val, else test)."})
-    task: str = field(default="auto")
-    eval_mode: str = field(default="whole")
-    crop_size: int | None = field(default=None, metadata={"help": "Window size (default: the model's image_size)."})
-    eval_stride: int | None = field(default=None)
-    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop); "
-                                                                 "'none' keeps the original size."})
-    irstd_threshold: float = field(default=0.5)
-    fa_rule: str = field(default="correct", metadata={"help": "correct or reference (IRSTD)."})
-    max_eval_samples: int | None = field(default=None)
-    cache_dir: str | None = field(default=None)
-    output_dir: str | None = field(default=None, metadata={"help": "Where results go (default: the checkpoint folder "
-                                                                    "if local, else eval_out)."})
-    hub_dataset_id: str | None = field(default=None)
-    trust_remote_code: bool = field(default=False)
-    mixed_precision: str = field(default="no")
-    push_to_hub: bool = field(default=False, metadata={"help": "Push model, processor, card and results."})
-    hub_model_id: str | None = field(default=None)
-    hub_private_repo: bool = field(default=False)
-
-    def __post_init__(self):
-        check_model_source("model_name_or_path", self.model_name_or_path)
-        check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
-                            self.irstd_threshold)
-        check_choice("fa_rule", self.fa_rule, FA_RULES)
-        check_range("max_eval_samples", self.max_eval_samples, 1, optional=True)
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_TYPES)
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-tiny-sirst)")
 
 
 def check_evaluation_args(args: EvaluationArguments) -> None:
@@ -370,8 +333,14 @@ def parse_evaluation_args(argv: Sequence[str] | None = None) -> EvaluationArgume
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/eval_segmentation.py`."""
+    return evaluate_from_arguments((parse_evaluation_args(argv),))
+
+
+def evaluate_from_arguments(arguments: tuple) -> int:
+    """Run the evaluation on parsed and checked `(EvaluationArguments,)` (what `recipes/eval_segmentation.py` and
+    `unip evaluate` run); returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_evaluation(parse_evaluation_args(argv))
+    run_evaluation(*arguments)
     return 0
 
 

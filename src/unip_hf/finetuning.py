@@ -17,16 +17,15 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from .argument_checks import check_choice, check_model_source, check_range
-from .configuration_unip import LOSS_TYPES, UNIP_PRESETS, UnipConfig
+from .configuration_unip import UnipConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
-from .evaluation import SegmentationEvaluator, check_eval_protocol, evaluate_model, format_metrics_table
+from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
@@ -44,9 +43,10 @@ from .segmentation_saving import (
     push_saved_model,
     save_segmentation_model,
 )
+from .recipe_arguments import DataArguments, FinetuningArguments, ModelArguments
 from .training import (
     EpochSampler,
-    TrainingLoopArguments,
+    check_output_dir,
     create_accelerator,
     create_optimizer,
     create_scheduler,
@@ -56,6 +56,7 @@ from .training import (
     train_loop,
     write_json_atomic,
 )
+from .training_curves import write_training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -65,118 +66,10 @@ MODES = ("finetune", "linear_probe")
 EVAL_LOG_NAME = "eval_log.json"
 
 
-@dataclass
-class ModelArguments:
-    """The model to fine-tune or probe."""
-
-    model_name_or_path: str = field(
-        default="none",
-        metadata={"help": "A UNIP backbone or segmentation checkpoint (folder or Hub id), or 'none' with --preset to "
-                          "train from scratch."},
-    )
-    preset: str = field(default="unip-small", metadata={"help": "Size when --model_name_or_path none."})
-    mode: str = field(default="finetune", metadata={"help": "finetune or linear_probe (frozen backbone)."})
-    decode_head: str = field(default="ll_fpn", metadata={"help": "ll_fpn or multilevel_fpn (finetune mode)."})
-    num_channels: int | None = field(default=None, metadata={"help": "Input channels (default: the checkpoint's, 3)."})
-    patch_size: int | None = field(default=None, metadata={"help": "Patch size when training from scratch."})
-    drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the backbone."})
-    semantic_loss_type: str = field(
-        default="auto", metadata={"help": "cross_entropy, cross_entropy+soft_iou, or auto (soft IoU added for "
-                                          "small-target (irstd) data sets)."})
-    config_overrides: str | None = field(
-        default=None, metadata={"help": "JSON dict of UnipConfig fields, e.g. '{\"num_hidden_layers\": 4}'."})
-    trust_remote_code: bool = field(default=False)
-
-    def __post_init__(self):
-        if self.model_name_or_path not in (None, "", "none"):
-            check_model_source("model_name_or_path", self.model_name_or_path)
-        else:
-            check_choice("preset", self.preset, UNIP_PRESETS)
-        check_choice("mode", self.mode, MODES)
-        check_choice("decode_head", self.decode_head, DECODE_HEAD_CHOICES)
-        check_range("num_channels", self.num_channels, 1, optional=True)
-        check_range("patch_size", self.patch_size, 1, optional=True)
-        check_range("drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
-        check_choice("semantic_loss_type", self.semantic_loss_type, ("auto", *LOSS_TYPES))
-        if self.config_overrides:
-            try:
-                overrides = json.loads(self.config_overrides)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--config_overrides is not valid JSON ({err}): {self.config_overrides!r}") from None
-            if not isinstance(overrides, dict):
-                raise ValueError(f"--config_overrides must be a JSON object such as '{{\"num_hidden_layers\": 4}}', "
-                                 f"got {self.config_overrides!r}")
 
 
-@dataclass
-class DataArguments:
-    """The segmentation data set and its views."""
-
-    dataset: str = field(default="folder",
-                         metadata={"help": "Builder name (sirst, buffalo-udder, soda, ...) or folder."})
-    data_dir: str | None = field(default=None, metadata={"help": "The data set's root folder."})
-    train_split: str = field(default="train")
-    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: val, else test)."})
-    task: str = field(default="auto", metadata={"help": "Metrics: auto (from the data set), semantic or irstd."})
-    crop_size: int = field(default=512, metadata={"help": "Training crop and sliding window size."})
-    img_scale: str | None = field(
-        default=None, metadata={"help": "Resize target 'LONGxSHORT' before random scaling and for evaluation "
-                                        "(default 4*crop x crop, i.e. 2048x512 for 512 crops)."})
-    ratio_min: float = field(default=0.5, metadata={"help": "Random resize range, lower end."})
-    ratio_max: float = field(default=2.0, metadata={"help": "Random resize range, upper end."})
-    cat_max_ratio: float = field(default=0.75, metadata={"help": "Max share of one class in a crop (retries)."})
-    photometric: bool = field(default=True, metadata={"help": "Brightness/contrast jitter."})
-    eval_mode: str = field(default="whole", metadata={"help": "whole (one pass) or slide (windows of crop_size)."})
-    eval_stride: int | None = field(default=None, metadata={"help": "Sliding stride (default 2/3 of crop_size)."})
-    irstd_threshold: float = field(default=0.5, metadata={"help": "Probability threshold of the IRSTD metrics."})
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
-    hub_dataset_id: str | None = field(default=None, metadata={"help": "Data set id recorded in the results."})
-
-    def __post_init__(self):
-        check_range("crop_size", self.crop_size, 1)
-        check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
-                            self.irstd_threshold)
-        check_range("ratio_min", self.ratio_min, 0, low_open=True)
-        if not self.ratio_max >= self.ratio_min:
-            raise ValueError(f"--ratio_max ({self.ratio_max:g}) must be >= --ratio_min ({self.ratio_min:g}): they are "
-                             "the random resize range")
-        check_range("ratio_max", self.ratio_max, 0, low_open=True)
-        check_range("cat_max_ratio", self.cat_max_ratio, 0, 1, low_open=True)
-        check_range("max_train_samples", self.max_train_samples, 1, optional=True)
-        check_range("max_eval_samples", self.max_eval_samples, 1, optional=True)
 
 
-@dataclass
-class FinetuningArguments(TrainingLoopArguments):
-    """Optimisation with UNIP's fine-tuning defaults: AdamW lr 1e-4, betas (0.9, 0.999), wd 0.05, layer decay 0.85,
-    linear warm-up then poly decay, batch 8 (the paper's 160k-iteration schedule is for 8 GPUs; set --max_steps)."""
-
-    output_dir: str = field(default="outputs/unip-finetune")
-    per_device_train_batch_size: int = field(default=8)
-    learning_rate: float | None = field(default=1e-4, metadata={"help": "Peak learning rate."})
-    adam_beta2: float = field(default=0.999)
-    lr_scheduler_type: str = field(default="poly")
-    poly_power: float = field(default=1.0, metadata={"help": "Exponent of the poly decay."})
-    warmup_ratio: float = field(default=0.1)
-    max_steps: int = field(default=2000)
-    checkpointing_steps: int = field(default=500)
-    layer_decay: float = field(default=0.85, metadata={"help": "Layer-wise lr decay per block (1: off)."})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0: only at the end)."})
-    load_best_model_at_end: bool = field(default=True, metadata={"help": "Save the best evaluated model at the end."})
-    metric_for_best_model: str | None = field(
-        default=None, metadata={"help": "Default: mean_iou (semantic) or iou (irstd); also mean_accuracy, "
-                                        "overall_accuracy, niou or pd."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_range("poly_power", self.poly_power, 0, low_open=True)
-        check_range("layer_decay", self.layer_decay, 0, 1, low_open=True,
-                    note="the learning-rate multiplier per block; 1 turns layer-wise decay off")
-        check_range("eval_steps", self.eval_steps, 0, note="0 evaluates only at the end")
-        check_choice("metric_for_best_model", self.metric_for_best_model,
-                     [name for names in RANKED_METRICS.values() for name in names], optional=True)
 
 
 def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
@@ -186,6 +79,7 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
     (`FileNotFoundError`) and `--metric_for_best_model` is a metric of the data set's task."""
     for part in (model_args, data_args, training_args):
         part.__post_init__()
+    check_output_dir(training_args)
     if not data_args.data_dir:
         raise ValueError("--data_dir is required (the data set's root folder)")
     if not os.path.isdir(data_args.data_dir):
@@ -485,6 +379,7 @@ def run_finetuning(
                                 model_args.model_name_or_path, train.hub_model_id, img_scale=img_scale)
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
+        write_training_curves(train.output_dir)
     accelerator.wait_for_everyone()
     if train.push_to_hub and accelerator.is_main_process:
         push_saved_model(train.output_dir, train.hub_model_id, results, private=train.hub_private_repo,
@@ -516,8 +411,14 @@ def parse_finetuning_args(argv: Sequence[str] | None = None):
 
 def finetune_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/finetune.py`."""
+    return finetune_from_arguments(parse_finetuning_args(argv))
+
+
+def finetune_from_arguments(arguments: tuple) -> int:
+    """Run fine-tuning on parsed and checked `(ModelArguments, DataArguments, FinetuningArguments)` (what
+    `recipes/finetune.py` and `unip finetune` run); prints the summary and returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code, result = run_recipe(run_finetuning, parse_finetuning_args(argv))
+    code, result = run_recipe(run_finetuning, arguments)
     if result is None:
         return code
     value = result.metrics.get(result.main_metric)

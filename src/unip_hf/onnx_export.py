@@ -28,20 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .argument_checks import positive_float, positive_int
+from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT
 from .configuration_unip import UnipConfig
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
 from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
 from .modeling_unip import UnipForSemanticSegmentation
 
-__all__ = ["check_onnx", "export_onnx", "register"]  # the README documents these; the rest stays importable
+__all__ = ["check_onnx", "export_onnx"]  # the README documents these; the rest stays importable
 
-#: Default ONNX opset: the default of torch's dynamo exporter (onnxruntime 1.17+ runs it).
-DEFAULT_OPSET = 20
-#: Largest max-abs logit difference between onnxruntime and PyTorch (fp32) that an export accepts.
-DEFAULT_TOLERANCE = 1e-3
-INSTALL_HINT = "pip install 'unip-hf[onnx]'"
 SETTINGS_FORMAT = "unip-onnx-preprocessor"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -433,7 +428,7 @@ def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str
 
 
 # ----------------------------------------------------------------------------------------------------- command
-def _run_export_onnx(args: argparse.Namespace) -> int:
+def command_export_onnx(args: argparse.Namespace) -> int:
     if args.check:
         check_onnx(args.source, args.target, out=args.out, settings=args.settings)
     else:
@@ -444,35 +439,3 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `unip export onnx` to the `unip` command.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    export = subparsers.add_parser("export", help="export a UNIP model for deployment (onnx)",
-                                   description="Export a UNIP model for deployment.")
-    formats = export.add_subparsers(dest="export_command", metavar="ACTION", required=True)
-    parser = formats.add_parser(
-        "onnx", help="UnipForSemanticSegmentation as ONNX, checked with onnxruntime (needs the [onnx] extra)",
-        description="unip export onnx MODEL_DIR OUT.onnx [--opset N] [--dynamic] [--images IMG...]: export, check "
-                    "the logits against PyTorch with onnxruntime (max abs difference < --tolerance) and write "
-                    "OUT.preprocessor.json. unip export onnx --check OUT.onnx IMAGE [--out overlay.png]: run one "
-                    f"image through onnxruntime and draw the overlay. Needs {INSTALL_HINT}.",
-    )
-    parser.add_argument("source", metavar="MODEL_DIR|OUT.onnx",
-                        help="the saved model (export), or the .onnx file (with --check)")
-    parser.add_argument("target", metavar="OUT.onnx|IMAGE", help="the .onnx file to write, or the image (with --check)")
-    parser.add_argument("--check", action="store_true", help="run IMAGE through OUT.onnx and write the overlay")
-    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic batch, height and width (default: batch 1 at one fixed size)")
-    parser.add_argument("--images", nargs="+", default=None, metavar="IMG",
-                        help="images to check the export on (default: two synthetic thermal scenes)")
-    parser.add_argument("--tolerance", type=positive_float, default=DEFAULT_TOLERANCE,
-                        help=f"largest accepted max-abs logit difference (default {DEFAULT_TOLERANCE:g})")
-    parser.add_argument("--out", default=None, help="with --check: the overlay PNG (default: IMAGE.onnx_overlay.png)")
-    parser.add_argument("--settings", default=None,
-                        help="with --check: the settings file (default: OUT.preprocessor.json next to OUT.onnx)")
-    parser.set_defaults(func=_run_export_onnx)

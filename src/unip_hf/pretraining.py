@@ -12,18 +12,15 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from .argument_checks import check_choice, check_model_source, check_range
-from .configuration_unip import UNIP_PRESETS, UnipConfig
+from .configuration_unip import UnipConfig
 from .distillation import (
-    DISTILL_TARGETS,
-    FEATURE_LOSSES,
     AttentionTeacher,
     NmiHadStudent,
     check_student_heads,
@@ -31,12 +28,13 @@ from .distillation import (
     nmi_had_loss,
 )
 from .hub import PretrainingSummary, make_model_card, push_to_hub
-from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor
+from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .pretraining_data import PretrainImageDataset, load_training_sources
+from .recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
 from .training import (
     EpochSampler,
-    TrainingLoopArguments,
+    check_output_dir,
     create_accelerator,
     create_optimizer,
     create_scheduler,
@@ -46,6 +44,7 @@ from .training import (
     run_recipe,
     train_loop,
 )
+from .training_curves import write_training_curves
 from .vit_family import require_vision_config
 
 logger = logging.getLogger(__name__)
@@ -54,72 +53,10 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class DistillationArguments:
-    """Teacher, student and target of NMI-HAD pre-training."""
-
-    teacher_name_or_path: str | None = field(default=None, metadata={"help": "Teacher checkpoint (folder or Hub id)."})
-    teacher_layer: str = field(default="auto", metadata={"help": "0-based teacher block, or 'auto'."})
-    teacher_layer_num_images: int = field(default=16, metadata={"help": "Images measured for teacher_layer=auto."})
-    student_preset: str = field(default="unip-small", metadata={"help": "unip-tiny/small/base/large."})
-    student_config: str | None = field(default=None, metadata={"help": "A UnipConfig json/folder instead of a preset."})
-    distill_target: str = field(default="attention", metadata={"help": "attention (NMI-HAD), features or none."})
-    feature_loss: str = field(default="cosine", metadata={"help": "features target: cosine or smooth_l1."})
-    drop_path_rate: float = field(default=0.1)
-    trust_remote_code: bool = field(default=False)
-
-    def __post_init__(self):
-        check_choice("distill_target", self.distill_target, DISTILL_TARGETS)
-        if self.distill_target != "none" and not self.teacher_name_or_path:
-            raise ValueError("--teacher_name_or_path is required unless --distill_target none")
-        check_model_source("teacher_name_or_path", self.teacher_name_or_path)
-        layer = str(self.teacher_layer)
-        if layer != "auto" and not layer.lstrip("-").isdigit():
-            raise ValueError(f"--teacher_layer must be a 0-based block index (negative counts from the end) or auto; "
-                             f"got {self.teacher_layer!r}")
-        check_range("teacher_layer_num_images", self.teacher_layer_num_images, 1)
-        if self.student_config:
-            if not os.path.exists(self.student_config):
-                raise ValueError(f"--student_config {self.student_config!r}: no such file or folder (a UnipConfig "
-                                 "json file or a folder with config.json)")
-        else:
-            check_choice("student_preset", self.student_preset, UNIP_PRESETS)
-        check_choice("feature_loss", self.feature_loss, FEATURE_LOSSES)
-        check_range("drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
 
 
-@dataclass
-class PretrainDataArguments:
-    """Training images and the pre-training view."""
-
-    train_data: list[str] = field(default_factory=list, metadata={"help": "Image folders, InfMix folder or Hub id."})
-    image_column: str = field(default="image")
-    image_size: int = field(default=224)
-    crop_min_scale: float = field(default=0.2)
-    image_mean: float = field(default=INFRARED_MEAN)
-    image_std: float = field(default=INFRARED_STD)
-    num_channels: int = field(default=3)
-
-    def __post_init__(self):
-        if isinstance(self.train_data, str):
-            self.train_data = [self.train_data]
-        for entry in self.train_data:
-            check_model_source("train_data", entry, hub_file=None)
-        check_range("image_size", self.image_size, 1)
-        check_range("crop_min_scale", self.crop_min_scale, 0, 1, low_open=True,
-                    note="the smallest crop as a fraction of the image area")
-        check_range("image_mean", self.image_mean)
-        check_range("image_std", self.image_std, 0, low_open=True)
-        check_range("num_channels", self.num_channels, 1)
 
 
-@dataclass
-class PretrainingArguments(TrainingLoopArguments):
-    """Optimisation arguments with the paper's pre-training defaults (AdamW 0.9/0.95, wd 0.05, lr 1.5e-4 x batch /
-    256, cosine with 5 of 100 epochs of warm-up)."""
-
-    output_dir: str = field(default="outputs/unip-pretrain")
-    checkpointing_steps: int = field(default=1000)
 
 
 @dataclass
@@ -164,6 +101,7 @@ def check_pretraining_args(distill_args: DistillationArguments, data_args: Pretr
     weights) is a ViT-family vision model with a block `--teacher_layer`."""
     for part in (distill_args, data_args, training_args):
         part.__post_init__()
+    check_output_dir(training_args)
     if not data_args.train_data:
         raise ValueError("--train_data is required: image folders, an InfMix folder or a Hub data set id")
     if distill_args.distill_target == "none":
@@ -300,6 +238,7 @@ def run_pretraining(
     }
     if accelerator.is_main_process:
         save_pretrained_student(student, train.output_dir, summary, data, train)
+        write_training_curves(train.output_dir)
     accelerator.wait_for_everyone()
     if train.push_to_hub and accelerator.is_main_process:
         push_pretrained_student(train.output_dir, train.hub_model_id, summary, data, train)
@@ -378,8 +317,14 @@ def parse_pretraining_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `recipes/pretrain.py`."""
+    return pretrain_from_arguments(parse_pretraining_args(argv))
+
+
+def pretrain_from_arguments(arguments: tuple) -> int:
+    """Run pre-training on parsed and checked `(DistillationArguments, PretrainDataArguments, PretrainingArguments)`
+    (what `recipes/pretrain.py` and `unip pretrain` run); prints the summary and returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code, result = run_recipe(run_pretraining, parse_pretraining_args(argv))
+    code, result = run_recipe(run_pretraining, arguments)
     if result is None:
         return code
     if result.losses:

@@ -30,7 +30,7 @@ from .demo import _palette
 from .hub import list_upload_files, missing_remote_code, push_to_hub
 from .image_processing_unip import load_infrared_image
 
-__all__ = ["register"]
+__all__: list[str] = []  # the command is registered by unip_hf.commands
 
 #: The Gradio version the app is written and tested against (the Space's `sdk_version`, pinned in requirements).
 GRADIO_VERSION = "6.31.0"
@@ -205,7 +205,7 @@ def push_space(folder: str | os.PathLike, repo_id: str, *, private: bool | None 
                                                                                      "flagged/**", ".gradio/**"])
 
 
-def _run_space_create(args: argparse.Namespace) -> int:
+def command_space_create(args: argparse.Namespace) -> int:
     out = create_space(args.model, args.out_dir, title=args.title, examples=args.examples or (), task=args.task,
                        license=args.license, overwrite=args.overwrite)
     print(f"Space written to {out}; try it with `cd {out} && python app.py`, publish it with "
@@ -213,33 +213,9 @@ def _run_space_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_space_push(args: argparse.Namespace) -> int:
+def command_space_push(args: argparse.Namespace) -> int:
     push_space(args.folder, args.space_id, private=args.private or None)
     print(f"pushed {args.folder} to https://huggingface.co/spaces/{args.space_id}")
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `unip space create` and `unip space push` to the `unip` command.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    parser = subparsers.add_parser("space", help="write or push a Gradio Space (live demo) for a UNIP model",
-                                   description="A Gradio Space that gives a UNIP model a live demo on the Hub.")
-    commands = parser.add_subparsers(dest="space_command", metavar="ACTION", required=True)
-    create = commands.add_parser("create", help="write the Space folder (app.py, requirements, README, examples)")
-    create.add_argument("model", metavar="MODEL_DIR_OR_HUB_ID", help="a saved UNIP model folder or a Hub id")
-    create.add_argument("out_dir", metavar="OUT_DIR", help="the Space folder to write")
-    create.add_argument("--title", default=None, help="Space title (default: the model's name)")
-    create.add_argument("--examples", nargs="+", metavar="IMG", default=None, help="example images to copy in")
-    create.add_argument("--task", default="auto", choices=("auto", "semantic", "irstd"),
-                        help="irstd shows the target list and a threshold (auto: two classes = irstd)")
-    create.add_argument("--license", default="apache-2.0", help="the Space's licence (default apache-2.0)")
-    create.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
-    create.set_defaults(func=_run_space_create)
-    push = commands.add_parser("push", help="create the Space repo and upload the folder")
-    push.add_argument("folder", metavar="OUT_DIR", help="a folder written by `unip space create`")
-    push.add_argument("space_id", metavar="user/space-name")
-    push.add_argument("--private", action="store_true", help="create the Space as private")
-    push.set_defaults(func=_run_space_push)

@@ -5,7 +5,7 @@ fine-tuning. Nothing here knows about distillation or segmentation.
 The API the recipes share (imported by `pretraining.py` and `finetuning.py`; `__all__` is kept to what the README
 documents, so it is empty here):
 
-- `TrainingLoopArguments`: a dataclass for `HfArgumentParser` with the arguments every recipe shares (output dir,
+- `TrainingLoopArguments` (defined in `recipe_arguments`): a dataclass for `HfArgumentParser` with the arguments every recipe shares (output dir,
   batch size, accumulation, learning rate or base learning rate scaled by total batch / 256, AdamW, scheduler,
   warm-up, epochs / max steps, mixed precision, checkpointing, resume, seed, trackers, hub). Recipes subclass it to
   change defaults or add fields.
@@ -56,8 +56,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,107 +67,26 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
-
-from .argument_checks import check_choice, check_range
+from .recipe_arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
+    MIXED_PRECISION_TYPES,
+    SCHEDULER_TYPES,
+    TRACKER_PACKAGES,
+    TrainingLoopArguments,
+    build_parser,
+    dataclasses_from_dict,
+    dataclasses_from_namespace,
+    read_arguments_file,
+)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_NAME = "training_state.json"
 STEP_LOG_NAME = "trainer_state.json"
-SCHEDULER_TYPES = ("cosine", "poly", "linear", "constant")
-MIXED_PRECISION_TYPES = ("no", "fp16", "bf16", "fp8")
 NO_DECAY_NAME_PATTERNS = ("bias", "norm", "position_embedding", "pos_embed", "cls_token", "register_tokens",
                           "mask_token", "distillation_token", "layer_scale", "lambda1")
 
 
-@dataclass
-class TrainingLoopArguments:
-    """Arguments shared by the UNIP training recipes (parse with `transformers.HfArgumentParser`)."""
-
-    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs and the final model go."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "Absolute learning rate; if unset, base_learning_rate * total batch / 256."}
-    )
-    base_learning_rate: float = field(default=1.5e-4, metadata={"help": "Learning rate per 256 images."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms/biases/tokens)."})
-    adam_beta1: float = field(default=0.9)
-    adam_beta2: float = field(default=0.95)
-    adam_epsilon: float = field(default=1e-8)
-    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm if set."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine, poly, linear or constant."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate as a fraction of the peak."})
-    warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up steps (overrides warmup_ratio)."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Warm-up as a fraction of all steps (paper: 5/100)."})
-    num_train_epochs: float = field(default=100.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides num_train_epochs."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (accelerate)."})
-    checkpointing_steps: int = field(default=500, metadata={"help": "Save state every N steps (0: never)."})
-    checkpoints_total_limit: int | None = field(default=3, metadata={"help": "Keep the last K checkpoints (0: all)."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint path or 'latest'."})
-    checkpoint_format: str = field(default="safetensors", metadata={
-        "help": "safetensors (pickle-free, default) or accelerate (accelerate's save_state: pickles, needed under "
-                "FSDP/DeepSpeed; resume only checkpoints you trust)."})
-    logging_steps: int = field(default=1, metadata={"help": "Log every N steps."})
-    seed: int = field(default=0)
-    report_to: str = field(default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard)."})
-    dataloader_num_workers: int = field(default=0)
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None)
-    hub_private_repo: bool = field(default=False)
-
-    def __post_init__(self):
-        """Refuse values outside their range now, naming the argument, rather than mid-run or never."""
-        check_range("per_device_train_batch_size", self.per_device_train_batch_size, 1)
-        check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        check_range("learning_rate", self.learning_rate, 0, low_open=True, optional=True)
-        check_range("base_learning_rate", self.base_learning_rate, 0, low_open=True)
-        check_range("weight_decay", self.weight_decay, 0)
-        check_range("adam_beta1", self.adam_beta1, 0, 1, high_open=True)
-        check_range("adam_beta2", self.adam_beta2, 0, 1, high_open=True)
-        check_range("adam_epsilon", self.adam_epsilon, 0, low_open=True)
-        check_range("max_grad_norm", self.max_grad_norm, 0, low_open=True, optional=True)
-        check_choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_TYPES)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0, 1)
-        check_range("warmup_steps", self.warmup_steps, 0, optional=True)
-        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"--max_steps must be >= 1, or -1 to train for --num_train_epochs; got {self.max_steps}")
-        if self.max_steps == -1:
-            check_range("num_train_epochs", self.num_train_epochs, 0, low_open=True,
-                        note="or set --max_steps to a number of steps")
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_TYPES)
-        check_range("checkpointing_steps", self.checkpointing_steps, 0, note="0 saves no intermediate checkpoint")
-        check_range("checkpoints_total_limit", self.checkpoints_total_limit, 0, optional=True,
-                    note="unset or 0 keeps every checkpoint")
-        check_range("logging_steps", self.logging_steps, 1)
-        check_range("seed", self.seed, 0, 2**32 - 1)
-        check_range("dataloader_num_workers", self.dataloader_num_workers, 0)
-        names = [n.strip() for n in (self.report_to or "none").split(",") if n.strip()]
-        if names not in ([], ["none"], ["all"]):
-            for name in names:
-                check_choice("report_to", name, ("none", "all", *TRACKER_PACKAGES))
-        if self.resume_from_checkpoint not in (None, "", "latest") and not os.path.isdir(self.resume_from_checkpoint):
-            raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a folder; give a "
-                             "checkpoint-N folder of an earlier run, or 'latest' for the newest one in --output_dir")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/unip-small-run), checked now rather "
-                             "than after the training")
-
-    def loop_options(self) -> dict[str, Any]:
-        """The keyword arguments of `train_loop` that come straight from these arguments."""
-        return {
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "max_grad_norm": self.max_grad_norm,
-            "checkpointing_steps": self.checkpointing_steps,
-            "checkpoints_total_limit": self.checkpoints_total_limit,
-            "resume_from_checkpoint": self.resume_from_checkpoint,
-            "logging_steps": self.logging_steps,
-            "checkpoint_format": self.checkpoint_format,
-        }
 
 
 def create_accelerator(train: TrainingLoopArguments):
@@ -178,29 +96,65 @@ def create_accelerator(train: TrainingLoopArguments):
     accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
                               project_dir=train.output_dir)
     set_seed(train.seed)
+    if train.overwrite_output_dir and not train.resume_from_checkpoint and accelerator.is_main_process:
+        clear_output_dir(train.output_dir)
+    accelerator.wait_for_everyone()
     os.makedirs(train.output_dir, exist_ok=True)
     return accelerator, trackers
 
 
+def check_output_dir(train: TrainingLoopArguments) -> None:
+    """Refuse (`ValueError`) to start a new run in an `--output_dir` that holds checkpoints of an earlier run, unless
+    `--resume_from_checkpoint` continues it or `--overwrite_output_dir` starts over; the message gives both flags."""
+    if train.resume_from_checkpoint or train.overwrite_output_dir:
+        return
+    found = list_checkpoints(train.output_dir)
+    if found:
+        complete = list_checkpoints(train.output_dir, complete_only=True, allow_pickle=True)
+        newest = os.path.basename((complete or found)[-1])
+        raise ValueError(
+            f"--output_dir {train.output_dir} already holds {len(found)} checkpoint(s) of an earlier run (newest: "
+            f"{newest}). To continue that run add --resume_from_checkpoint latest; to start over add "
+            "--overwrite_output_dir (its checkpoints and step log are deleted); or choose another --output_dir")
+
+
+def clear_output_dir(output_dir: str) -> list[str]:
+    """What `--overwrite_output_dir` deletes before a new run: the `checkpoint-N` folders (complete or not) and the
+    step log of the earlier run. Returns the deleted paths."""
+    if not os.path.isdir(output_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if re.fullmatch(rf"(\.tmp-)?{CHECKPOINT_PREFIX}\d+", name) and os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(path)
+        elif name == STEP_LOG_NAME:
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logger.warning("--overwrite_output_dir: deleted %s", ", ".join(removed))
+    return removed
+
+
 def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                       check: Callable[..., None] | None = None) -> tuple:
-    """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses with
-    `transformers.HfArgumentParser`; a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments.
+    """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses (the options
+    `transformers.HfArgumentParser` would give them, built by `unip_hf.recipe_arguments` without importing
+    transformers); a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments.
 
     A `ValueError` (or `FileNotFoundError`) from a dataclass's `__post_init__` or from `check(*parsed)` (checks
     across dataclasses, run before any model or data is loaded) ends the program like an argparse error: usage,
     `error: <message>` on stderr, exit status 2, no traceback.
     """
 
-    parser = HfArgumentParser(list(dataclass_types))
+    parser = build_parser(dataclass_types)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
-            path = Path(args[0])
-            parsed = tuple(parser.parse_json_file(str(path)) if path.suffix == ".json"
-                           else parser.parse_yaml_file(str(path)))
+            parsed = dataclasses_from_dict(dataclass_types, read_arguments_file(args[0]))
         else:
-            parsed = tuple(parser.parse_args_into_dataclasses(args=args))
+            parsed = dataclasses_from_namespace(dataclass_types, parser.parse_args(args))
         if check is not None:
             check(*parsed)
     except (ValueError, FileNotFoundError) as err:
@@ -881,10 +835,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
-
-
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "comet_ml": ("comet_ml",),
-                    "mlflow": ("mlflow",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
 
 
 def resolve_report_to(report_to: str | Sequence[str] | None) -> list[str]:

@@ -17,51 +17,15 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..argument_checks import non_negative_int
 from ..image_processing_unip import decode_intensity
 from .export import export_parquet, push_to_hub
 from .infmix import InfMix, format_report_table
 from .segmentation import SEGMENTATION_BUILDERS, load_segmentation_dataset, segmentation_metadata
 
-__all__ = ["register"]
+__all__: list[str] = []  # the command is registered by unip_hf.commands
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `infmix build` and `data inspect` sub-commands.
-
-    Args:
-        subparsers: The `add_subparsers()` object of the `unip` parser.
-    """
-    inf = subparsers.add_parser("infmix", help="InfMix pre-training mix")
-    inf_sub = inf.add_subparsers(dest="infmix_command", metavar="ACTION", required=True)
-    b = inf_sub.add_parser("build", help="build an InfMix configuration from a root folder or a manifest")
-    b.add_argument("root_or_manifest", help="ROOT with infrared/<source>/ and rgb/<source>/, or a .yaml/.json manifest")
-    b.add_argument("--config", default="full", help="full | no_grayscale | infrared_only (default: full)")
-    b.add_argument("--include-sources", default=None, help="comma-separated sources to keep")
-    b.add_argument("--exclude-sources", default=None, help="comma-separated sources to drop")
-    b.add_argument("--output", required=True, help="output folder")
-    b.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
-                   help="arrow: save_to_disk (load_from_disk); parquet: DIR/<config>/*.parquet + README (load_dataset)")
-    b.add_argument("--cache-dir", default=None, help="datasets cache for the build (default: a temporary folder)")
-    b.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="upload to this dataset repo (implies the parquet export)")
-    b.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    b.set_defaults(func=_run_infmix_build)
-
-    data = subparsers.add_parser("data", help="segmentation / image data sets")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    i = data_sub.add_parser("inspect", help="class histogram, size/mode summary and a contact sheet")
-    i.add_argument("dataset", help="a layout name (sirst, irstd-1k, buffalo-udder, massmind, soda, mfnet, scut-seg, "
-                                    "nudt-sirst, folder) with --data_dir, or a save_to_disk folder")
-    i.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None)
-    i.add_argument("--split", default="train")
-    i.add_argument("--out", default="inspect_out", help="folder for summary.json and contact_sheet.png")
-    i.add_argument("--max-images", type=non_negative_int, default=16, help="images on the contact sheet")
-    i.add_argument("--cache-dir", default=None)
-    i.set_defaults(func=_run_data_inspect)
-
-
-def _run_infmix_build(args: argparse.Namespace) -> int:
+def command_infmix_build(args: argparse.Namespace) -> int:
     """Run `unip infmix build`; returns the exit status."""
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     tmp = None if args.cache_dir else tempfile.TemporaryDirectory(prefix="infmix-cache-")
@@ -138,7 +102,7 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
     return sheet
 
 
-def _run_data_inspect(args: argparse.Namespace) -> int:
+def command_data_inspect(args: argparse.Namespace) -> int:
     """Run `unip data inspect` (prints, and writes `summary.json` and `contact_sheet.png` under `--out`); returns the
     exit status."""
     ds = _load_for_inspect(args)

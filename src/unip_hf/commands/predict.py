@@ -1,0 +1,53 @@
+"""`unip predict MODEL IMAGES... --out DIR`: a segmentation model on your own images (the work is in
+`unip_hf.prediction`, imported when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..argument_checks import check_range
+from . import add_command, flags, load
+
+RADIOMETRIC_CHOICES = ("raw", "celsius", "preview")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+        check_range("threshold", value, 0, 1, low_open=True, high_open=True)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1), got {text!r}") from err
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `predict` sub-command.
+
+    Args:
+        subparsers: The `add_subparsers()` object of the `unip` parser.
+    """
+    parser = add_command(
+        subparsers, "predict",
+        help="segment your own images with a saved model: mask and overlay PNGs, targets.csv for binary models",
+        description="Run a saved UNIP segmentation model on image files, folders (recursive) or glob patterns (quote "
+                    "them: 'data/**/*.png'); any depth or mode (8/16-bit, float, gray, colour, palette). Writes "
+                    "<name>_mask.png (class ids) and <name>_overlay.png per image into --out; for a binary "
+                    "(2-class, e.g. small-target) model also targets.csv (one row per 8-connected target: image, "
+                    "target id, centroid x/y, area, bounding box, max score). Unreadable files are named, skipped "
+                    "and counted.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a saved segmentation model folder or Hub id")
+    parser.add_argument("images", metavar="IMAGES", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threshold", type=_probability, default=0.5,
+                        help="binary models: target probability above which a pixel is a target")
+    parser.add_argument("--radiometric", choices=RADIOMETRIC_CHOICES, default=None,
+                        help="radiometric FLIR JPEGs: raw counts, celsius or the preview (default: the decoder's)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(*flags("trust_remote_code"), action="store_true", help="allow remote code when loading MODEL")
+    parser.add_argument(*flags("no_progress"), action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    return load("unip_hf.prediction").command_predict(args)
