@@ -218,20 +218,20 @@ def test_recipe_script_exits_2_without_traceback(assets, tmp_path):
 
 CLI_CASES = [
     (["analyze-attention", "VIT", "--images", "IMAGES", "--out", "OUT", "--num-images", "0"],
-     "argument --num-images: must be an integer >= 1, got 0"),
+     "argument --num_images/--num-images: must be an integer >= 1, got 0"),
     (["analyze-attention", "VIT", "--images", "IMAGES", "--out", "OUT", "--num-images", "-3"],
-     "argument --num-images: must be an integer >= 1, got -3"),
+     "argument --num_images/--num-images: must be an integer >= 1, got -3"),
     (["analyze-attention", "VIT", "--images", "IMAGES", "--out", "OUT", "--image-size", "0"],
-     "argument --image-size: must be an integer >= 1, got 0"),
+     "argument --image_size/--image-size: must be an integer >= 1, got 0"),
     (["analyze-attention", "VIT", "--images", "IMAGES", "--out", "OUT", "--batch-size", "0"],
-     "argument --batch-size: must be an integer >= 1"),
+     "argument --batch_size/--batch-size: must be an integer >= 1"),
     (["analyze-attention", "VIT", "--images", "IMAGES", "--out", "OUT", "--map-layers", "-1"],
-     "argument --map-layers: must be an integer >= 0"),
+     "argument --map_layers/--map-layers: must be an integer >= 0"),
     (["data", "inspect", "sirst", "--data_dir", "IMAGES", "--max-images", "-1"],
-     "argument --max-images: must be an integer >= 0"),
-    (["demo", "--max_steps", "0"], "argument --max_steps: must be an integer >= 1"),
-    (["demo", "--batch_size", "0"], "argument --batch_size: must be an integer >= 1"),
-    (["convert", "IMAGES", "OUT", "--from", "timm", "--num-heads", "0"], "argument --num-heads: must be an integer"),
+     "argument --max_images/--max-images: must be an integer >= 0"),
+    (["demo", "--max_steps", "0"], "argument --max_steps/--max-steps: must be an integer >= 1"),
+    (["demo", "--batch_size", "0"], "argument --batch_size/--batch-size: must be an integer >= 1"),
+    (["convert", "IMAGES", "OUT", "--from", "timm", "--num-heads", "0"], "argument --num_heads/--num-heads: must be an integer"),
 ]
 
 

@@ -115,7 +115,7 @@ def test_infmix_skips_bad_names_fifo_and_loop(messy, tmp_path):
 
 
 def test_infmix_cli_names_bad_file(messy, tmp_path, capsys):
-    from unip_hf.data import commands
+    from unip_hf.commands import data as commands
 
     root = tmp_path / "root"
     os.makedirs(root / "infrared")
@@ -217,7 +217,7 @@ def test_attention_find_images_skips_and_names(messy):
 
 
 def test_data_inspect_reports_scan_skips(tmp_path, capsys):
-    from unip_hf.data import commands
+    from unip_hf.commands import data as commands
 
     root = tmp_path / "f"
     os.makedirs(root / "masks")
