@@ -58,8 +58,9 @@ def is_binary_model(config: Any) -> bool:
 
 def collect_images(sources: Sequence[str], skipped: list[str]) -> list[tuple[Path, str]]:
     """`(path, output name)` of every image named by `sources` (files, folders searched recursively, or glob
-    patterns such as `data/*.png` or `data/**/*.tif`). The output name keeps a file's path below the folder it was
-    found in (a file given directly: its name), without the suffix; names that would collide get `-2`, `-3`, ...
+    patterns such as `data/*.png` or `data/**/*.tif`), each real file once. The output name keeps a file's path below
+    the folder it was found in (a file given directly: its name), without the suffix; names that would collide get
+    `-2`, `-3`, ...
 
     Raises:
         FileNotFoundError: a source that is neither a path nor a glob pattern matching anything.
@@ -77,8 +78,11 @@ def collect_images(sources: Sequence[str], skipped: list[str]) -> list[tuple[Pat
             relative = path.relative_to(source) if os.path.isdir(source) else Path(path.name)
             found.append((path, str(relative.with_suffix(""))))
     seen: dict[str, int] = {}
-    named = []
+    named, files = [], set()
     for path, name in found:
+        if os.path.realpath(path) in files:
+            continue
+        files.add(os.path.realpath(path))
         count = seen.get(name, 0) + 1
         seen[name] = count
         named.append((path, name if count == 1 else f"{name}-{count}"))

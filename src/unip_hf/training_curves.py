@@ -101,9 +101,11 @@ def plot_training_curves(run_dir: str, out: str | None = None) -> str:
 
 
 def write_training_curves(run_dir: str) -> str | None:
-    """What the recipes call at the end of a run: `plot_training_curves(run_dir)`, or, without matplotlib, one
-    warning per process (with the install command) and `None`."""
+    """What the recipes call at the end of a run: `plot_training_curves(run_dir)`, or `None` without a step log (a
+    run of no steps) or, with one warning per process that gives the install command, without matplotlib."""
     global _warned_missing
+    if not os.path.isfile(os.path.join(run_dir, STEP_LOG_NAME)):
+        return None
     try:
         path = plot_training_curves(run_dir)
     except PlotsUnavailable as err:
