@@ -35,7 +35,8 @@ def test_register_has_the_one_signature(module_name):
 def test_every_command_sets_a_private_handler_returning_the_exit_status():
     leaves = list(_leaf_parsers(cli.build_parser()))
     commands = {" ".join(words) for words, _ in leaves}
-    assert {"convert", "analyze-attention", "infmix build", "data inspect", "demo"} <= commands
+    assert {"convert", "analyze-attention", "infmix build", "data inspect", "demo", "pretrain", "finetune", "evaluate",
+            "predict", "plot"} <= commands
     for words, parser in leaves:
         handler = parser.get_default("func")
         assert callable(handler), f"`unip {' '.join(words)}` sets no handler with set_defaults(func=...)"

@@ -69,7 +69,7 @@ def command_analyze_attention(args: argparse.Namespace) -> int:
     layers = args.map_layers if args.map_layers else default_map_layers(report)
     bad = [i for i in layers if not 0 <= i < report.num_layers]
     if bad:
-        raise SystemExit(f"error: --map-layers {bad} out of range 0..{report.num_layers - 1}")
+        raise SystemExit(f"error: --map_layers {bad} out of range 0..{report.num_layers - 1}")
     queries = default_queries(report.grid_size)
     example, (maps, intensity) = _first_readable(
         paths, lambda image: query_attention_maps(model, image, layers, queries, image_size=args.image_size,

@@ -11,7 +11,7 @@ Every module in `COMMAND_MODULES` follows one convention:
   of the same module taking the parsed `argparse.Namespace` and returning the exit status (`int`);
 
 - the module is light: importing it loads no torch, transformers, datasets or accelerate (nor numpy or PIL); the
-  handler imports the module that does the work when the command runs (`unip_hf.commands.load("unip_hf.x")`), so
+  handler imports the module that does the work when the command runs (`unip_hf.commands.load("unip_hf.convert")`), so
   `unip --help` and every `unip X --help` start in a fraction of a second. Argument dataclasses of the training
   recipes live in the light `unip_hf.recipe_arguments`.
 
