@@ -1,8 +1,9 @@
 """Evaluation of UNIP segmentation models (Zhang et al., ICLR 2025) with the data set's metrics (mIoU, or IoU / nIoU /
 Pd / Fa for small targets): the streaming, process-parallel `SegmentationEvaluator`, `evaluate_model` over a split,
 chance levels (`chance_metrics`, `class_frequencies`), the printed table, the protocol checks shared with
-fine-tuning (`check_eval_protocol`), and the evaluation of any checkpoint (`EvaluationArguments`, `run_evaluation`,
-`evaluate_main`, which `recipes/eval_segmentation.py` calls).
+fine-tuning (`check_eval_protocol`), and the evaluation of any checkpoint (`run_evaluation` on `EvaluationArguments`,
+`evaluate_main`, which `recipes/eval_segmentation.py` calls, and `evaluate_from_arguments`, which `unip evaluate`
+calls).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 Patterns for Infrared Semantic Segmentation", ICLR 2025) under `accelerate`: the recipe behind `recipes/finetune.py`
 and `unip demo`.
 
-This file holds the arguments (`ModelArguments`, `DataArguments`, `FinetuningArguments`), the model to train
+This file holds the checks across its arguments (`ModelArguments`, `DataArguments`, `FinetuningArguments`, defined
+in `recipe_arguments.py` so that parsing them is light), the model to train
 (`build_model`, `freeze_unused_backbone_parameters`), `run_finetuning` (periodic evaluation, best-checkpoint keeping,
-saving, pushing) and `finetune_main`. The step loop is `training.train_loop`; the other jobs have their own files:
+saving, pushing, `training_curves.png`) and `finetune_main` / `finetune_from_arguments` (`unip finetune`). The step loop is `training.train_loop`; the other jobs have their own files:
 `layer_decay.py`, `finetuning_data.py` (data sets and splits), `inference.py` (whole-image / sliding-window logits),
 `evaluation.py` (metrics, `run_evaluation`, `evaluate_main`) and `segmentation_saving.py` (processor, card, push).
 """

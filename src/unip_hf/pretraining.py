@@ -1,6 +1,6 @@
-"""The UNIP pre-training recipe (Zhang et al., ICLR 2025) that `recipes/pretrain.py` calls: its argument dataclasses,
-the checks run before anything is loaded, `run_pretraining` (teacher, student and data under `accelerate` with the
-package's training loop), saving the student with its processor and model card, pushing it, and `main`.
+"""The UNIP pre-training recipe (Zhang et al., ICLR 2025) that `recipes/pretrain.py` calls (and `unip pretrain`): the
+checks run before anything is loaded (the argument dataclasses are in `recipe_arguments.py`), `run_pretraining` (teacher, student and data under `accelerate` with the
+package's training loop), saving the student with its processor and model card, pushing it, `training_curves.png`, and `main` / `pretrain_from_arguments`.
 The loss, teacher and student are in `distillation.py`, the data in `pretraining_data.py`.
 """
 

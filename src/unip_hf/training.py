@@ -39,6 +39,9 @@ documents, so it is empty here):
   process, tracker logging, step log, periodic checkpoints, exact resume by skipping the data already consumed
   with `accelerator.skip_first_batches`, a report of the settings that differ from the checkpoint's, Ctrl-C saves).
   Returns a `TrainLoopResult`.
+- `check_output_dir(train)`: a new run into an `--output_dir` holding checkpoints of an earlier one is refused,
+  naming `--resume_from_checkpoint latest` and `--overwrite_output_dir`; `create_accelerator` clears the earlier
+  checkpoints and step log when `--overwrite_output_dir` is given (`clear_output_dir`).
 """
 
 from __future__ import annotations
