@@ -174,9 +174,10 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
     for path, name in tqdm(images, desc="predict", unit="image", disable=not progress):
         try:
             image = load_infrared_image(path, **decode)
-        except InfraredImageError as err:
-            result.skipped.append(f"{path}: {err}")
-            tqdm.write(f"skipped {path}: {err}")
+        except InfraredImageError as err:  # the message names the file
+            reason = str(err) if str(path) in str(err) else f"{path}: {err}"
+            result.skipped.append(reason)
+            tqdm.write(f"skipped {reason}")
             continue
         probabilities = class_probabilities(model, processor, image)
         if binary:
