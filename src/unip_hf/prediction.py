@@ -51,9 +51,9 @@ class PredictionResult:
 
 
 def is_binary_model(config: Any) -> bool:
-    """Whether a model predicts one target class against background (two labels), as small-target models do; their
-    predictions get a `targets.csv`."""
-    return int(getattr(config, "num_labels", 0)) == 2
+    """Whether a model predicts one target class against background (two labels), as small-target models do (their
+    config type is `unip_small_target`); their predictions get a `targets.csv`."""
+    return getattr(config, "model_type", None) == "unip_small_target" or int(getattr(config, "num_labels", 0)) == 2
 
 
 def collect_images(sources: Sequence[str], skipped: list[str]) -> list[tuple[Path, str]]:
