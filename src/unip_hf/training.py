@@ -1045,7 +1045,7 @@ def train_loop(
                 if max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
                 optimizer.step()
-                learning_rate = optimizer.param_groups[0]["lr"]
+                learning_rate = max(group["lr"] for group in optimizer.param_groups)  # the un-decayed groups (layer decay)
                 # one reduction for the loss and for the finiteness of the updated parameters
                 params_bad = (~all_finite(trained)).float().to(accelerator.device)
                 reduced = accelerator.reduce(torch.stack([step_loss, params_bad]), reduction="mean").tolist()

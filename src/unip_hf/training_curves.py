@@ -86,7 +86,7 @@ def plot_training_curves(run_dir: str, out: str | None = None) -> str:
     axes[0].plot(curves["steps"], curves["loss"], color="tab:blue", linewidth=1.2)
     axes[0].set(title="training loss", xlabel="step", ylabel="loss")
     axes[1].plot(curves["lr_steps"], curves["learning_rate"], color="tab:orange", linewidth=1.2)
-    axes[1].set(title="learning rate", xlabel="step", ylabel="lr")
+    axes[1].set(title="learning rate (peak: groups without layer decay)", xlabel="step", ylabel="lr")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if panels == 3:
         axes[2].plot(curves["eval_steps"], curves["eval_values"], marker="o", color="tab:green", linewidth=1.2)
