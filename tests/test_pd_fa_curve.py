@@ -53,7 +53,9 @@ def test_evaluator_reports_the_curve_consistent_with_the_threshold():
     assert curve["pd"][at_half] == metrics["pd"] == 0.5
     assert curve["fa"][at_half] == pytest.approx(metrics["fa"])
     assert curve["pd"] == [1.0, 0.5, 0.5]
-    assert "pd_fa_curve" not in SegmentationEvaluator("irstd", 2, curve_thresholds=()).counters
+    without = SegmentationEvaluator("irstd", 2, curve_thresholds=())
+    without.add(torch.zeros(1, 2, 10, 10), torch.from_numpy(references[0].astype(np.int64))[None])
+    assert "pd_fa_curve" not in without.compute() and without.compute()["pd"] == 0.0
     with pytest.raises(ValueError, match="thresholds"):
         SegmentationEvaluator("irstd", 2, curve_thresholds=[1.5])
 
