@@ -73,7 +73,7 @@ def test_tuple_output_and_decoder_states():
 
 def test_classifier_starts_at_the_target_prior():
     model = UnipForSmallTargetSegmentation(tiny_config(target_prior=0.01)).eval()
-    assert float(model.classifier.bias) == pytest.approx(math.log(0.01 / 0.99), abs=1e-5)
+    assert float(model.classifier.bias.detach()) == pytest.approx(math.log(0.01 / 0.99), abs=1e-5)
     with torch.no_grad():
         probability = torch.sigmoid(model(torch.randn(1, 3, 32, 32)).target_logits).mean()
     assert probability < 0.1
