@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unip_hf import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from unip_hf.evaluation import EvaluationArguments, run_evaluation
 from unip_hf.finetuning import (
     DataArguments,
     FinetuningArguments,
@@ -85,6 +86,13 @@ def test_finetune_small_target_full_resolution_curve_and_distillation(mini_sirst
     assert len(curve["thresholds"]) == len(curve["pd"]) == len(curve["fa"]) >= 5
     assert curve["pd"][curve["thresholds"].index(0.5)] == entry["metrics"]["pd"]
     assert (tmp_path / "teacher" / "pd_fa_curve.png").is_file()
+    # recipes/eval_segmentation.py scores the saved model at full resolution by default, as fine-tuning did
+    reset_accelerate()
+    evaluated = run_evaluation(EvaluationArguments(model_name_or_path=teacher_dir, dataset="sirst", data_dir=mini_sirst,
+                                                   split="val", output_dir=str(tmp_path / "eval")))
+    for key in ("iou", "niou", "pd", "fa"):
+        assert evaluated["metrics"][key] == pytest.approx(entry["metrics"][key]), key
+    assert (tmp_path / "eval" / "pd_fa_curve.png").is_file()
 
     # distillation from the fine-tuned teacher, logits and attention maps
     reset_accelerate()

@@ -281,8 +281,9 @@ class EvaluationArguments:
     eval_mode: str = field(default="whole")
     crop_size: int | None = field(default=None, metadata={"help": "Window size (default: the model's image_size)."})
     eval_stride: int | None = field(default=None)
-    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop); "
-                                                                 "'none' keeps the original size."})
+    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop; a "
+                                                                 "small-target model: none); 'none' keeps the "
+                                                                 "original size."})
     irstd_threshold: float = field(default=0.5)
     fa_rule: str = field(default="correct", metadata={"help": "correct or reference (IRSTD)."})
     max_eval_samples: int | None = field(default=None)
@@ -345,7 +346,9 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
                          f"({args.data_dir}) has {len(id2label)}: {list(id2label.values())}")
     task = dataset_task(args.dataset, args.task)
     crop = args.crop_size or int(getattr(model.config, "image_size", 512))
-    if args.img_scale and args.img_scale.lower() == "none":
+    # a small-target model is evaluated at each image's full resolution unless --img_scale says otherwise
+    full_resolution = getattr(model.config, "model_type", None) == "unip_small_target" and not args.img_scale
+    if full_resolution or (args.img_scale and args.img_scale.lower() == "none"):
         img_scale = None
     else:
         img_scale = parse_img_scale(args.img_scale, crop)
