@@ -59,6 +59,9 @@ def test_architecture_choice():
     assert resolve_architecture(ModelArguments(), "irstd") == "small_target"
     assert resolve_architecture(ModelArguments(), "semantic") == "semantic"
     assert resolve_architecture(ModelArguments(architecture="semantic"), "irstd") == "semantic"
+    assert resolve_architecture(ModelArguments(mode="linear_probe"), "irstd") == "semantic"  # the probe's 1x1 head
+    with pytest.raises(ValueError, match="linear_probe"):
+        resolve_architecture(ModelArguments(mode="linear_probe", architecture="small_target"), "irstd")
     labels = {0: "background", 1: "target"}
     args = ModelArguments(preset="unip-tiny", patch_size=8, config_overrides=json.dumps(TINY))
     assert isinstance(build_model(args, labels, 32, "irstd"), UnipForSmallTargetSegmentation)

@@ -235,9 +235,12 @@ class FinetuningResult:
 
 
 def resolve_architecture(model_args: ModelArguments, task: str) -> str:
-    """`"small_target"` or `"semantic"`: `--architecture`, with `auto` meaning small-target for the irstd task."""
+    """`"small_target"` or `"semantic"`: `--architecture`, with `auto` meaning small-target for the irstd task (a
+    linear probe, `--mode linear_probe`, is always the semantic model's 1x1 head on the frozen backbone)."""
     if model_args.architecture == "auto":
-        return "small_target" if task == "irstd" else "semantic"
+        return "small_target" if task == "irstd" and model_args.mode == "finetune" else "semantic"
+    if model_args.architecture == "small_target" and model_args.mode == "linear_probe":
+        raise ValueError("--mode linear_probe trains the semantic model's 1x1 head; use --architecture semantic (or auto)")
     return model_args.architecture
 
 
