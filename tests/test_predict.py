@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
@@ -22,6 +23,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_si
 
 def _save_model(folder, num_labels):
     config = UnipConfig(num_labels=num_labels, id2label={i: f"class{i}" for i in range(num_labels)}, **TINY)
+    torch.manual_seed(0)  # the same random model whatever ran before
     model = UnipForSemanticSegmentation(config).eval()
     model.save_pretrained(folder)
     make_processor(config, (64, 48)).save_pretrained(folder)
@@ -82,7 +84,7 @@ def test_predict_writes_masks_overlays_and_targets(binary_model, images, tmp_pat
     for row in rows:  # every listed target lies in its image's predicted mask
         mask = np.asarray(Image.open(out / f"{_stem(row['image'], images)}_mask.png"))
         x0, y0, x1, y1 = (int(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
-        assert mask[y0:y1 + 1, x0:x1 + 1].sum() >= int(row["area"]) and 0.5 < float(row["max_score"]) <= 1
+        assert mask[y0:y1 + 1, x0:x1 + 1].sum() >= int(row["area"]) and 0.5 <= float(row["max_score"]) <= 1  # rounded
     assert f"{len(rows)} target(s) listed" in text
 
 

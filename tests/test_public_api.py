@@ -66,6 +66,7 @@ def test_top_level_api():
         "UnipConfig", "UnipPreTrainedModel", "UnipViTModel", "UnipForSemanticSegmentation", "UnipBackbone",
         "UnipImageProcessor", "UnipImageSegmentationPipeline", "AttentionTeacher", "nmi_had_loss", "run_pretraining",
         "__version__",
+        "UnipSmallTargetConfig", "UnipForSmallTargetSegmentation",  # issue 11: the small-target model
     }
     namespace: dict = {}
     exec("from unip_hf import *", namespace)

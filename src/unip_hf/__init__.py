@@ -24,6 +24,8 @@ _EXPORTS = {
     "UnipPreTrainedModel": "modeling_unip",
     "UnipViTModel": "modeling_unip",
     "UnipForSemanticSegmentation": "modeling_unip",
+    "UnipForSmallTargetSegmentation": "modeling_unip",
+    "UnipSmallTargetConfig": "configuration_unip",
     "UnipBackbone": "modeling_unip",
     "UnipModelOutput": "modeling_unip",
     "UnipImageProcessor": "image_processing_unip",
@@ -46,9 +48,9 @@ def register_auto_classes() -> None:
         return
     from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
-    from .configuration_unip import UnipConfig
+    from .configuration_unip import UnipConfig, UnipSmallTargetConfig
     from .image_processing_unip import UnipImageProcessor
-    from .modeling_unip import UnipBackbone, UnipForSemanticSegmentation, UnipViTModel
+    from .modeling_unip import UnipBackbone, UnipForSemanticSegmentation, UnipForSmallTargetSegmentation, UnipViTModel
     from .pipeline_unip import register_pipeline
 
     AutoConfig.register("unip", UnipConfig, exist_ok=True)
@@ -56,6 +58,10 @@ def register_auto_classes() -> None:
     AutoModelForSemanticSegmentation.register(UnipConfig, UnipForSemanticSegmentation, exist_ok=True)
     AutoBackbone.register(UnipConfig, UnipBackbone, exist_ok=True)
     AutoImageProcessor.register(UnipConfig, image_processor_classes={"pil": UnipImageProcessor}, exist_ok=True)
+    AutoConfig.register("unip_small_target", UnipSmallTargetConfig, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(UnipSmallTargetConfig, UnipForSmallTargetSegmentation, exist_ok=True)
+    AutoImageProcessor.register(UnipSmallTargetConfig, image_processor_classes={"pil": UnipImageProcessor},
+                                exist_ok=True)
     register_pipeline()
     _registered = True
 
@@ -93,7 +99,8 @@ if not _imported_for_a_light_module():
     register_auto_classes()
 
 __all__ = [
-    "UnipBackbone", "UnipConfig", "UnipForSemanticSegmentation", "UnipImageProcessor",
+    "UnipBackbone", "UnipConfig", "UnipForSemanticSegmentation", "UnipForSmallTargetSegmentation",
+    "UnipSmallTargetConfig", "UnipImageProcessor",
     "UnipImageSegmentationPipeline", "UnipPreTrainedModel", "UnipViTModel", "AttentionTeacher", "nmi_had_loss",
     "run_pretraining", "__version__",
 ]

@@ -25,12 +25,19 @@ UNIP_PRESETS: dict[str, dict[str, Any]] = {
 
 # The remote code of a checkpoint: these files travel with every saved model and processor, and `auto_map` names
 # the Auto classes they provide.
-REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py")
+REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py", "losses.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_unip.UnipConfig",
     "AutoModel": "modeling_unip.UnipViTModel",
     "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
     "AutoBackbone": "modeling_unip.UnipBackbone",
+    "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
+}
+# The Auto classes of a small-target checkpoint (`UnipForSmallTargetSegmentation`, its own config class so that
+# `AutoModelForSemanticSegmentation` and `pipeline("image-segmentation")` build the right model).
+SMALL_TARGET_AUTO_MAP = {
+    "AutoConfig": "configuration_unip.UnipSmallTargetConfig",
+    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSmallTargetSegmentation",
     "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
 }
 
@@ -302,4 +309,81 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**cls.presets[key], **overrides})
 
 
-__all__ = ["UnipConfig"]
+PIXEL_LOSSES = ("bce", "focal")
+
+
+class UnipSmallTargetConfig(UnipConfig):
+    r"""
+    Configuration of a [`UnipForSmallTargetSegmentation`]: every [`UnipConfig`] field (the ViT backbone that gives
+    context) plus the full-resolution detail path and the small-target loss. Binary: `num_labels` is 2 (background,
+    target).
+
+    Args:
+        detail_channels (`list[int]`, *optional*, defaults to `[16, 32, 64]`):
+            Channels of the convolutional detail path at 1/1, 1/2, 1/4, ... of the input (one stage per entry, each
+            stage halving the resolution of the previous one).
+        context_layer (`int`, *optional*, defaults to -1):
+            Backbone block whose output (1/patch map) is fused into the coarsest detail stage (0-based, negative
+            counts from the end). Blocks after it never run.
+        deep_supervision (`bool`, *optional*, defaults to `True`):
+            Add the loss of a 1x1 classifier on every coarser decoder stage (upsampled to the label size), weighted
+            by `deep_supervision_weight` (training only).
+        deep_supervision_weight (`float`, *optional*, defaults to 0.5):
+            Weight of each deep-supervision loss.
+        pixel_loss (`str`, *optional*, defaults to `"bce"`):
+            Pixel term added to the soft-IoU loss: `"bce"` (binary cross-entropy) or `"focal"` (focal loss).
+        pixel_loss_weight (`float`, *optional*, defaults to 1.0), soft_iou_weight (`float`, *optional*, defaults to
+        1.0): weights of the two terms.
+        focal_gamma (`float`, *optional*, defaults to 2.0), focal_alpha (`float`, *optional*, defaults to 0.75):
+            Focal loss focusing exponent and target-class weight.
+        target_prior (`float`, *optional*, defaults to 0.01):
+            Initial target probability of the classifiers (their bias is `log(prior / (1 - prior))`), so that training
+            starts from "background almost everywhere" instead of 0.5 everywhere.
+
+    Example:
+
+    ```python
+    >>> from unip_hf import UnipSmallTargetConfig
+    >>> config = UnipSmallTargetConfig.from_preset("unip-tiny", patch_size=8, detail_channels=[16, 32, 64])
+    >>> config.model_type
+    'unip_small_target'
+    ```"""
+
+    model_type = "unip_small_target"
+
+    detail_channels: list[int] | tuple[int, ...] = (16, 32, 64)
+    context_layer: int = -1
+    deep_supervision: bool = True
+    deep_supervision_weight: float = 0.5
+    pixel_loss: str = "bce"
+    pixel_loss_weight: float = 1.0
+    soft_iou_weight: float = 1.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.75
+    target_prior: float = 0.01
+
+    def __post_init__(self, **kwargs):
+        self.detail_channels = [int(c) for c in self.detail_channels]
+        if "num_labels" not in kwargs and "id2label" not in kwargs:
+            kwargs["num_labels"] = 2
+        super().__post_init__(**kwargs)
+
+    def validate_unip(self) -> None:
+        super().validate_unip()
+        if not self.detail_channels or min(self.detail_channels) < 1:
+            raise ValueError(f"detail_channels must be a non-empty list of positive channel counts, got "
+                             f"{self.detail_channels}")
+        if not -self.num_hidden_layers <= self.context_layer < self.num_hidden_layers:
+            raise ValueError(f"context_layer {self.context_layer} out of range for {self.num_hidden_layers} blocks")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {self.pixel_loss!r}")
+        if not 0.0 < self.target_prior < 1.0:
+            raise ValueError(f"target_prior must be in (0, 1), got {self.target_prior}")
+
+    @property
+    def context_block(self) -> int:
+        """`context_layer` as a non-negative block index."""
+        return self.context_layer % self.num_hidden_layers
+
+
+__all__ = ["UnipConfig", "UnipSmallTargetConfig"]

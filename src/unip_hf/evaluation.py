@@ -45,8 +45,9 @@ from .metrics import (
     mean_iou_from_confusion_matrix,
     to_builtin,
 )
-from .segmentation_saving import benchmark_result, card_for, make_processor, push_saved_model
+from .metrics.irstd.pd_fa_curve import DEFAULT_THRESHOLDS, PdFaCurveAccumulator
 from .recipe_arguments import EvaluationArguments
+from .segmentation_saving import benchmark_result, card_for, make_processor, push_saved_model, write_pd_fa_plot
 from .training import parse_recipe_args
 
 
@@ -56,7 +57,8 @@ class SegmentationEvaluator:
     Semantic sets accumulate a confusion matrix (`unip_hf.metrics.confusion_matrix`; memory independent of the
     number of images) and report `mean_iou` and the rest of the `mean_iou` metric; small-target sets accumulate the
     `irstd` metric's per-image counters (`unip_hf.metrics.image_statistics`) on the target-class probability and
-    report `iou`, `niou`, `pd`, `fa` (x 1e6). Both are the numbers of the shipped `evaluate` modules.
+    report `iou`, `niou`, `pd`, `fa` (x 1e6) and `pd_fa_curve` (Pd, Fa and IoU at each of `curve_thresholds`, the
+    threshold-free report). Both are the numbers of the shipped `evaluate` modules.
 
     Args:
         task (`str`): `"semantic"` or `"irstd"`.
@@ -64,10 +66,12 @@ class SegmentationEvaluator:
         ignore_index (`int`, *optional*, defaults to 255): ignored label.
         threshold (`float`, *optional*, defaults to 0.5): IRSTD probability threshold.
         fa_rule (`str`, *optional*, defaults to `"correct"`): IRSTD false-alarm rule.
+        curve_thresholds (`Sequence[float]`, *optional*): thresholds of the IRSTD Pd-Fa curve (default
+            `DEFAULT_THRESHOLDS`, 0.01 to 0.99; empty: no curve).
     """
 
     def __init__(self, task: str, num_labels: int, ignore_index: int = 255, threshold: float = 0.5,
-                 fa_rule: str = "correct"):
+                 fa_rule: str = "correct", curve_thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS):
         if task not in ("semantic", "irstd"):
             raise ValueError(f"task must be semantic or irstd, got {task!r}")
         self.task, self.num_labels, self.ignore_index = task, int(num_labels), int(ignore_index)
@@ -75,6 +79,8 @@ class SegmentationEvaluator:
         self.confusion = np.zeros((self.num_labels + 1, self.num_labels + 1), dtype=np.int64)
         self.counters = {"intersection": 0, "union": 0, "num_targets": 0, "num_detected": 0, "false_alarm_pixels": 0,
                          "total_pixels": 0, "niou_sum": 0.0, "niou_images": 0, "num_images": 0}
+        self.curve = (PdFaCurveAccumulator(curve_thresholds, fa_rule=fa_rule)
+                      if task == "irstd" and curve_thresholds else None)
 
     @property
     def main_metric(self) -> str:
@@ -97,6 +103,8 @@ class SegmentationEvaluator:
             for key, value in stats.items():
                 self.counters[key] += value
             self.counters["num_images"] += 1
+            if self.curve is not None:
+                self.curve.add(probability, reference)
             if stats["union"] > 0:
                 self.counters["niou_sum"] += stats["intersection"] / stats["union"]
                 self.counters["niou_images"] += 1
@@ -115,7 +123,14 @@ class SegmentationEvaluator:
         counters = {k: (float(v) if k == "niou_sum" else int(round(float(v)))) for k, v in zip(keys, values.tolist())}
         if counters["num_images"] == 0:
             raise ValueError("no image was evaluated")
-        return irstd_from_counters(counters)
+        results = irstd_from_counters(counters)
+        if self.curve is not None:
+            state = torch.from_numpy(self.curve.state().astype(np.float64))
+            if accelerator is not None and accelerator.num_processes > 1:
+                state = accelerator.reduce(state.to(accelerator.device), reduction="sum").cpu()
+            self.curve.load_state(state.tolist())
+            results["pd_fa_curve"] = self.curve.compute()
+        return results
 
 
 @torch.no_grad()
@@ -294,7 +309,9 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
                          f"({args.data_dir}) has {len(id2label)}: {list(id2label.values())}")
     task = dataset_task(args.dataset, args.task)
     crop = args.crop_size or int(getattr(model.config, "image_size", 512))
-    if args.img_scale and args.img_scale.lower() == "none":
+    # a small-target model is evaluated at each image's full resolution unless --img_scale says otherwise
+    full_resolution = getattr(model.config, "model_type", None) == "unip_small_target" and not args.img_scale
+    if full_resolution or (args.img_scale and args.img_scale.lower() == "none"):
         img_scale = None
     else:
         img_scale = parse_img_scale(args.img_scale, crop)
@@ -312,6 +329,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
         previous = [r for r in read_eval_results(output_dir) if r.file_stem() != result.file_stem()]
         results = previous + [result]
         files = [str(p) for p in write_eval_results(output_dir, results)]
+        files += write_pd_fa_plot(output_dir, results)
         print(f"{args.model_name_or_path} on {args.dataset} {split} ({args.eval_mode}, {len(eval_dataset)} images):")
         print(format_metrics_table(metrics, id2label))
         print(f"results written to {', '.join(files)}")

@@ -24,7 +24,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from .configuration_unip import UnipConfig
+from .configuration_unip import UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
 from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
 from .finetuning_data import (
@@ -37,7 +37,8 @@ from .finetuning_data import (
 )
 from .layer_decay import layer_decay_scale
 from .metrics import RANKED_METRICS, to_builtin
-from .modeling_unip import UnipForSemanticSegmentation
+from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from .small_target_distillation import SmallTargetDistiller
 from .segmentation_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
@@ -64,13 +65,9 @@ logger = logging.getLogger(__name__)
 
 DECODE_HEAD_CHOICES = ("ll_fpn", "multilevel_fpn")
 MODES = ("finetune", "linear_probe")
+#: `--architecture`: `auto` is `small_target` for small-target (irstd) data sets, `semantic` otherwise.
+ARCHITECTURES = ("auto", "small_target", "semantic")
 EVAL_LOG_NAME = "eval_log.json"
-
-
-
-
-
-
 
 
 def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
@@ -107,8 +104,52 @@ class FinetuningResult:
     resumed_from: str | None = None
 
 
+def resolve_architecture(model_args: ModelArguments, task: str) -> str:
+    """`"small_target"` or `"semantic"`: `--architecture`, with `auto` meaning small-target for the irstd task (a
+    linear probe, `--mode linear_probe`, is always the semantic model's 1x1 head on the frozen backbone)."""
+    if model_args.architecture == "auto":
+        return "small_target" if task == "irstd" and model_args.mode == "finetune" else "semantic"
+    if model_args.architecture == "small_target" and model_args.mode == "linear_probe":
+        raise ValueError("--mode linear_probe trains the semantic model's 1x1 head; use --architecture semantic (or auto)")
+    return model_args.architecture
+
+
+def build_small_target_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int,
+                             overrides: dict[str, Any]) -> UnipForSmallTargetSegmentation:
+    """A `UnipForSmallTargetSegmentation`: from scratch (`--preset`), from a small-target checkpoint, or with its
+    backbone from any UNIP checkpoint (a `UnipViTModel` or a segmentation model; detail path and decoder new)."""
+    if len(id2label) != 2:
+        raise ValueError(f"--architecture small_target is binary (background, target); the data set has "
+                         f"{len(id2label)} classes: {list(id2label.values())}. Use --architecture semantic")
+    labels = {"id2label": {int(k): v for k, v in id2label.items()}, "label2id": {v: int(k) for k, v in id2label.items()}}
+    overrides = {k: v for k, v in overrides.items() if k not in ("decode_head", "semantic_loss_type")}
+    if model_args.model_name_or_path in (None, "", "none"):
+        if model_args.patch_size:
+            overrides["patch_size"] = model_args.patch_size
+        patch = overrides.get("patch_size", UnipConfig.from_preset(model_args.preset).patch_size)
+        overrides.setdefault("image_size", max(patch, crop_size // patch * patch))
+        return UnipForSmallTargetSegmentation(UnipSmallTargetConfig.from_preset(model_args.preset, **labels,
+                                                                                **overrides))
+    source = model_args.model_name_or_path
+    saved = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    model_type = getattr(saved, "model_type", None)
+    if model_type == "unip_small_target":
+        return UnipForSmallTargetSegmentation.from_pretrained(source, **labels, **overrides,
+                                                              trust_remote_code=model_args.trust_remote_code)
+    if model_type != "unip":
+        raise ValueError(f"{source} is a {model_type!r} checkpoint; convert it first with `unip convert {source} OUT` "
+                         "and fine-tune OUT")
+    fields = {k: v for k, v in saved.to_dict().items()
+              if k not in ("model_type", "architectures", "auto_map", "transformers_version", "id2label", "label2id",
+                           "num_labels", "decode_head", "semantic_loss_type")}
+    config = UnipSmallTargetConfig(**{**fields, **labels, **overrides})
+    return UnipForSmallTargetSegmentation.from_pretrained(source, config=config,
+                                                          trust_remote_code=model_args.trust_remote_code)
+
+
 def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int, task: str = "semantic"):
-    """A `UnipForSemanticSegmentation` for the data set's classes: from scratch (`--model_name_or_path none`), from a
+    """A `UnipForSmallTargetSegmentation` when `--architecture` resolves to `small_target` (`build_small_target_model`),
+    else a `UnipForSemanticSegmentation` for the data set's classes: from scratch (`--model_name_or_path none`), from a
     backbone checkpoint (heads newly initialised) or from a segmentation checkpoint (classifier re-initialised when
     the classes differ). `task` ("semantic" or "irstd") resolves `--semantic_loss_type auto`."""
 
@@ -132,6 +173,8 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
                  "semantic_loss_type": loss_type, **overrides}
     if model_args.num_channels:
         overrides["num_channels"] = model_args.num_channels
+    if resolve_architecture(model_args, task) == "small_target":
+        return build_small_target_model(model_args, id2label, crop_size, overrides)
     if model_args.model_name_or_path in (None, "", "none"):
         if model_args.patch_size:
             overrides["patch_size"] = model_args.patch_size
@@ -159,8 +202,7 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
 def freeze_unused_backbone_parameters(model) -> list[str]:
     """Freeze backbone parameters the decode head never uses (the final layer norm, and blocks after the deepest
     tapped one), so that they get no weight decay drift and DDP sees no unused parameters. Returns their names."""
-    config = model.config
-    deepest = config.num_hidden_layers - 1 if config.decode_head == "ll_fpn" else max(config.feature_indices)
+    deepest = max(model._tapped_layers())
     frozen = []
     for name, parameter in model.named_parameters():
         unused = name.startswith("unip.layernorm.")
@@ -228,14 +270,18 @@ def run_finetuning(
     model.freeze_fixed_parts()  # a probe's backbone: requires_grad False before the optimizer and DDP see it
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
     config = model.config
+    small_target = isinstance(model, UnipForSmallTargetSegmentation)
     img_scale = parse_img_scale(data.img_scale, data.crop_size)
+    # the small-target model is evaluated (and its saved processor predicts) at each image's full resolution
+    eval_scale = None if small_target else img_scale
+    distiller = SmallTargetDistiller.from_arguments(model_args, accelerator.device) if model_args.distill_from else None
     transform = SegmentationTrainTransform(
         crop_size=data.crop_size, base_size=img_scale, ratio_range=(data.ratio_min, data.ratio_max),
         cat_max_ratio=data.cat_max_ratio, photometric=data.photometric, num_channels=config.num_channels,
         ignore_index=ignore_index, seed=train.seed,
     )
     dataset = KeyedSegmentationDataset(train_set, transform)
-    eval_dataset = EvalSegmentationDataset(eval_set, img_scale, config.num_channels)
+    eval_dataset = EvalSegmentationDataset(eval_set, eval_scale, config.num_channels)
     total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
     if len(dataset) < total_batch:
         raise ValueError(
@@ -269,7 +315,7 @@ def run_finetuning(
     # ones, a probe's backbone or the unused blocks, are neither in the optimizer nor seen by DDP)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     accelerator.print(
-        f"{model_args.mode} {config.decode_head} ({trainable:,} trainable parameters of "
+        f"{model_args.mode} {'small-target' if small_target else config.decode_head} ({trainable:,} trainable parameters of "
         f"{sum(p.numel() for p in model.parameters()):,}"
         + (f"; unused and frozen: {', '.join(sorted({n.rsplit('.', 1)[0] for n in frozen}))}" if frozen else "")
         + f") on {data.dataset}: {len(dataset)} train / {len(eval_dataset)} {eval_split} images, task {task}; "
@@ -315,7 +361,7 @@ def run_finetuning(
                                       data.crop_size, stride, data.hub_dataset_id)
             save_segmentation_model(unwrapped, os.path.join(train.output_dir, BEST_MODEL_DIR), [result],
                                     {**training_table, "best step": step}, model_args.model_name_or_path,
-                                    train.hub_model_id, img_scale=img_scale)
+                                    train.hub_model_id, img_scale=eval_scale)
         best["on_disk"] = True
 
     def evaluation_due(step: int) -> bool:
@@ -351,6 +397,8 @@ def run_finetuning(
 
     def loss_fn(batch):
         with accelerator.autocast():
+            if distiller is not None:
+                return distiller.loss(prepared, batch["pixel_values"], batch["labels"])
             return prepared(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
 
     result = train_loop(
@@ -374,10 +422,10 @@ def run_finetuning(
     if accelerator.is_main_process:
         to_save = unwrapped
         if keep_best:
-            to_save = UnipForSemanticSegmentation.from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
+            to_save = type(unwrapped).from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
-                                model_args.model_name_or_path, train.hub_model_id, img_scale=img_scale)
+                                model_args.model_name_or_path, train.hub_model_id, img_scale=eval_scale)
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
         write_training_curves(train.output_dir)

@@ -26,7 +26,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_unip import UnipConfig, write_remote_code
+from .configuration_unip import SMALL_TARGET_AUTO_MAP, UnipConfig, UnipSmallTargetConfig, write_remote_code
+from .losses import deep_supervision_loss
 
 def sincos_position_embedding(embed_dim: int, grid_height: int, grid_width: int, cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embeddings (as in MAE), shape `(1, [1 +] grid_height * grid_width, embed_dim)`.
@@ -972,4 +973,180 @@ def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
 
 
-__all__ = ["UnipPreTrainedModel", "UnipViTModel", "UnipForSemanticSegmentation", "UnipBackbone"]
+class UnipDetailBlock(nn.Sequential):
+    """Two 3x3 convolutions, each with batch norm and ReLU: a stage of the full-resolution detail path."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UnipTargetClassifier(nn.Conv2d):
+    """1x1 convolution to one target logit; its bias starts at the logit of `config.target_prior`."""
+
+    def __init__(self, in_channels: int):
+        super().__init__(in_channels, 1, 1)
+
+
+@dataclass
+class UnipSmallTargetOutput(SemanticSegmenterOutput):
+    """[`UnipForSmallTargetSegmentation`] outputs: `logits` `(B, 2, H, W)` at the input resolution (background
+    logit 0, target logit z, so that the softmax target probability is `sigmoid(z)`), `target_logits` `(B, 1, H, W)`
+    (z), `auxiliary_logits` (deep-supervision logits of the coarser decoder stages, at their own resolution, training
+    only), `decoder_hidden_states` (the decoder maps, coarse to fine, with `output_hidden_states`)."""
+
+    target_logits: torch.Tensor | None = None
+    auxiliary_logits: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
+    """Infrared small-target segmentation: a UNIP ViT backbone for context plus a light full-resolution detail path,
+    fused U-Net style, with logits at the input resolution.
+
+    Why: a patch-16 ViT with 1/4-resolution logits cannot place 1-5 px targets; the small-target literature (ACM,
+    DNANet, SimIRSTD) keeps full resolution and fuses fine detail with context. Here a small CNN encoder (stages of
+    `config.detail_channels` channels at 1/1, 1/2, 1/4, ...) keeps the detail; the output of backbone block
+    `config.context_layer` (a 1/patch map, from [`UnipViTModel.forward_intermediates`]) is projected to the coarsest
+    stage's width, resized to it and fused there; a U-Net decoder goes back up with skip connections to one target
+    logit per input pixel. Any size works: the backbone sees the input padded to a multiple of the patch size, the
+    poolings use ceil mode, every skip is resized to its encoder stage. Any UNIP (or converted ViT) backbone
+    checkpoint initialises `unip`; the detail path and decoder start from scratch.
+
+    The loss (`unip_hf.losses`): soft IoU (batch sums) plus BCE or focal loss of the target logit, plus
+    `deep_supervision_weight` x the same on each coarser decoder stage with `deep_supervision`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from unip_hf import UnipSmallTargetConfig, UnipForSmallTargetSegmentation
+    >>> config = UnipSmallTargetConfig.from_preset("unip-tiny", num_hidden_layers=2, patch_size=8, image_size=64)
+    >>> model = UnipForSmallTargetSegmentation(config)
+    >>> model(torch.randn(1, 3, 37, 53)).logits.shape
+    torch.Size([1, 2, 37, 53])
+    ```
+    """
+
+    config_class = UnipSmallTargetConfig
+    config: UnipSmallTargetConfig
+
+    def __init__(self, config: UnipSmallTargetConfig):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"UnipForSmallTargetSegmentation is binary (background, target): num_labels must be 2, "
+                             f"got {config.num_labels}")
+        self.unip = UnipViTModel(config)
+        channels = list(config.detail_channels)
+        self.detail_stages = nn.ModuleList(
+            UnipDetailBlock(config.num_channels if i == 0 else channels[i - 1], c) for i, c in enumerate(channels))
+        self.context_projection = UnipConvModule(config.hidden_size, channels[-1])
+        self.fusion = UnipDetailBlock(2 * channels[-1], channels[-1])
+        # decoder stage i (from coarse to fine) takes the previous decoder map and encoder stage len - 2 - i
+        self.decoder_stages = nn.ModuleList(
+            UnipDetailBlock(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(len(channels) - 1)))
+        self.classifier = UnipTargetClassifier(channels[0])
+        self.auxiliary_classifiers = nn.ModuleList(
+            UnipTargetClassifier(c) for c in reversed(channels[1:])) if config.deep_supervision else None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The UNIP initialisation; convolutions of the detail path Kaiming-normal (a CNN trained from scratch);
+        target classifiers start at `config.target_prior`."""
+        super()._init_weights(module)
+        if isinstance(module, UnipTargetClassifier):
+            prior = self.config.target_prior
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.constant_(module.bias, float(torch.logit(torch.tensor(float(prior)))))
+        elif isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def _tapped_layers(self) -> list[int]:
+        return [self.config.context_block]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` plus the remote code, with the small-target `auto_map`."""
+        result = PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory, auto_map=dict(SMALL_TARGET_AUTO_MAP))
+        return result
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> UnipSmallTargetOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images, any height and width.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                0 background, > 0 target, `config.semantic_loss_ignore_index` (255) ignored.
+            output_hidden_states (`bool`, *optional*): also return the decoder maps (`decoder_hidden_states`).
+            return_dict (`bool`, *optional*): return a `UnipSmallTargetOutput` instead of a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values is None or pixel_values.dim() != 4:
+            raise ValueError("pixel_values must be a (batch, channels, height, width) tensor")
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        padded = F.pad(pixel_values, (0, (-width) % patch, 0, (-height) % patch))
+        context = self.unip.forward_intermediates(padded, self._tapped_layers())[0]
+
+        skips = []
+        x = pixel_values
+        for index, stage in enumerate(self.detail_stages):
+            if index:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = stage(x)
+            skips.append(x)
+        # the context map covers the padded input: resize it to the padded extent of the coarsest stage, then crop
+        coarse_h, coarse_w = x.shape[-2:]
+        extent = (max(coarse_h, round(padded.shape[-2] * coarse_h / height)),
+                  max(coarse_w, round(padded.shape[-1] * coarse_w / width)))
+        context = self.context_projection(context)
+        context = F.interpolate(context, size=extent, mode="bilinear", align_corners=False)[..., :coarse_h, :coarse_w]
+        x = self.fusion(torch.cat([x, context], dim=1))
+        decoder_maps = [x]
+        for stage, skip in zip(self.decoder_stages, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], dim=1))
+            decoder_maps.append(x)
+        target_logits = self.classifier(x)
+        logits = torch.cat([torch.zeros_like(target_logits), target_logits], dim=1)
+        auxiliary = None
+        if self.auxiliary_classifiers is not None and self.training:
+            auxiliary = tuple(head(m) for head, m in zip(self.auxiliary_classifiers, decoder_maps[:-1]))
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(target_logits, labels, auxiliary or ())
+        hidden = tuple(decoder_maps) if output_hidden_states else None
+        if not return_dict:
+            output = (logits, target_logits) + ((hidden,) if hidden is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return UnipSmallTargetOutput(loss=loss, logits=logits, target_logits=target_logits,
+                                     auxiliary_logits=auxiliary, decoder_hidden_states=hidden)
+
+    def compute_loss(self, target_logits: torch.Tensor, labels: torch.Tensor,
+                     auxiliary_logits: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """Soft IoU + the configured pixel term of the target logits at the label size, plus the weighted
+        deep-supervision terms."""
+        config = self.config
+        return deep_supervision_loss(
+            target_logits, auxiliary_logits, labels.long(), config.deep_supervision_weight,
+            ignore_index=config.semantic_loss_ignore_index, pixel_loss=config.pixel_loss,
+            soft_iou_weight=config.soft_iou_weight, pixel_loss_weight=config.pixel_loss_weight,
+            focal_gamma=config.focal_gamma, focal_alpha=config.focal_alpha)
+
+
+__all__ = ["UnipPreTrainedModel", "UnipViTModel", "UnipForSemanticSegmentation", "UnipBackbone",
+           "UnipForSmallTargetSegmentation"]

@@ -227,13 +227,32 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON dict of UnipConfig fields, e.g. '{\"num_hidden_layers\": 4}'."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code when loading the model."})
+    architecture: str = field(
+        default="auto", metadata={"help": "small_target (UnipForSmallTargetSegmentation: full-resolution detail path + "
+                                          "ViT context), semantic (UnipForSemanticSegmentation), or auto (small_target "
+                                          "for irstd data sets: sirst, nudt-sirst, irstd-1k, --task irstd)."})
+    distill_from: str | None = field(
+        default=None, metadata={"help": "A fine-tuned small-target (or any 2-class segmentation) checkpoint to distil "
+                                        "from: its target logits (and, with --distill_feature_weight, its decoder "
+                                        "attention maps) supervise the model beside the labels."})
+    distill_weight: float = field(default=1.0, metadata={"help": "Weight of the logit distillation loss."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the logit distillation."})
+    distill_feature_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-transfer loss on the finest decoder map (0: off; "
+                                       "small-target teachers only)."})
 
     def __post_init__(self):
         # the choices live with the code that uses them (torch / transformers): imported when the arguments are
         # built, never for `--help`
         from .configuration_unip import LOSS_TYPES, UNIP_PRESETS
-        from .finetuning import DECODE_HEAD_CHOICES, MODES
+        from .finetuning import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES
 
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        if self.distill_from:
+            check_model_source("distill_from", self.distill_from)
+        check_range("distill_weight", self.distill_weight, 0)
+        check_range("distill_temperature", self.distill_temperature, 0, low_open=True)
+        check_range("distill_feature_weight", self.distill_feature_weight, 0)
         if self.model_name_or_path not in (None, "", "none"):
             check_model_source("model_name_or_path", self.model_name_or_path)
         else:
@@ -345,8 +364,9 @@ class EvaluationArguments:
     eval_mode: str = field(default="whole", metadata={"help": "whole (one pass) or slide (windows of crop_size)."})
     crop_size: int | None = field(default=None, metadata={"help": "Window size (default: the model's image_size)."})
     eval_stride: int | None = field(default=None, metadata={"help": "Sliding stride (default 2/3 of crop_size)."})
-    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop); "
-                                                                 "'none' keeps the original size."})
+    img_scale: str | None = field(default=None, metadata={"help": "LONGxSHORT resize (default 4*crop x crop; a "
+                                                                 "small-target model: none); 'none' keeps the "
+                                                                 "original size."})
     irstd_threshold: float = field(default=0.5, metadata={"help": "Probability threshold of the IRSTD metrics."})
     fa_rule: str = field(default="correct", metadata={"help": "correct or reference (IRSTD)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})

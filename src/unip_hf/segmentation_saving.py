@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from .finetuning_data import _protocol_processor
+from .metrics.irstd.pd_fa_curve import save_pd_fa_plot
 from .hub import (
     DEFAULT_PUSH_IGNORE_PATTERNS,
     RESULTS_NOTE,
@@ -22,6 +24,9 @@ from .hub import (
 
 
 BEST_MODEL_DIR = "best_model"
+
+
+logger = logging.getLogger(__name__)
 
 
 def make_processor(config, img_scale: tuple[int, int] | None = None):
@@ -63,8 +68,29 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
     make_processor(model.config, img_scale).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))
+        write_pd_fa_plot(output_dir, results)
     card_for(model, output_dir, results, training, base_model, hub_model_id, datasets).save(
         os.path.join(output_dir, "README.md"))
+
+
+PD_FA_PLOT_NAME = "pd_fa_curve.png"
+
+
+def write_pd_fa_plot(output_dir: str, results: Sequence[Any]) -> list[str]:
+    """Draw the Pd-Fa curves of the small-target results that have one (`metrics["pd_fa_curve"]`, from
+    `SegmentationEvaluator`) into `output_dir/pd_fa_curve.png`; returns the files written (none without a curve or
+    without matplotlib, which is then logged)."""
+    curves = {f"{r.dataset_name or r.dataset_id} {r.dataset_split}": r.metrics["pd_fa_curve"] for r in results
+              if isinstance(r.metrics.get("pd_fa_curve"), dict)}
+    if not curves:
+        return []
+    path = os.path.join(output_dir, PD_FA_PLOT_NAME)
+    try:
+        save_pd_fa_plot(curves, path)
+    except ImportError as err:
+        logger.warning("%s not drawn: %s", path, err)
+        return []
+    return [path]
 
 
 def card_for(model, output_dir: str, results: Sequence[Any] = (), training: dict[str, Any] | None = None,

@@ -28,6 +28,7 @@ from .irstd.irstd import (
     irstd_from_counters,
     match_targets,
 )
+from .irstd.pd_fa_curve import DEFAULT_THRESHOLDS, PdFaCurveAccumulator, pd_fa_curve, save_pd_fa_plot
 from .mean_iou.mean_iou import confusion_matrix, mean_iou_from_confusion_matrix, resize_confusion_matrix
 
 METRICS_DIR = Path(__file__).resolve().parent
@@ -160,4 +161,4 @@ def to_builtin(results: Mapping[str, Any]) -> dict[str, Any]:
     return {str(key): convert(value) for key, value in results.items()}
 
 
-__all__ = ["compute_irstd", "compute_mean_iou", "load_metric", "to_builtin"]
+__all__ = ["compute_irstd", "compute_mean_iou", "load_metric", "to_builtin", "pd_fa_curve", "save_pd_fa_plot"]
