@@ -208,10 +208,12 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
     VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (float kept, EXIF, skipped pairs)
     DEFAULT_WRITER_BATCH_SIZE = 100
 
-    def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False, **kwargs):
+    def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False,
+                 radiometric: Optional[str] = None, **kwargs):
         if spec is not None:
             self.SPEC = spec
         self.skip_missing = skip_missing
+        self.radiometric = radiometric  # what FLIR radiometric JPEGs give (load_infrared_image); part of the cache key
         data_dir = kwargs.get("data_dir")
         if kwargs.get("hash") is None and data_dir and os.path.isdir(data_dir):
             kwargs["hash"] = self._data_hash(data_dir, kwargs.get("cache_dir"))
@@ -229,7 +231,8 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
             files = [f for f in files if not os.path.abspath(f).startswith(inside)]
         spec = self.SPEC
         extra = json.dumps([_CACHE_FORMAT, type(self).__name__, spec.to_dict(),
-                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing])
+                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing]
+                           + ([self.radiometric] if self.radiometric else []))
         return data_fingerprint(files, root=data_dir, extra=extra)
 
     def _list_images(self, folder: str, recursive: bool = False) -> list[str]:
@@ -272,7 +275,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in splits]
 
     def _load_image(self, path: str) -> Image.Image:
-        return to_intensity_image(path)
+        return to_intensity_image(path, radiometric=self.radiometric)
 
     def _load_mask(self, path: str) -> np.ndarray:
         im = load_infrared_image(path)
@@ -602,6 +605,7 @@ def load_segmentation_dataset(
     cache_dir: Optional[str] = None,
     spec: Optional[SegmentationSpec] = None,
     skip_missing: bool = False,
+    radiometric: Optional[str] = None,
 ) -> datasets.Dataset:
     """Build (or reuse from cache) one split of an infrared segmentation set.
 
@@ -614,6 +618,8 @@ def load_segmentation_dataset(
         spec: override the class names / palette (mainly for ``folder``).
         skip_missing: skip ids listed in a split file whose files are absent (subsets of a data set)
             instead of raising `FileNotFoundError`.
+        radiometric: what FLIR radiometric JPEG images give (``"raw"`` 16-bit counts, ``"celsius"`` temperatures
+            stored as float TIFF, ``"preview"``; see `image_processing_unip.load_infrared_image`); needs ``flyr``.
 
     Raises:
         ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);
@@ -625,11 +631,12 @@ def load_segmentation_dataset(
         its class names, palette and ignore index are in `segmentation_metadata(ds)`, with the pairs skipped
         because a file could not be decoded under ``"skipped"`` (see `SegmentationBuilder`).
     """
-    builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing)
+    builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing,
+                       radiometric=radiometric)
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):  # surface the error that names the file
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, ImportError)):  # surface the error naming the file
             raise err.__cause__ from None
         raise
     return builder.as_dataset(split=split)
