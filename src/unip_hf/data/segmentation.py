@@ -33,7 +33,7 @@ METADATA_MARKER = "Segmentation metadata (JSON):"
 _EXTS = IMAGE_EXTENSIONS  # one list of image file extensions for the package (unip_hf.files)
 #: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
 #: caches written by older code are not reused.
-_CACHE_FORMAT = "segmentation-2"
+_CACHE_FORMAT = "segmentation-3"  # 3: the original files' modes in the metadata
 
 #: SODA (Li et al., 2021): 20 object classes plus background.
 SODA_CLASSES = (
@@ -221,6 +221,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         self.stray_counts: dict[str, int] = {}
         self.missing: list[str] = []
         self.skipped: list[dict[str, str]] = []
+        self.source_modes: dict[str, dict[str, int]] = {}  # split -> PIL mode of the original image files -> count
         self.scan_skipped: list = []  # SkippedFile items: entries the folder scan did not open
 
     def _data_hash(self, data_dir: str, cache_dir: Optional[str]) -> str:
@@ -332,6 +333,9 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
                 )
             key = os.path.splitext(os.path.basename(img_path))[0]
             kept += 1
+            modes = self.source_modes.setdefault(split, {})
+            mode = _file_mode(img_path)
+            modes[mode] = modes.get(mode, 0) + 1
             yield f"{split}/{key}", {
                 "id": key,
                 "image": {"bytes": _encode_image(image), "path": None},
@@ -346,15 +350,26 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         if len(self.skipped) > skipped_before:
             logger.warning("%s: %d pair(s) of split %r skipped (unreadable files, listed in the metadata)",
                            type(self).__name__, len(self.skipped) - skipped_before, split)
-        if self.stray_counts or self.skipped or self.scan_skipped:
-            meta = self.SPEC.to_dict()
-            if self.stray_counts:
-                meta["stray_counts"] = dict(self.stray_counts)
-            if self.skipped:
-                meta["skipped"] = list(self.skipped)
-            if self.scan_skipped:
-                meta["skipped_files"] = [str(item) for item in self.scan_skipped]
-            self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
+        # the metadata always carries the original files' modes (`unip data inspect` reports them)
+        meta = self.SPEC.to_dict()
+        meta["source_modes"] = {name: dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                                for name, counts in self.source_modes.items()}
+        if self.stray_counts:
+            meta["stray_counts"] = dict(self.stray_counts)
+        if self.skipped:
+            meta["skipped"] = list(self.skipped)
+        if self.scan_skipped:
+            meta["skipped_files"] = [str(item) for item in self.scan_skipped]
+        self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
+
+
+def _file_mode(path: str) -> str:
+    """The PIL mode of an image file, from its header (what the file holds before decoding to intensity)."""
+    try:
+        with Image.open(path) as opened:
+            return opened.mode
+    except Exception:  # noqa: BLE001 - decoded a moment ago; a file replaced since is only reported as unknown
+        return "unknown"
 
 
 def _read_ids(path: str) -> list[str]:
