@@ -467,3 +467,68 @@ def test_readme_names_stay_importable_from_attention_analysis():
     assert analysis.AttentionReport is AttentionReport and analysis.choose_teacher_layer is choose_teacher_layer
     assert analysis.plot_layer_curves is plot_layer_curves and analysis.analyze_attention is analyze_attention
     assert analysis.find_images is find_images and analysis.model_attentions is model_attentions
+
+
+def _panel_pixels(fig, ax, x=(0.55, 0.95), y=(0.05, 0.65)):
+    """RGB pixels of a region of one panel (fractions of its width / height from the top-left), as rendered."""
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    box = ax.get_window_extent()
+    height = image.shape[0]
+    left, right = int(box.x0 + x[0] * box.width), int(box.x0 + x[1] * box.width)
+    top, bottom = int(height - box.y1 + y[0] * box.height), int(height - box.y1 + y[1] * box.height)
+    return image[top:bottom, left:right]
+
+
+def _tint(pixels):
+    """How far pixels are from gray (0 for the untinted grayscale image)."""
+    return pixels.max(axis=-1) - pixels.min(axis=-1)
+
+
+def test_uniform_attention_is_drawn_untinted_on_a_shared_scale(tmp_path):
+    pytest.importorskip("matplotlib", reason="figures need the optional 'plots' extra (matplotlib)")
+    from unip_hf import UnipConfig, UnipViTModel
+
+    config = UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    near = UnipViTModel(config).eval()  # random initialisation: attention within ~1% of uniform
+    exact = UnipViTModel(config).eval()
+    with torch.no_grad():
+        for layer in exact.encoder.layer:  # queries and keys zero: every logit 0, exactly uniform attention
+            layer.attention.qkv.weight[: 2 * config.hidden_size] = 0
+            layer.attention.qkv.bias[: 2 * config.hidden_size] = 0
+    image = Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
+    queries = [(0, 0), (3, 0)]
+    for model in (near, exact):
+        maps, intensity = query_attention_maps(model, image, layers=[0, 1], queries=queries)
+        ratios = maps * maps[0, 0].size
+        assert np.abs(ratios - 1).max() < 0.05  # uniform (to a few percent)
+        fig = plot_attention_maps(maps, intensity, [0, 1], queries, path=tmp_path / "uniform.png")
+        for ax in fig.axes[:4]:  # the four panels; the last axes is the shared colour bar
+            assert _tint(_panel_pixels(fig, ax)).max() <= 3  # the plain grayscale image
+    # a peaked map on the same scale is tinted where the attention is, and only there
+    peaked = np.full((2, 2, 4, 4), 1 / 16, dtype=np.float32)
+    peaked[0, 0] = 0.0
+    peaked[0, 0, 0, 2:] = 0.5  # all attention on two patches of the top row, right half: 8x uniform
+    fig = plot_attention_maps(peaked, intensity, [0, 1], queries)
+    hot = _tint(_panel_pixels(fig, fig.axes[0], x=(0.55, 0.95), y=(0.05, 0.2)))
+    assert (hot > 60).mean() > 0.5
+    for ax in fig.axes[1:4]:
+        assert _tint(_panel_pixels(fig, ax)).max() <= 3  # uniform panels untinted next to the peaked one
+
+
+def test_no_hybrid_layer_is_warned_once(caplog):
+    import logging
+
+    from unip_hf import UnipConfig, UnipViTModel
+    from unip_hf.distillation import resolve_teacher_layer
+
+    config = UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    model = UnipViTModel(config).eval()  # random initialisation: NMI ~ 0 everywhere, no hybrid layer
+    with caplog.at_level(logging.WARNING):
+        layer = resolve_teacher_layer(model, "auto", torch.randn(2, 3, 32, 32))
+    assert 0 <= layer < 2
+    assert caplog.text.count("no hybrid layer found") == 1

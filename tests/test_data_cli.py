@@ -88,3 +88,45 @@ def test_registered_in_unip_cli():
 
     args = build_parser().parse_args(["data", "inspect", "sirst", "--data_dir", "x"])
     assert args.func is commands._run_data_inspect
+
+
+def test_data_inspect_sirst_shows_targets_and_original_modes(tmp_path, capsys):
+    """On the real SIRST test split: the white "target" class is drawn in a visible colour where the masks are, and
+    the modes of the original files are reported (the stored images are all L intensity)."""
+    from conftest import data_path
+
+    sirst = data_path("sirst")
+    ids = [line.split()[0] for line in (sirst / "test.txt").read_text().splitlines() if line.strip()]
+    root = tmp_path / "sirst"  # the test split alone (links to the shared files), so only it is built
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in ids:
+        (root / "images" / f"{i}.png").symlink_to(sirst / "images" / f"{i}.png")
+        (root / "masks" / f"{i}_pixels0.png").symlink_to(sirst / "masks" / f"{i}_pixels0.png")
+    (root / "test.txt").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "inspect"
+    _run(["data", "inspect", "sirst", "--data_dir", str(root), "--split", "test", "--out", str(out),
+          "--max-images", "4", "--cache-dir", str(tmp_path / "c")])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_examples"] == 86 and summary["modes"] == {"L": 86}
+    assert summary["source_modes"] == {"RGB": 76, "L": 4, "P": 3, "RGBA": 3}
+    printed = capsys.readouterr().out
+    assert "modes of the original files: RGB (76), L (4), P (3), RGBA (3); stored as their intensity: L (86)" in printed
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB")).astype(int)
+    coloured = (sheet[..., 0] - np.maximum(sheet[..., 1], sheet[..., 2])) > 60  # red overlay / ring, not gray
+    tile = 160
+    for k, i in enumerate(ids[:4]):
+        mask = np.asarray(Image.open(sirst / "masks" / f"{i}_pixels0.png").convert("L")) > 0
+        height, width = mask.shape
+        scale = min(tile / width, tile / height)
+        tw, th = round(width * scale), round(height * scale)
+        left, top = (k % 4) * tile + (tile - tw) // 2, (k // 4) * tile + (tile - th) // 2
+        near = np.zeros(coloured.shape, bool)
+        ys, xs = np.nonzero(mask)
+        for y, x in zip(ys, xs):
+            cy, cx = int(top + y * scale), int(left + x * scale)
+            near[max(cy - 9, 0):cy + 10, max(cx - 9, 0):cx + 10] = True
+        cell = np.zeros(coloured.shape, bool)
+        cell[top:top + th, left:left + tw] = True
+        assert coloured[near & cell].any(), f"{i}: no coloured pixel where its mask is"
+        assert not coloured[cell & ~near].any(), f"{i}: coloured pixels away from its targets"

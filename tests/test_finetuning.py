@@ -207,6 +207,7 @@ def test_linear_probe_reports_and_optimises_only_the_head(scenes, tmp_path, caps
     printed = capsys.readouterr().out
     heads = sum(p.numel() for p in UnipForSemanticSegmentation.from_pretrained(tmp_path / "probe").decode_head.parameters())
     assert f"{heads:,} trainable parameters" in printed, printed
+    assert "linear_probe (" in printed and "linear_probe linear_probe" not in printed, printed  # named once
 
 # ------------------------------------------------------------------------------------------------- inference
 def test_slide_with_one_window_equals_whole_image():

@@ -295,3 +295,17 @@ def test_huge_learning_rate_never_leaves_a_non_finite_checkpoint(assets, tmp_pat
             if name.endswith(".safetensors"):
                 for key, value in load_file(os.path.join(folder, name)).items():
                     assert not value.is_floating_point() or torch.isfinite(value).all(), f"{folder}/{name}: {key}"
+
+
+def test_training_data_summary_says_each_count_once(assets, tmp_path, capsys):
+    from conftest import reset_accelerate
+
+    capsys.readouterr()
+    run_pretraining(*make_args(assets, tmp_path / "one", max_steps=1, checkpointing_steps=0))
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Training data:"))
+    assert line == f"Training data: {assets / 'images'} (16 images)", line  # was "(16 images); 16 images"
+    reset_accelerate()
+    sources = [str(assets / "images" / "sub"), str(assets / "images" / "im0.png")]
+    run_pretraining(*make_args(assets, tmp_path / "two", max_steps=1, checkpointing_steps=0, train_data=sources))
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Training data:"))
+    assert line == f"Training data: {sources[0]} (8 images); {sources[1]}; 9 images in all", line

@@ -129,6 +129,11 @@ def default_map_layers(report: AttentionReport, count: int = 4) -> list[int]:
     return sorted(set(chosen))[:count]
 
 
+#: The colour scale of `plot_attention_maps` tops out at the largest attention ratio drawn, but at least here (x
+#: uniform): deviations of a few percent from uniform (random initialisation) stay invisible.
+MIN_SCALE_TOP = 4.0
+
+
 def plot_attention_maps(
     maps: np.ndarray,
     intensity: np.ndarray,
@@ -142,9 +147,12 @@ def plot_attention_maps(
     """Grid of per-query attention maps overlaid on the input image (rows: layers, columns: queries).
 
     Each panel shows the grayscale image with the head-averaged attention of one query patch (marked by a cyan
-    square) as a heat map stretched per panel between its minimum and maximum, low values transparent (a uniform map
-    leaves the image untinted), and the peak attention as a multiple of uniform attention; row titles give the
-    0-based layer and its pattern label.
+    square) as a heat map of the attention as a multiple of uniform attention (`map * patches`), on one colour scale
+    shared by all panels (the colour bar): from uniform (1x, fully transparent) to the largest ratio in the figure
+    (at least `MIN_SCALE_TOP`, 4x), opacity growing with the ratio. Attention at or below uniform leaves the image
+    untinted, so a model with uniform attention (a randomly initialised one: ratios within a few percent of 1) is
+    drawn as the plain image, and a weak map is never stretched to look like a strong one. Each panel also gives its
+    peak as a multiple of uniform attention; row titles give the 0-based layer and its pattern label.
 
     Args:
         maps: `[len(layers), len(queries), rows, cols]` from `query_attention_maps`.
@@ -169,17 +177,19 @@ def plot_attention_maps(
     cell_h, cell_w = intensity.shape[0] / grid[0], intensity.shape[1] / grid[1]
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols + 0.6, 2.4 * n_rows + 0.7), squeeze=False,
                              constrained_layout=True)
+    # one scale for every panel: attention as a multiple of uniform (each map sums to 1 over its patches)
+    ratios = maps.astype(np.float64) * float(grid[0] * grid[1])
+    top = max(float(ratios.max()), MIN_SCALE_TOP)
     for i, layer in enumerate(layers):
         for j, (r, c) in enumerate(queries):
             ax = axes[i, j]
             ax.imshow(intensity, cmap="gray", vmin=0, vmax=1, extent=(0, intensity.shape[1], intensity.shape[0], 0))
-            m = maps[i, j].astype(np.float64)
-            span = float(m.max() - m.min())
-            norm = (m - m.min()) / span if span > 1e-3 * max(float(m.max()), 1e-12) else np.zeros_like(m)
+            ratio = ratios[i, j]
+            norm = np.clip((ratio - 1.0) / (top - 1.0), 0.0, 1.0)
             rgba = cmap(norm)
-            rgba[..., 3] = 0.85 * norm**0.7  # low attention transparent: the image stays readable
+            rgba[..., 3] = 0.85 * norm  # uniform (or less) transparent: the image stays readable
             ax.imshow(rgba, extent=(0, intensity.shape[1], intensity.shape[0], 0), interpolation="nearest")
-            peak = float(m.max()) * m.size
+            peak = float(ratio.max())
             ax.text(0.03, 0.03, f"peak {peak:.1f}x uniform", transform=ax.transAxes, fontsize=7, color="white",
                     bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "lw": 0})
             ax.add_patch(Rectangle((c * cell_w, r * cell_h), cell_w, cell_h, fill=False, ec="cyan", lw=1.8))
@@ -191,6 +201,11 @@ def plot_attention_maps(
                 lab = f" · {labels[i]}" if labels is not None else ""
                 star = " · teacher" if teacher_layer is not None and layer == teacher_layer else ""
                 ax.set_ylabel(f"layer {layer}{lab}{star}", fontsize=9)
+    from matplotlib.cm import ScalarMappable  # noqa: PLC0415  (optional dependency)
+    from matplotlib.colors import Normalize  # noqa: PLC0415
+
+    bar = fig.colorbar(ScalarMappable(Normalize(1.0, top), cmap), ax=axes, shrink=0.8, pad=0.01)
+    bar.set_label("attention / uniform (all panels; 1 = untinted)", fontsize=8)
     fig.suptitle(title or f"Per-query attention (heads averaged, CLS dropped; {size}px, layers 0-based)", fontsize=11)
     if path is not None:
         fig.savefig(path, dpi=110)

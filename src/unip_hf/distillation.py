@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_analysis import analyze_attention
-from .attention_patterns import _choose_teacher_layer
 from .configuration_unip import UnipConfig
 from .modeling_unip import UnipViTModel
 from .vit_family import (
@@ -351,7 +350,7 @@ def resolve_teacher_layer(model: nn.Module, teacher_layer: int | str, sample_pix
     if sample_pixel_values is None:
         raise ValueError("teacher_layer='auto' needs sample images to measure the attention patterns")
     report = analyze_attention(model, sample_pixel_values, batch_size=min(8, len(sample_pixel_values)), progress=False)
-    layer, reason = _choose_teacher_layer(report)
+    layer, reason = report.teacher_layer, report.teacher_reason  # chosen (and warned about) when the report was made
     logger.info("teacher_layer=auto: chose layer %d (0-based): %s; NMI per layer %s", layer, reason,
                 [round(v, 3) for v in report.nmi_mean])
     return layer

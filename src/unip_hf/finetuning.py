@@ -315,7 +315,9 @@ def run_finetuning(
     # ones, a probe's backbone or the unused blocks, are neither in the optimizer nor seen by DDP)
     trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     accelerator.print(
-        f"{model_args.mode} {'small-target' if small_target else config.decode_head} ({trainable:,} trainable parameters of "
+        # "linear_probe" is both a mode and the probe's decode head: name it once
+        f"{' '.join(dict.fromkeys((model_args.mode, 'small-target' if small_target else config.decode_head)))} "
+        f"({trainable:,} trainable parameters of "
         f"{sum(p.numel() for p in model.parameters()):,}"
         + (f"; unused and frozen: {', '.join(sorted({n.rsplit('.', 1)[0] for n in frozen}))}" if frozen else "")
         + f") on {data.dataset}: {len(dataset)} train / {len(eval_dataset)} {eval_split} images, task {task}; "

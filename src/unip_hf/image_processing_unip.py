@@ -73,7 +73,8 @@ BIT_DEPTH_SCALINGS = ("percentile", "fixed")
 #: Percentiles of the default per-image stretch of 16-bit data.
 DEFAULT_PERCENTILES = (1.0, 99.0)
 #: The per-call options of `UnipImageProcessor.to_intensity` that `process_image` passes on.
-_DECODING_OPTIONS = ("bit_depth_scaling", "intensity_range", "percentiles", "do_rescale", "rescale_factor")
+_DECODING_OPTIONS = ("bit_depth_scaling", "intensity_range", "percentiles", "do_rescale", "rescale_factor",
+                     "radiometric")
 #: The geometry options that the label maps share with their images, in `_process_segmentation_maps`' order.
 _GEOMETRY_OPTIONS = ("do_resize", "size", "do_center_crop", "crop_size", "img_scale", "size_divisor")
 #: Largest image, in pixels (width x height), that `load_infrared_image` decodes: 64 megapixels (an 8000x8000 frame;
@@ -93,6 +94,11 @@ _ACCEPTED_MAPS = (
     "tensors of any integer or boolean dtype (or float with integral values) shaped (H, W), (H, W, 1) or (1, H, W)"
 )
 _INT16_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: What `load_infrared_image(radiometric=...)` reads from a FLIR radiometric JPEG: its false-colour (or gray) preview
+#: image, as for any JPEG (`"preview"`, and what `None` does); the 16-bit raw thermal counts (`"raw"`, PIL `I;16`); or
+#: the temperatures in degrees Celsius from the embedded calibration (`"celsius"`, PIL `F`).
+RADIOMETRIC_MODES = ("preview", "raw", "celsius")
+_RADIOMETRIC_EXTRA = 'pip install "unip-hf[radiometric]"'
 
 
 def _describe(obj: Any) -> str:
@@ -132,6 +138,7 @@ def load_infrared_image(
     max_pixels: int | None = None,
     name: str | None = None,
     draft: Callable[[int, int], tuple[int, int] | None] | None = None,
+    radiometric: str | None = None,
 ) -> PIL.Image.Image:
     """Open an image file keeping its mode and bit depth (no RGB conversion, unlike transformers' `load_image`).
 
@@ -150,13 +157,26 @@ def load_infrared_image(
             Called once with the (width, height) of the image as it will be returned, before its pixels are decoded;
             for a JPEG, a returned (width, height) is the smallest size needed, and the file is decoded straight to
             8-bit luma at the largest reduced scale (1/2, 1/4, 1/8) that still covers it (PIL's `draft`).
+        radiometric (`str`, *optional*):
+            What to read from a FLIR radiometric JPEG (one with FLIR thermal data in its APP1 segments), see
+            `RADIOMETRIC_MODES`: `"raw"` gives the 16-bit thermal counts (`I;16`), `"celsius"` the temperatures in
+            degrees Celsius (`F`, from the calibration the file carries), both at the sensor's resolution and read
+            with the optional library `flyr` (`pip install "unip-hf[radiometric]"`); `"preview"` the JPEG's own
+            (false-colour) image. `None` (default) reads the preview, as for any JPEG, and warns once that the file
+            holds thermal data, so that what a model sees never depends on whether an optional package is installed.
+            With `"raw"` or `"celsius"`, a file without FLIR thermal data is an `InfraredImageError` (no silent
+            fallback to the preview). PIL images are returned as given.
 
     Returns:
         `PIL.Image.Image`: the decoded image, fully loaded, with `filename` set to its name.
 
     Raises:
-        InfraredImageError: the file does not exist, is not an image, is truncated or corrupt, or is too large.
+        InfraredImageError: the file does not exist, is not an image, is truncated or corrupt, or is too large; with
+            `radiometric="raw"` or `"celsius"`, it holds no FLIR thermal data that `flyr` can read.
+        ImportError: `radiometric="raw"` or `"celsius"` without `flyr` installed (names the file and the extra).
     """
+    if radiometric is not None and radiometric not in RADIOMETRIC_MODES:
+        raise ValueError(f"`radiometric` must be one of {RADIOMETRIC_MODES} or None, got {radiometric!r}.")
     if isinstance(image, PIL.Image.Image):
         if draft is not None:
             draft(*image.size)
@@ -183,6 +203,9 @@ def load_infrared_image(
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds; all mean "not an image we can read"
         raise InfraredImageError(f"{label}: cannot be read as an image ({type(err).__name__}: {err})") from err
     with opened:
+        is_flir = opened.format == "JPEG" and any(
+            marker == "APP1" and data.startswith(b"FLIR\x00") for marker, data in getattr(opened, "applist", ())
+        )
         width, height = opened.size
         if limit and width * height > limit:
             raise InfraredImageError(
@@ -190,6 +213,14 @@ def load_infrared_image(
                 f"({limit / 1e6:g} megapixels; raise it with max_pixels= or "
                 "unip_hf.image_processing_unip.MAX_IMAGE_PIXELS, or downscale/tile the image)."
             )
+        if radiometric in ("raw", "celsius"):
+            decoded = _read_flir_thermal(image if isinstance(image, (bytes, bytearray)) else source, label,
+                                         radiometric, is_flir)
+            if draft is not None:
+                draft(*decoded.size)
+            return decoded
+        if is_flir and radiometric is None:
+            _warn_preview_once(label)
         try:
             if draft is not None and opened.format == "JPEG":
                 swapped = opened.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
@@ -206,6 +237,72 @@ def load_infrared_image(
     decoded.filename = label
     if draft is not None:
         draft(*decoded.size)
+    return decoded
+
+
+_PREVIEW_WARNED: list[str] = []
+
+
+def _warn_preview_once(label: str) -> None:
+    """Say once per process that FLIR radiometric JPEGs are read as their previews (naming the first such file)."""
+    if _PREVIEW_WARNED:
+        return
+    _PREVIEW_WARNED.append(label)
+    logger.warning(
+        f"{label}: a FLIR radiometric JPEG, read as its preview image (false colour turned to luma), not as its "
+        "thermal data. Pass radiometric='raw' (16-bit counts) or 'celsius' (UnipImageProcessor(radiometric=...), "
+        "`unip predict --radiometric raw`) to read the thermal data, or radiometric='preview' to keep the preview "
+        "without this warning (said once; other such files are read the same way)."
+    )
+
+
+def _read_flir_thermal(source: Any, label: str, radiometric: str, is_flir: bool) -> PIL.Image.Image:
+    """The thermal image of a FLIR radiometric JPEG through `flyr`: raw counts (`I;16`) or degrees Celsius (`F`)."""
+    if not is_flir:
+        raise InfraredImageError(
+            f"{label}: holds no FLIR radiometric data (no FLIR APP1 segment), so radiometric={radiometric!r} cannot "
+            "be read from it; use radiometric='preview' (or leave it unset) for ordinary images."
+        )
+    try:
+        import flyr  # optional (the `radiometric` extra); imported here only, so this file still travels as remote code
+        from flyr.records import RecordIndex, extract_flir_app1, parse_flir_records
+        from flyr.thermal import parse_raw_data
+    except ImportError as err:
+        raise ImportError(
+            f"{label}: reading the thermal data of a FLIR radiometric JPEG (radiometric={radiometric!r}) needs the "
+            f"optional library flyr: {_RADIOMETRIC_EXTRA} (or `pip install flyr`); radiometric='preview' reads the "
+            "preview image without it."
+        ) from err
+    payload = source if isinstance(source, (bytes, bytearray)) else open(source, "rb").read()
+    unreadable = (
+        label + ": its FLIR thermal data cannot be read by flyr ({}); radiometric='preview' reads its preview image."
+    )
+    try:
+        app1 = extract_flir_app1(io.BytesIO(payload))
+        header = app1.getbuffer()
+        # flyr reads the record directory big-endian and trusts its size; a little-endian FFF header (DJI Zenmuse XT
+        # and XT-R files) gives an absurd count that would take flyr minutes to walk: refuse it from the header.
+        entries = int.from_bytes(bytes(header[28:32]), "big") if len(header) >= 64 else 0
+        if not 0 < 32 * entries <= len(header):
+            raise ValueError(f"record directory of {entries} entries in {len(header)} bytes: an FFF layout flyr "
+                             "does not support (e.g. little-endian, as DJI Zenmuse XT files)")
+        if radiometric == "raw":
+            records = parse_flir_records(app1)
+            if RecordIndex.RAW_DATA.value not in records:
+                raise ValueError("no raw-data record")
+            _, _, counts = parse_raw_data(app1, records[RecordIndex.RAW_DATA.value])
+            values = np.asarray(counts)
+            if values.size == 0 or values.min() < 0 or values.max() > 65535:
+                raise ValueError("raw counts outside 0..65535")
+            decoded = PIL.Image.fromarray(values.astype(np.uint16))
+        else:
+            celsius = np.asarray(flyr.unpack(io.BytesIO(payload)).celsius, dtype=np.float32)
+            if celsius.size == 0 or not np.isfinite(celsius).all():
+                raise ValueError("the calibration gives non-finite temperatures")
+            decoded = PIL.Image.fromarray(celsius)  # mode F
+    except (ValueError, KeyError, IndexError, EOFError, OSError, TypeError) as err:
+        raise InfraredImageError(unreadable.format(f"{type(err).__name__}: {err}")) from err
+    decoded.filename = label
     return decoded
 
 
@@ -420,6 +517,18 @@ def _check_options(
         raise ValueError(f"`size_divisor` must be an integer >= 1, got {size_divisor!r}.")
 
 
+def _check_radiometric(radiometric: str | None, intensity_range: Sequence[float] | None) -> None:
+    """`radiometric` is a known mode; temperatures come with the window in degrees Celsius that maps them to [0, 1]."""
+    if radiometric is not None and radiometric not in RADIOMETRIC_MODES:
+        raise ValueError(f"`radiometric` must be one of {RADIOMETRIC_MODES} or None, got {radiometric!r}.")
+    if radiometric == "celsius" and intensity_range is None:
+        raise ValueError(
+            "radiometric='celsius' gives temperatures in degrees Celsius: pass intensity_range=(lo, hi), the "
+            "temperatures mapped to 0 and 1 (e.g. (-20, 120)); float data are otherwise taken as already in [0, 1]. "
+            "radiometric='raw' needs no range (16-bit counts are stretched per image)."
+        )
+
+
 def decode_intensity(
     image: Any,
     *,
@@ -431,6 +540,7 @@ def decode_intensity(
     input_data_format: str | ChannelDimension | None = None,
     max_pixels: int | None = None,
     name: str | None = None,
+    radiometric: str | None = None,
 ) -> np.ndarray:
     """Decode one image (file, bytes, `datasets` dict, PIL image, array or tensor) into float32 intensity (H, W).
 
@@ -459,6 +569,11 @@ def decode_intensity(
             Pixel limit for files.
         name (`str`, *optional*):
             Name of the image in error messages (default: its path).
+        radiometric (`str`, *optional*):
+            What to read from a FLIR radiometric JPEG file (see `load_infrared_image`). The result then takes the
+            ordinary paths: `"raw"` counts are 16-bit data (`bit_depth_scaling`: per-image percentile stretch, or
+            `"fixed"` with `intensity_range` in counts), `"celsius"` temperatures are float data and need
+            `intensity_range=(lo, hi)` in degrees Celsius (mapped to 0 and 1, clipped) when `do_rescale`.
 
     Returns:
         `np.ndarray`: float32 array of shape (H, W), in [0, 1] when `do_rescale`.
@@ -469,9 +584,10 @@ def decode_intensity(
         ValueError: an in-memory input that is refused, naming what was received.
     """
     _check_options(None, bit_depth_scaling, intensity_range, percentiles)
+    _check_radiometric(radiometric, intensity_range if do_rescale else (0.0, 1.0))
     label = _source_name(image, name)
     if isinstance(image, (str, os.PathLike, bytes, bytearray, dict)):
-        image = load_infrared_image(image, max_pixels=max_pixels, name=label)
+        image = load_infrared_image(image, max_pixels=max_pixels, name=label, radiometric=radiometric)
     try:
         array, kind = _decode_image(image, input_data_format)
     except InfraredImageError:
@@ -512,7 +628,9 @@ def decode_intensity(
     return x
 
 
-def to_intensity_image(image: Any, *, max_pixels: int | None = None, name: str | None = None) -> PIL.Image.Image:
+def to_intensity_image(
+    image: Any, *, max_pixels: int | None = None, name: str | None = None, radiometric: str | None = None
+) -> PIL.Image.Image:
     """One-channel PIL image keeping the raw values of an image file (or PIL image), for storing data sets.
 
     `decode_intensity` gives the same result on it as on the original: 8-bit data become `L` (colour through the same
@@ -522,14 +640,14 @@ def to_intensity_image(image: Any, *, max_pixels: int | None = None, name: str |
     Args:
         image (`str`, `os.PathLike`, `bytes`, `dict` or `PIL.Image.Image`):
             As for `load_infrared_image`.
-        max_pixels, name:
-            As for `load_infrared_image`.
+        max_pixels, name, radiometric:
+            As for `load_infrared_image` (`"raw"` gives `I;16` counts, `"celsius"` an `F` image of temperatures).
 
     Raises:
         InfraredImageError: as `decode_intensity`, naming the file.
     """
     label = _source_name(image, name)
-    image = load_infrared_image(image, max_pixels=max_pixels, name=label)
+    image = load_infrared_image(image, max_pixels=max_pixels, name=label, radiometric=radiometric)
     mode = image.mode
     if mode in ("L", "I;16"):
         return image
@@ -560,6 +678,9 @@ class UnipImageProcessorKwargs(ImagesKwargs, total=False):
         `(long, short)` side targets of a resize that keeps the aspect ratio (`keep_ratio_size`); replaces `size`.
     size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
         Pad the outputs at the bottom and right (0 after normalisation, 255 in labels) to multiples of it.
+    radiometric (`str`, *optional*, defaults to `self.radiometric`):
+        What FLIR radiometric JPEG files give: `"raw"` counts, `"celsius"` temperatures, `"preview"` (see
+        `load_infrared_image`).
     """
 
     num_channels: int
@@ -568,6 +689,7 @@ class UnipImageProcessorKwargs(ImagesKwargs, total=False):
     percentiles: list[float | int] | tuple[float | int, ...]
     img_scale: list[int] | tuple[int, ...] | None
     size_divisor: int | None
+    radiometric: str | None
 
 
 class UnipImageProcessor(PilBackend):
@@ -620,6 +742,12 @@ class UnipImageProcessor(PilBackend):
             resizes to the original size exactly as `unip_hf.evaluation` does. The processor saved with
             a fine-tuned model sets both, so `pipeline("image-segmentation")` reproduces the evaluated predictions
             (whole-image inference; sliding-window evaluation has no pipeline counterpart).
+        radiometric (`str`, *optional*):
+            What FLIR radiometric JPEG files (paths) give, saved with the processor so that a model sees at inference
+            what it was trained on: `"raw"` (16-bit thermal counts, then `bit_depth_scaling`), `"celsius"`
+            (temperatures, mapped to [0, 1] by `intensity_range`, which it requires), `"preview"` (the JPEG's
+            image). `None` (default) reads the preview and warns once. `"raw"`/`"celsius"` need the optional `flyr`
+            (`pip install "unip-hf[radiometric]"`). See `load_infrared_image`.
 
     Example:
 
@@ -656,11 +784,13 @@ class UnipImageProcessor(PilBackend):
     percentiles = DEFAULT_PERCENTILES
     img_scale = None
     size_divisor = None
+    radiometric = None
 
     def __init__(self, **kwargs: Unpack[UnipImageProcessorKwargs]):
         super().__init__(**kwargs)
         _check_options(self.num_channels, self.bit_depth_scaling, self.intensity_range, self.percentiles,
                        self.img_scale, self.size_divisor)
+        _check_radiometric(self.radiometric, self.intensity_range)
         self.percentiles = [float(p) for p in self.percentiles]
         if self.intensity_range is not None:
             self.intensity_range = [float(v) for v in self.intensity_range]
@@ -778,6 +908,7 @@ class UnipImageProcessor(PilBackend):
         do_rescale: bool | None = None,
         rescale_factor: float | None = None,
         input_data_format: str | ChannelDimension | None = None,
+        radiometric: str | None = None,
     ) -> np.ndarray:
         """Decode one image into float32 intensity of shape (H, W), in [0, 1] when `do_rescale` (the default).
 
@@ -786,7 +917,7 @@ class UnipImageProcessor(PilBackend):
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or `os.PathLike`):
                 One image (see the module docstring for the accepted kinds); files named in errors.
-            bit_depth_scaling, intensity_range, percentiles, do_rescale, rescale_factor:
+            bit_depth_scaling, intensity_range, percentiles, do_rescale, rescale_factor, radiometric:
                 Override the processor's values for this image.
             input_data_format (`ChannelDimension` or `str`, *optional*):
                 Channel layout of a 3-D array input; guessed when not given (channels-last first for numpy,
@@ -803,6 +934,7 @@ class UnipImageProcessor(PilBackend):
             do_rescale=self.do_rescale if do_rescale is None else do_rescale,
             rescale_factor=self.rescale_factor if rescale_factor is None else rescale_factor,
             input_data_format=input_data_format,
+            radiometric=self.radiometric if radiometric is None else radiometric,
         )
 
     @staticmethod
@@ -838,7 +970,7 @@ class UnipImageProcessor(PilBackend):
         """Decode one image into float32 intensity of shape (1, H, W) (the backend's channels-first format).
 
         The decoding options among `kwargs` (`to_intensity`'s: bit_depth_scaling, intensity_range, percentiles,
-        do_rescale, rescale_factor) override the processor's for this call; the others belong to later steps.
+        do_rescale, rescale_factor, radiometric) override the processor's for this call; the others belong to later steps.
         """
         options = {name: kwargs.get(name) for name in _DECODING_OPTIONS}
         return self.to_intensity(image, input_data_format=input_data_format, **options)[None]

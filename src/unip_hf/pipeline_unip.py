@@ -16,6 +16,7 @@ This file imports only numpy, PIL, torch, transformers and the image processor n
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -96,8 +97,33 @@ class UnipImageSegmentationPipeline(ImageSegmentationPipeline):
         return inputs
 
 
+class _RegisteredModelCheckFilter(logging.Filter):
+    """Drops the stock pipelines' "The model 'Unip...' is not supported for image-segmentation. Supported models are
+    [...]" error for UNIP classes.
+
+    `ImageSegmentationPipeline.__init__` (transformers 5.x) passes `check_model_type` a plain copy of the built-in
+    name tables (`MODEL_FOR_*_SEGMENTATION_MAPPING_NAMES`); only a lazy `_LazyAutoMapping` would let it see models
+    registered with `AutoModelForSemanticSegmentation.register`, so every `pipeline("image-segmentation", ...)` of a
+    UNIP checkpoint logs that list although the pipeline then works. transformers offers no registration for that
+    check, and adding UNIP to its name tables would make its lazy mappings try to import a `transformers.models.unip`
+    module; this filter, on the logger of `transformers.pipelines.base`, removes exactly that message for UNIP
+    classes (the message for any other model, and every other record, passes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("The model 'Unip") and " is not supported for " in message)
+
+
+def _quiet_registered_model_check() -> None:
+    base_logger = logging.getLogger("transformers.pipelines.base")
+    if not any(isinstance(f, _RegisteredModelCheckFilter) for f in base_logger.filters):
+        base_logger.addFilter(_RegisteredModelCheckFilter())
+
+
 def register_pipeline() -> None:
-    """Register the `"infrared-image-segmentation"` task (a new task name; `"image-segmentation"` is left as is)."""
+    """Register the `"infrared-image-segmentation"` task (a new task name; `"image-segmentation"` is left as is), and
+    quiet the stock pipelines' "is not supported" message for UNIP models (`_RegisteredModelCheckFilter`)."""
+    _quiet_registered_model_check()
     if INFRARED_SEGMENTATION_TASK not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(
             INFRARED_SEGMENTATION_TASK,

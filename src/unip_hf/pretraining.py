@@ -150,8 +150,10 @@ def run_pretraining(
     transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
                                   std=data.image_std, num_channels=data.num_channels, seed=train.seed)
     dataset = PretrainImageDataset(sources, transform, skipped)
-    accelerator.print(f"Training data: {'; '.join(described)}; {len(dataset)} images"
-                      + (f", {skipped} unreadable skipped" if skipped else ""))
+    # one folder or data set already says "(N images, K unreadable skipped)"; the total is added for several sources
+    counted = len(described) == 1 and described[0].endswith(")")
+    accelerator.print(f"Training data: {'; '.join(described)}" + ("" if counted else (
+        f"; {len(dataset)} images in all" + (f", {skipped} unreadable skipped" if skipped else ""))))
     total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
     if len(dataset) < train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps:
         raise ValueError(

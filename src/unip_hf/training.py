@@ -70,6 +70,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .recipe_arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
     MIXED_PRECISION_TYPES,
     SCHEDULER_TYPES,
@@ -1001,6 +1003,10 @@ def train_loop(
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     progress = tqdm(total=max_steps, initial=global_step, desc=description,
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
+    # log records (accelerate's INFO lines on saving / loading state, warnings) go through tqdm.write while the bar
+    # runs, so each is a line of its own and the bar is redrawn below it instead of being cut by it
+    redirect_logs = logging_redirect_tqdm(loggers=[logging.root, logging.getLogger("transformers")])
+    redirect_logs.__enter__()
     final_loss = step_log.losses()[-1] if step_log.losses() else None
     rng_after_step = capture_rng_state()  # the RNG as a checkpoint of `global_step` must hold it
     updating = False
@@ -1092,6 +1098,8 @@ def train_loop(
     except KeyboardInterrupt:
         progress.close()
         _save_after_interrupt(accelerator, checkpoints, global_step, per_epoch, step_log, rng_after_step, updating)
+    finally:
+        redirect_logs.__exit__(None, None, None)
     progress.close()
     step_log.save()
     return TrainLoopResult(global_step, final_loss, checkpoints.last_saved, step_log, resumed_from)

@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..image_processing_unip import decode_intensity
 from .export import export_parquet, push_to_hub
@@ -80,24 +80,51 @@ def _load_for_inspect(args: argparse.Namespace):
     raise SystemExit(f"unip data inspect: {args.dataset!r} is neither a known layout nor a data set folder")
 
 
+#: Overlay colours for classes whose palette colour is gray (e.g. the white "target" of the binary small-target
+#: sets), which a blend over a grayscale image would not show: vivid, distinct hues, in order.
+VISIBLE_COLOURS = ((255, 40, 40), (40, 220, 40), (255, 200, 0), (0, 160, 255), (255, 0, 255), (0, 255, 255))
+
+
+def overlay_palette(palette: list) -> np.ndarray:
+    """(256, 3) uint8 overlay colours: the palette's, except achromatic (gray or white) classes 1.. get a vivid
+    `VISIBLE_COLOURS` hue; 255 (ignore) magenta."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    vivid = iter(VISIBLE_COLOURS * 43)
+    for i, c in enumerate(palette[:255]):
+        pal[i] = next(vivid) if i > 0 and max(c) - min(c) < 40 else c
+    pal[255] = (255, 0, 255)
+    return pal
+
+
 def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, cols: int = 4):
-    """A PIL contact sheet: each image with its mask blended in its palette colours (mask may be ``None``)."""
+    """A PIL contact sheet: each image as the model sees its intensity, with its mask's classes (mask may be ``None``;
+    class 0, the background, is not drawn) blended at 65 % in `overlay_palette` colours; a region that the thumbnail
+    would shrink below 6 pixels (an infrared small target) is also ringed in its colour, so that it stays visible."""
+    from scipy import ndimage  # noqa: PLC0415  (a dependency; only this drawing needs it)
+
     rows = max(1, -(-len(images) // cols))
     sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    for i, c in enumerate(palette[:255]):
-        pal[i] = c
-    pal[255] = (255, 0, 255)
+    pal = overlay_palette(palette)
     for k, im in enumerate(images):
         arr = decode_intensity(im) * 255.0  # as the model sees it (16-bit: percentile stretch)
         rgb = np.repeat(arr[..., None], 3, axis=2)
-        if masks[k] is not None:
-            m = np.asarray(masks[k])
+        m = None if masks[k] is None else np.asarray(masks[k])
+        if m is not None:
             colour = pal[m].astype(np.float32)
             overlay = (m > 0)[..., None]
-            rgb = np.where(overlay, 0.5 * rgb + 0.5 * colour, rgb)
+            rgb = np.where(overlay, 0.35 * rgb + 0.65 * colour, rgb)
         t = Image.fromarray(rgb.astype(np.uint8))
         t.thumbnail((tile, tile))
+        if m is not None and (m > 0).any():
+            scale = t.width / m.shape[1]
+            draw = ImageDraw.Draw(t)
+            components, count = ndimage.label(m > 0)
+            for index, box in enumerate(ndimage.find_objects(components), start=1):
+                if max(box[0].stop - box[0].start, box[1].stop - box[1].start) * scale >= 6:
+                    continue
+                y, x = ((sl.start + sl.stop) / 2 * scale for sl in box)
+                value = int(m[box][components[box] == index][0])
+                draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline=tuple(int(v) for v in pal[value]), width=2)
         sheet.paste(t, ((k % cols) * tile + (tile - t.width) // 2, (k // cols) * tile + (tile - t.height) // 2))
     return sheet
 
@@ -128,10 +155,13 @@ def command_data_inspect(args: argparse.Namespace) -> int:
             sheet_images.append(im)
             sheet_masks.append(mask)
     names = meta.get("id2label", {})
+    source_modes = (meta.get("source_modes") or {}).get(args.split, {})
     total = sum(hist.values()) or 1
     summary: dict[str, Any] = {
         "dataset": args.dataset, "split": args.split, "num_examples": len(ds),
         "sizes": dict(sizes.most_common()), "modes": dict(modes.most_common()),
+        # the modes of the original image files (the stored images are their decoded intensity: L, I;16 or F)
+        **({"source_modes": source_modes} if source_modes else {}),
         "class_histogram": {(names.get(k, "ignore" if k == 255 else str(k))): {"pixels": v, "fraction": round(v / total, 6)}
                             for k, v in sorted(hist.items())},
     }
@@ -154,7 +184,11 @@ def command_data_inspect(args: argparse.Namespace) -> int:
         for item in skipped:
             print(f"  [{item.get('split', '?')}] {item['error']}")
     print("sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(8)))
-    print("modes: " + ", ".join(f"{k} ({v})" for k, v in modes.most_common()))
+    if source_modes:
+        print("modes of the original files: " + ", ".join(f"{k} ({v})" for k, v in source_modes.items())
+              + "; stored as their intensity: " + ", ".join(f"{k} ({v})" for k, v in modes.most_common()))
+    else:
+        print("modes: " + ", ".join(f"{k} ({v})" for k, v in modes.most_common()))
     if hist:
         print("class histogram (pixels):")
         for name, d in summary["class_histogram"].items():

@@ -33,7 +33,7 @@ METADATA_MARKER = "Segmentation metadata (JSON):"
 _EXTS = IMAGE_EXTENSIONS  # one list of image file extensions for the package (unip_hf.files)
 #: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
 #: caches written by older code are not reused.
-_CACHE_FORMAT = "segmentation-2"
+_CACHE_FORMAT = "segmentation-3"  # 3: the original files' modes in the metadata
 
 #: SODA (Li et al., 2021): 20 object classes plus background.
 SODA_CLASSES = (
@@ -208,10 +208,12 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
     VERSION = datasets.Version("1.1.0")  # 1.1: decoded by image_processing_unip (float kept, EXIF, skipped pairs)
     DEFAULT_WRITER_BATCH_SIZE = 100
 
-    def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False, **kwargs):
+    def __init__(self, *args, spec: Optional[SegmentationSpec] = None, skip_missing: bool = False,
+                 radiometric: Optional[str] = None, **kwargs):
         if spec is not None:
             self.SPEC = spec
         self.skip_missing = skip_missing
+        self.radiometric = radiometric  # what FLIR radiometric JPEGs give (load_infrared_image); part of the cache key
         data_dir = kwargs.get("data_dir")
         if kwargs.get("hash") is None and data_dir and os.path.isdir(data_dir):
             kwargs["hash"] = self._data_hash(data_dir, kwargs.get("cache_dir"))
@@ -219,6 +221,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         self.stray_counts: dict[str, int] = {}
         self.missing: list[str] = []
         self.skipped: list[dict[str, str]] = []
+        self.source_modes: dict[str, dict[str, int]] = {}  # split -> PIL mode of the original image files -> count
         self.scan_skipped: list = []  # SkippedFile items: entries the folder scan did not open
 
     def _data_hash(self, data_dir: str, cache_dir: Optional[str]) -> str:
@@ -229,7 +232,8 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
             files = [f for f in files if not os.path.abspath(f).startswith(inside)]
         spec = self.SPEC
         extra = json.dumps([_CACHE_FORMAT, type(self).__name__, spec.to_dict(),
-                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing])
+                            sorted((str(k), v) for k, v in spec.value_map.items()), self.skip_missing]
+                           + ([self.radiometric] if self.radiometric else []))
         return data_fingerprint(files, root=data_dir, extra=extra)
 
     def _list_images(self, folder: str, recursive: bool = False) -> list[str]:
@@ -272,7 +276,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in splits]
 
     def _load_image(self, path: str) -> Image.Image:
-        return to_intensity_image(path)
+        return to_intensity_image(path, radiometric=self.radiometric)
 
     def _load_mask(self, path: str) -> np.ndarray:
         im = load_infrared_image(path)
@@ -329,6 +333,9 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
                 )
             key = os.path.splitext(os.path.basename(img_path))[0]
             kept += 1
+            modes = self.source_modes.setdefault(split, {})
+            mode = _file_mode(img_path)
+            modes[mode] = modes.get(mode, 0) + 1
             yield f"{split}/{key}", {
                 "id": key,
                 "image": {"bytes": _encode_image(image), "path": None},
@@ -343,15 +350,26 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
         if len(self.skipped) > skipped_before:
             logger.warning("%s: %d pair(s) of split %r skipped (unreadable files, listed in the metadata)",
                            type(self).__name__, len(self.skipped) - skipped_before, split)
-        if self.stray_counts or self.skipped or self.scan_skipped:
-            meta = self.SPEC.to_dict()
-            if self.stray_counts:
-                meta["stray_counts"] = dict(self.stray_counts)
-            if self.skipped:
-                meta["skipped"] = list(self.skipped)
-            if self.scan_skipped:
-                meta["skipped_files"] = [str(item) for item in self.scan_skipped]
-            self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
+        # the metadata always carries the original files' modes (`unip data inspect` reports them)
+        meta = self.SPEC.to_dict()
+        meta["source_modes"] = {name: dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                                for name, counts in self.source_modes.items()}
+        if self.stray_counts:
+            meta["stray_counts"] = dict(self.stray_counts)
+        if self.skipped:
+            meta["skipped"] = list(self.skipped)
+        if self.scan_skipped:
+            meta["skipped_files"] = [str(item) for item in self.scan_skipped]
+        self.info.description = f"{self.SPEC.name} infrared segmentation\n\n{METADATA_MARKER}\n{json.dumps(meta)}"
+
+
+def _file_mode(path: str) -> str:
+    """The PIL mode of an image file, from its header (what the file holds before decoding to intensity)."""
+    try:
+        with Image.open(path) as opened:
+            return opened.mode
+    except Exception:  # noqa: BLE001 - decoded a moment ago; a file replaced since is only reported as unknown
+        return "unknown"
 
 
 def _read_ids(path: str) -> list[str]:
@@ -602,6 +620,7 @@ def load_segmentation_dataset(
     cache_dir: Optional[str] = None,
     spec: Optional[SegmentationSpec] = None,
     skip_missing: bool = False,
+    radiometric: Optional[str] = None,
 ) -> datasets.Dataset:
     """Build (or reuse from cache) one split of an infrared segmentation set.
 
@@ -614,6 +633,8 @@ def load_segmentation_dataset(
         spec: override the class names / palette (mainly for ``folder``).
         skip_missing: skip ids listed in a split file whose files are absent (subsets of a data set)
             instead of raising `FileNotFoundError`.
+        radiometric: what FLIR radiometric JPEG images give (``"raw"`` 16-bit counts, ``"celsius"`` temperatures
+            stored as float TIFF, ``"preview"``; see `image_processing_unip.load_infrared_image`); needs ``flyr``.
 
     Raises:
         ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);
@@ -625,11 +646,12 @@ def load_segmentation_dataset(
         its class names, palette and ignore index are in `segmentation_metadata(ds)`, with the pairs skipped
         because a file could not be decoded under ``"skipped"`` (see `SegmentationBuilder`).
     """
-    builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing)
+    builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing,
+                       radiometric=radiometric)
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):  # surface the error that names the file
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, ImportError)):  # surface the error naming the file
             raise err.__cause__ from None
         raise
     return builder.as_dataset(split=split)

@@ -44,6 +44,11 @@ def to_working_image(image: Image.Image, image_processor=None) -> Image.Image:
     return Image.fromarray(intensity, mode="F")
 
 
+def _load_image(image: Any, image_processor=None, **kwargs) -> Image.Image:
+    """`load_infrared_image` with the processor's `radiometric` choice (what FLIR radiometric JPEGs give)."""
+    return load_infrared_image(image, radiometric=getattr(image_processor, "radiometric", None), **kwargs)
+
+
 def _intensity_array(image: Image.Image) -> np.ndarray:
     """Float32 intensity in [0, 1] of a working image (`L`: / 255; `F`: already in [0, 1]), see `to_working_image`."""
     if image.mode == "F":
@@ -152,7 +157,7 @@ class PretrainTransform:
             factor = max(1.0, min(box[2] - box[0], box[3] - box[1]) / self.size)
             return int(width / factor), int(height / factor)
 
-        im = load_infrared_image(image, draft=draft)
+        im = _load_image(image, self.image_processor, draft=draft)
         box, (width, height) = plan["box"], plan["size"]
         flip = rng.random() < self.flip_prob
         if im.size != (width, height):
@@ -215,7 +220,7 @@ class SegmentationTrainTransform:
         if index is None:
             index, self._counter = self._counter, self._counter + 1
         rng = sample_rng(self.seed, self.epoch, index)
-        im, mask = load_infrared_image(image), load_infrared_image(label)
+        im, mask = _load_image(image, self.image_processor), load_infrared_image(label)
         w, h = im.size
         if mask.size != (w, h):
             raise ValueError(f"label size {mask.size} differs from image size {(w, h)}")
@@ -288,7 +293,7 @@ class SegmentationEvalTransform:
         self.size, self.mean, self.std, self.num_channels = size, mean, std, num_channels
 
     def __call__(self, image: Any, label: Any = None) -> dict[str, torch.Tensor]:
-        im = load_infrared_image(image)
+        im = _load_image(image, self.image_processor)
         if self.size is not None:
             w, h = im.size
             if isinstance(self.size, int):
