@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.demo",
     "unip_hf.space",
     "unip_hf.onnx_export",
+    "unip_hf.benchmark",
+    "unip_hf.ablation",
 )
 
 

@@ -99,8 +99,14 @@ class PretrainDataArguments:
     image_mean: float = field(default=INFRARED_MEAN)
     image_std: float = field(default=INFRARED_STD)
     num_channels: int = field(default=3)
+    grayscale: bool = field(default=True, metadata={
+        "help": "Convert colour images to intensity (the paper); --grayscale false keeps RGB images in colour (the "
+                "InfMix no_grayscale ablation; needs --num_channels 3)."})
 
     def __post_init__(self):
+        if not self.grayscale and self.num_channels != 3:
+            raise ValueError(f"--grayscale false keeps colour images' 3 channels; it needs --num_channels 3, got "
+                             f"{self.num_channels}")
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         for entry in self.train_data:
@@ -210,7 +216,8 @@ def run_pretraining(
 
     sources, skipped, described = load_training_sources(data.train_data, data.image_column)
     transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
-                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed)
+                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed,
+                                  grayscale=data.grayscale)
     dataset = PretrainImageDataset(sources, transform, skipped)
     accelerator.print(f"Training data: {'; '.join(described)}; {len(dataset)} images"
                       + (f", {skipped} unreadable skipped" if skipped else ""))
