@@ -84,11 +84,11 @@ BUDGETS: dict[str, Budget] = {
         max_train_samples=6, max_eval_samples=3, eval_mode="whole", attention_images=3, attention_size=32,
         pretrain_steps=2, pretrain_batch_size=4, pretrain_image_size=32, pretrain_lr=1e-4),
     "cpu": Budget(
-        "cpu", "a shared 2-core CPU: about a minute per unip-tiny fine-tuning run (the UPerNet head costs ~1 s a step "
-        "at crop 64, batch 4), small crops and subsets", crop_size=64, batch_size=4,
-        finetune_steps=40, finetune_lr=5e-4, probe_steps=40, probe_lr=5e-3, layerwise_steps=200, layerwise_lr=1e-2,
+        "cpu", "a shared 2-core CPU: one to two minutes per unip-tiny fine-tuning run (the UPerNet head costs 1-3 s "
+        "a step at crop 64, batch 4), small crops and subsets", crop_size=64, batch_size=4,
+        finetune_steps=25, finetune_lr=5e-4, probe_steps=40, probe_lr=5e-3, layerwise_steps=200, layerwise_lr=1e-2,
         max_train_samples=64, max_eval_samples=32, eval_mode="whole", attention_images=16, attention_size=112,
-        pretrain_steps=60, pretrain_batch_size=16, pretrain_image_size=64, pretrain_lr=5e-4),
+        pretrain_steps=40, pretrain_batch_size=16, pretrain_image_size=64, pretrain_lr=5e-4),
     "paper": Budget(
         "paper", "the paper's schedule (GPUs): 512 crops, batch 8, 160k fine-tuning iterations, 100-epoch "
         "pre-training at 224 px with batch 4096 (set as steps of the InfMix size you use)", crop_size=512,
