@@ -135,7 +135,8 @@ def test_benchmark_smoke_files_and_resume(tmp_path):
     assert "buffalo-udder (val) layerwise_probe [mean_iou]" in text and "(n=2)" in text and "NMI" in text
     # resume: nothing runs again; a new protocol adds only its runs
     seen.clear()
-    run_benchmark([model], "buffalo-udder", root, str(out), ["layerwise_probe"], [0, 1], "smoke", on_run_end=seen.append)
+    run_benchmark([model], "buffalo-udder", root, str(out), ["layerwise_probe"], [0, 1], "smoke",
+                  on_run_end=seen.append)
     assert seen == []
     run_benchmark([model], "buffalo-udder", root, str(out), ["layerwise_probe"], [0, 1, 2], "smoke",
                   on_run_end=seen.append)

@@ -15,7 +15,8 @@ Results go to `OUT/results.json` (one entry per arm, data set, protocol and seed
 `unip benchmark`), `OUT/results.md` (mean ± std per arm, plus the paired comparison of every arm with `nmi_had`
 on the same seeds: mean difference, its spread, the sign test and a bootstrap interval, `statistics`), and the
 teacher's `OUT/teacher_attention.json`. Pre-trained students (for `scratch`, the initialised one) stay in
-`OUT/students/<arm>/seed<k>` (reused on resume; written under a temporary name, so never half there). No torch import at module import.
+`OUT/students/<arm>/seed<k>` (reused on resume; written under a temporary name, so never half there).
+No torch import at module import.
 """
 
 from __future__ import annotations

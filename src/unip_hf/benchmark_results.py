@@ -152,7 +152,8 @@ def write_reports(store: ResultStore, out_dir: str, extra_markdown: str = "") ->
     if curves:
         text += "\n## Layer-wise probe (mean over seeds, per block, 0-based)\n\n"
         for (model, dataset), (layers, values) in curves.items():
-            text += f"- {model} on {dataset}: " + ", ".join(f"{l}: {v * 100:.1f}" for l, v in zip(layers, values)) + "\n"
+            points = ", ".join(f"{layer}: {value * 100:.1f}" for layer, value in zip(layers, values))
+            text += f"- {model} on {dataset}: {points}\n"
     attention = [e for e in entries if e["protocol"] == "attention"]
     if attention:
         text += "\n## Attention analysis (NMI per block, 0-based; head mix local/hybrid/global)\n\n"

@@ -38,7 +38,8 @@ def _square_inputs(dataset: EvalSegmentationDataset, crop_size: int, with_train_
         label = item["labels"]
         full.append(label)
         if with_train_labels:
-            small.append(F.interpolate(label[None, None].float(), size=(crop_size, crop_size), mode="nearest")[0, 0].long())
+            small.append(F.interpolate(label[None, None].float(), size=(crop_size, crop_size),
+                                       mode="nearest")[0, 0].long())
     return torch.stack(pixels), (torch.stack(small) if with_train_labels else None), full
 
 
