@@ -22,7 +22,14 @@ from unip_hf.attention_measures import (
     normalized_mutual_information,
     patch_distance_matrix,
 )
-from unip_hf.attention_patterns import AttentionReport, PatternThresholds, choose_teacher_layer, label_pattern
+from unip_hf.attention_patterns import (
+    AttentionReport,
+    PatternThresholds,
+    choose_teacher_layer,
+    label_heads,
+    label_layer,
+    label_pattern,
+)
 from unip_hf.attention_plots import plot_attention_maps, plot_layer_curves
 from unip_hf.files import find_images
 from unip_hf.vit_family import eager_attention, model_attentions
@@ -532,3 +539,83 @@ def test_no_hybrid_layer_is_warned_once(caplog):
         layer = resolve_teacher_layer(model, "auto", torch.randn(2, 3, 32, 32))
     assert 0 <= layer < 2
     assert caplog.text.count("no hybrid layer found") == 1
+
+
+# ------------------------------------------------------------------ per-head labels (issue 12, item 3)
+def _report_from_maps(layers: list[torch.Tensor]) -> AttentionReport:
+    """A report built from constructed per-head maps: each layer is `[1, H, P, P]` (no prefix token), measured by
+    `attention_measures` as `analyze_attention` does (one image, so means are the values)."""
+    per_layer = [attention_measures(a, GRID, num_prefix_tokens=0, with_cls=False) for a in layers]
+    n = len(layers)
+    zeros = [0.0] * n
+
+    def heads(key):
+        return [m[key][0].tolist() for m in per_layer]
+
+    return AttentionReport(
+        model_name="maps", model_type="test", num_layers=n, num_heads=[a.shape[1] for a in layers],
+        grid_size=[GRID, GRID], num_prefix_tokens=0, image_size=[GRID * 16, GRID * 16], num_images=1,
+        nmi_mean=[float(m["nmi"].mean()) for m in per_layer], nmi_std=zeros,
+        nmi_with_cls_mean=[float(m["nmi"].mean()) for m in per_layer], nmi_with_cls_std=zeros,
+        distance_mean=[float(m["distance"].mean()) for m in per_layer], distance_std=zeros,
+        entropy_mean=[float(m["entropy"].mean()) for m in per_layer], entropy_std=zeros,
+        key_concentration_mean=[float(m["key_concentration"].mean()) for m in per_layer], key_concentration_std=zeros,
+        head_nmi_mean=heads("nmi"), head_nmi_std=[[0.0] * a.shape[1] for a in layers],
+        head_distance_mean=heads("distance"), head_distance_std=[[0.0] * a.shape[1] for a in layers],
+        head_entropy_mean=heads("entropy"), head_entropy_std=[[0.0] * a.shape[1] for a in layers],
+        head_key_concentration_mean=heads("key_concentration"),
+        head_key_concentration_std=[[0.0] * a.shape[1] for a in layers],
+    )
+
+
+def test_per_head_labels_on_constructed_mixed_heads():
+    # layer 0: one sharp local head + two heads sharing one map: averaged NMI ~0.25 with a concentrated p(k) ->
+    #          "hybrid" by the head-averaged rule, but its heads are local, global, global -> global
+    # layer 1: three truly hybrid heads (window + shared foreground) -> hybrid
+    # layer 2: two hybrid heads + one global head -> hybrid (2 of 3 >= half)
+    # layer 3: all heads share one map -> global
+    mixed = torch.stack([gaussian_windows(0.5), shared_map(), shared_map()]).unsqueeze(0)
+    hybrid = torch.stack([mixture(0.5), mixture(0.5), mixture(0.35)]).unsqueeze(0)
+    mostly_hybrid = torch.stack([mixture(0.5), mixture(0.35), shared_map()]).unsqueeze(0)
+    global_ = torch.stack([shared_map()] * 3).unsqueeze(0)
+    report = _report_from_maps([mixed, hybrid, mostly_hybrid, global_])
+    averaged = [label_pattern(v, c) for v, c in zip(report.nmi_mean, report.key_concentration_mean)]
+    assert 0.08 <= report.nmi_mean[0] < 0.30 and averaged[0] == "hybrid"  # what the old rule said
+    assert report.head_labels[0] == ["local", "global", "global"]
+    assert report.head_mix[0] == {"local": 1, "hybrid": 0, "global": 2}
+    assert report.head_labels[1] == ["hybrid", "hybrid", "hybrid"]
+    assert report.head_mix[2] == {"local": 0, "hybrid": 2, "global": 1}
+    assert report.labels == ["global", "hybrid", "hybrid", "global"]
+    # the deepest clearly hybrid layer is 2; the mixed layer 0 is never a candidate
+    assert choose_teacher_layer(report) == 2
+    assert "1/0/2" in report.format_table()
+    # a stricter head share drops layer 2 (2 of 3 < 0.9): the teacher becomes layer 1
+    assert choose_teacher_layer(report, PatternThresholds(min_hybrid_head_fraction=0.9)) == 1
+    # the report keeps the per-head values through JSON
+    again = AttentionReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again.head_labels == report.head_labels and again.labels == report.labels
+
+
+def test_issue_example_local_heads_in_the_hybrid_band_are_local():
+    # heads at NMI 0.34, 0.11, 0.27, each query attending to its own neighbourhood (no shared map: key
+    # concentration ~0): the head-averaged NMI 0.24 sits in the band, but every head is local, so the layer is
+    assert label_heads([0.34, 0.11, 0.27], [0.002, 0.001, 0.002]) == ["local", "local", "local"]
+    assert label_layer("hybrid", ["local", "local", "local"]) == "local"
+    # ties between local and global heads: the averaged label, never hybrid
+    assert label_layer("hybrid", ["local", "global"]) == "local"
+    assert label_layer("global", ["local", "global", "hybrid", "hybrid"]) == "hybrid"  # half are hybrid
+    assert label_layer("global", ["local", "global"]) == "global"
+    assert label_layer("local", []) == "local"  # no head labels: the averaged label
+    with pytest.raises(ValueError, match="min_hybrid_head_fraction"):
+        PatternThresholds(min_hybrid_head_fraction=0.0)
+
+
+def test_analyze_attention_reports_per_head_key_concentration():
+    from unip_hf import UnipConfig, UnipViTModel
+
+    config = UnipConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        mlp_ratio=2.0)
+    report = analyze_attention(UnipViTModel(config).eval(), torch.randn(2, 3, 32, 32), progress=False)
+    assert len(report.head_key_concentration_mean) == 2 and len(report.head_key_concentration_mean[0]) == 2
+    assert len(report.head_labels) == 2 and all(len(h) == 2 for h in report.head_labels)
+    assert sum(report.head_mix[0].values()) == 2

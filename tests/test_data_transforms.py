@@ -162,3 +162,24 @@ def test_crops_keep_small_targets():
                                            photometric=False, flip_prob=0.0)
     shown = sum(int((transform(image, Image.fromarray(label), index=i)["labels"] == 1).any()) for i in range(40))
     assert shown >= 30  # a random 64x64 crop alone shows it about 1 time in 5
+
+
+def test_pretrain_transform_keeps_colour_without_grayscale():
+    from unip_hf.data.transforms import PretrainTransform
+
+    rgb = np.zeros((40, 60, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red image: luma 0.299 * 200
+    image = Image.fromarray(rgb, "RGB")
+    gray = PretrainTransform(size=16, seed=3)(image, index=5)
+    colour = PretrainTransform(size=16, seed=3, grayscale=False)(image, index=5)
+    assert gray.shape == colour.shape == (3, 16, 16)
+    assert torch.equal(gray[0], gray[1])  # intensity repeated
+    mean, std = 0.3801, 0.1871
+    assert torch.allclose(colour[0], torch.full((16, 16), (200 / 255 - mean) / std), atol=1e-5)
+    assert torch.allclose(colour[1], torch.full((16, 16), -mean / std), atol=1e-5)
+    # an intensity image is the same view either way (same crop and flip draws)
+    ramp = Image.fromarray(np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1)), "L")
+    assert torch.allclose(PretrainTransform(size=16, seed=3)(ramp, index=2),
+                          PretrainTransform(size=16, seed=3, grayscale=False)(ramp, index=2), atol=1e-6)
+    with pytest.raises(ValueError, match="num_channels=3"):
+        PretrainTransform(grayscale=False, num_channels=1)

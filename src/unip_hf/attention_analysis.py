@@ -260,7 +260,7 @@ def analyze_attention(
         values = [np.concatenate(layer[key]) for layer in per_layer]  # [images, heads] per layer
         result[f"{key}_mean"] = [float(v.mean(1).mean()) for v in values]
         result[f"{key}_std"] = [float(v.mean(1).std()) for v in values]
-        if key not in ("nmi_with_cls", "key_concentration"):
+        if key != "nmi_with_cls":
             result[f"head_{key}_mean"] = [v.mean(0).tolist() for v in values]
             result[f"head_{key}_std"] = [v.std(0).tolist() for v in values]
     report = AttentionReport(

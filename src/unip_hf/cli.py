@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "unip_hf.commands.demo",
     "unip_hf.commands.space",
     "unip_hf.commands.export",
+    "unip_hf.commands.benchmark",
 )
 
 

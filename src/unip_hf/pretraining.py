@@ -148,7 +148,8 @@ def run_pretraining(
 
     sources, skipped, described = load_training_sources(data.train_data, data.image_column)
     transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
-                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed)
+                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed,
+                                  grayscale=data.grayscale)
     dataset = PretrainImageDataset(sources, transform, skipped)
     # one folder or data set already says "(N images, K unreadable skipped)"; the total is added for several sources
     counted = len(described) == 1 and described[0].endswith(")")

@@ -182,8 +182,14 @@ class PretrainDataArguments:
     image_mean: float = field(default=INFRARED_MEAN, metadata={"help": "Normalisation mean (infrared statistics)."})
     image_std: float = field(default=INFRARED_STD, metadata={"help": "Normalisation std (infrared statistics)."})
     num_channels: int = field(default=3, metadata={"help": "Input channels of the student."})
+    grayscale: bool = field(default=True, metadata={
+        "help": "Convert colour images to intensity (the paper); --grayscale false keeps RGB images in colour (the "
+                "InfMix no_grayscale ablation; needs --num_channels 3)."})
 
     def __post_init__(self):
+        if not self.grayscale and self.num_channels != 3:
+            raise ValueError(f"--grayscale false keeps colour images' 3 channels; it needs --num_channels 3, got "
+                             f"{self.num_channels}")
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         for entry in self.train_data:

@@ -9,7 +9,7 @@ generator per (seed, epoch, index).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import datasets
 import numpy as np
@@ -117,6 +117,9 @@ class PretrainTransform:
         seed (`int`, defaults to 0): base seed; the view of sample ``i`` in epoch ``e`` depends only on (seed, e, i).
         image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
             images (see `to_working_image`); default settings when omitted.
+        grayscale (`bool`, defaults to `True`): convert colour images to intensity (the paper). `False` keeps a
+            colour image's three channels (each normalised with `mean` / `std`; needs `num_channels=3`), the
+            InfMix `no_grayscale` ablation; intensity images are unchanged. Same crop and flip either way.
 
     Example::
 
@@ -126,7 +129,10 @@ class PretrainTransform:
 
     def __init__(self, size: int = 224, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
                  mean: float = UNIP_MEAN, std: float = UNIP_STD, num_channels: int = 3, seed: int = 0,
-                 image_processor=None):
+                 image_processor=None, grayscale: bool = True):
+        if not grayscale and num_channels != 3:
+            raise ValueError(f"grayscale=False keeps colour images' 3 channels; it needs num_channels=3, got {num_channels}")
+        self.grayscale = bool(grayscale)
         self.image_processor = image_processor
         self.size, self.scale, self.ratio, self.flip_prob = size, scale, ratio, flip_prob
         self.mean, self.std, self.num_channels, self.seed = mean, std, num_channels, seed
@@ -157,7 +163,13 @@ class PretrainTransform:
             factor = max(1.0, min(box[2] - box[0], box[3] - box[1]) / self.size)
             return int(width / factor), int(height / factor)
 
-        im = _load_image(image, self.image_processor, draft=draft)
+        if not self.grayscale:
+            im = _load_image(image, self.image_processor)
+            if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+                return self._colour_view(im.convert("RGB"), rng)
+            draft(*im.size)
+        else:
+            im = _load_image(image, self.image_processor, draft=draft)
         box, (width, height) = plan["box"], plan["size"]
         flip = rng.random() < self.flip_prob
         if im.size != (width, height):
@@ -169,6 +181,17 @@ class PretrainTransform:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         arr = _intensity_array(im)
         return _to_tensor(arr, self.mean, self.std, self.num_channels)
+
+
+    def _colour_view(self, im: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        """The same crop and flip draws as the intensity path, on the three colour channels."""
+        box = random_resized_crop_box(im.size[0], im.size[1], rng, self.scale, self.ratio)
+        flip = rng.random() < self.flip_prob
+        im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
+        if flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        return torch.from_numpy(((arr - self.mean) / self.std).transpose(2, 0, 1).copy())
 
 
 def _resize_pair(image: Image.Image, mask: Optional[Image.Image], size: tuple[int, int], box=None):
