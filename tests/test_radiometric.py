@@ -139,7 +139,7 @@ def test_builders_and_transforms_read_the_thermal_data(tmp_path):
     assert evaluated["pixel_values"].shape[-2:] == (320, 240)
 
 
-def test_genuine_16bit_thermal_frame_through_both_pipelines(tmp_path):
+def test_genuine_16bit_thermal_frame_through_both_pipelines_and_unip_predict(tmp_path):
     """FLIR raw counts saved as a 16-bit PNG: the 16-bit pipeline feeds the model the counts (percentile stretch);
     the stock pipeline's loader converts to RGB and clips every count above 255, so the model sees a constant image
     (the documented reason for `UnipImageSegmentationPipeline`)."""
@@ -173,3 +173,20 @@ def test_genuine_16bit_thermal_frame_through_both_pipelines(tmp_path):
         segments = segmenter(str(frame))
         assert segments and {s["mask"].size for s in segments} == {(240, 320)}
         assert {s["label"] for s in segments} <= {"background", "warm"}
+    # `unip predict` reads the same 16-bit frame like the 16-bit pipeline, and the radiometric JPEG itself with
+    # --radiometric raw gives the same counts, so the same masks
+    from unip_hf.cli import main
+
+    assert main(["predict", str(tmp_path / "model"), str(frame), "--out", str(tmp_path / "from_png"),
+                 "--no_progress"]) == 0
+    assert main(["predict", str(tmp_path / "model"), str(flir("flir_example.jpg")), "--radiometric", "raw",
+                 "--out", str(tmp_path / "from_jpeg"), "--no_progress"]) == 0
+    from_png = np.asarray(Image.open(tmp_path / "from_png" / "flir_raw16_mask.png"))
+    from_jpeg = np.asarray(Image.open(tmp_path / "from_jpeg" / "flir_example_mask.png"))
+    assert from_png.shape == counts.shape and np.array_equal(from_png, from_jpeg)
+    with torch.no_grad():
+        logits = UnipForSemanticSegmentation.from_pretrained(tmp_path / "model")(
+            torch.from_numpy(kept)).logits
+    expected = torch.nn.functional.interpolate(logits, size=counts.shape, mode="bilinear", align_corners=False)
+    agree = (expected.argmax(1)[0].numpy() == from_png).mean()
+    assert agree > 0.99  # the pipeline's own prediction, up to resizing at class boundaries
