@@ -165,13 +165,14 @@ def register_transferability_score(name: str, fn, needs_reference: bool = True) 
     TRANSFERABILITY_SCORES[name] = TransferabilityScore(fn, needs_reference)
 
 
-def normalise_map(scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image min-max normalisation of region scores `(batch, N)` to [0, 1] (the softmax sees only differences
-    between keys, so the map is relative); an image whose regions all score alike gets the constant map 1 (no
-    bias)."""
-    low, high = scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values
-    spread = high - low
-    return torch.where(spread > eps, (scores - low) / spread.clamp_min(eps), torch.ones_like(scores))
+def normalise_map(scores: torch.Tensor, min_spread: float = 0.05) -> torch.Tensor:
+    """Per-image min-max normalisation of region scores `(batch, N)` (in [0, 1]) to the map: `1 - (max - s) /
+    max(max - min, min_spread)`. The softmax sees only differences between keys, so the map is relative (the worst
+    region gets 0, the best 1), except that a spread below `min_spread` is not stretched: an image whose regions all
+    score alike (up to noise, such as drop path at the start of fine-tuning) keeps a map near 1 (little bias)."""
+    high = scores.max(dim=1, keepdim=True).values
+    spread = high - scores.min(dim=1, keepdim=True).values
+    return 1 - (high - scores) / spread.clamp_min(max(min_spread, 1e-12))
 
 
 # ------------------------------------------------------------------------------------------------------ estimator
