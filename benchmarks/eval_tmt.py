@@ -118,8 +118,8 @@ def main() -> None:
             print(f"source {source}: {args.source_steps} steps in {seconds:.0f} s", flush=True)
         sources[source] = path
     extra = dict(zip(args.tmt_args.split()[::2], args.tmt_args.split()[1::2]))
-    for source, target in PAIRS:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a run cut short still covers every pair
+        for source, target in PAIRS:
             for method in ("vanilla", "tmt"):
                 if (source, target, method, seed) in done:
                     continue
