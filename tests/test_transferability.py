@@ -181,6 +181,10 @@ def test_bias_helper_and_config_checks():
         ModelArguments(tmt=True, tmt_loss_weight=1.0)
     with pytest.raises(ValueError, match="tmt_regions"):
         ModelArguments(tmt_regions="grid")
+    with pytest.raises(ValueError, match="add --tmt"):
+        ModelArguments(tmt_visualize=2)
+    with pytest.raises(ValueError, match="linear_probe"):
+        ModelArguments(tmt=True, mode="linear_probe")
 
 
 def test_weighted_loss_with_uniform_weights_is_the_plain_loss():

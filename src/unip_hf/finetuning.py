@@ -161,6 +161,8 @@ def check_tmt_args(model_args: "ModelArguments") -> None:
     if model_args.tmt and model_args.tmt_attention and model_args.tmt_loss_weight:
         raise ValueError("--tmt_loss_weight is the ablation without TMA: use it with --no_tmt_attention (the map then "
                          "only weights the loss)")
+    if model_args.tmt_visualize and not model_args.tmt:
+        raise ValueError("--tmt_visualize draws the TMT transferability maps: add --tmt")
     if model_args.mode == "linear_probe" and model_args.tmt:
         raise ValueError("--tmt adapts the backbone; it has no effect with --mode linear_probe (frozen backbone)")
 
