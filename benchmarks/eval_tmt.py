@@ -10,7 +10,8 @@ backbone that TMT's frozen reference copies); targets are the other sets. Pairs 
 
 Every run is appended to OUT/results.jsonl (a rerun skips the runs already there); the table is printed at the end.
 
-Run: flock /work/long.lock python benchmarks/eval_tmt.py --out /tmp/tmt-eval [--seeds 0 1 2] [--steps 150]
+Run: flock /work/long.lock python benchmarks/eval_tmt.py --out /tmp/tmt-eval --seeds 0 1 2 --steps 40 --source_steps 100 \
+     --max_eval 20   (what the README reports; more steps where the machine allows)
 """
 
 from __future__ import annotations
