@@ -9,6 +9,8 @@ backbone that TMT's frozen reference copies); targets are the other sets. Pairs 
   is tuned on them (one evaluation at the end of each run).
 
 Every run is appended to OUT/results.jsonl (a rerun skips the runs already there); the table is printed at the end.
+`touch OUT/STOP` makes a running evaluation start no new run and print the table of the runs done (pairs of a seed
+count only when both methods ran).
 
 Run: flock /work/long.lock python benchmarks/eval_tmt.py --out /tmp/tmt-eval --seeds 0 1 2 --steps 40 --source_steps 100 \
      --max_eval 20   (what the README reports; more steps where the machine allows)
@@ -124,6 +126,8 @@ def main() -> None:
             for method in ("vanilla", "tmt"):
                 if (source, target, method, seed) in done:
                     continue
+                if os.path.exists(os.path.join(args.out, "STOP")):  # `touch OUT/STOP`: no new run, print the table
+                    break
                 model = ModelArguments(model_name_or_path=sources[source])
                 if method == "tmt":
                     model.tmt = True
