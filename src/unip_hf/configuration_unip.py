@@ -168,6 +168,14 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
             `"cross_entropy"`, or `"cross_entropy+soft_iou"`, which adds `1 - soft IoU` of every non-background
             class (sums over the batch, then averaged over classes; the usual loss of infrared small-target detection, where a few target
             pixels are lost in a cross-entropy dominated by the background).
+        tmt_blocks (`list[int]`, *optional*, defaults to `[]`):
+            Blocks (0-based, in order) whose attention takes the transferable masked attention (TMA) bias of TMT
+            (arXiv 2504.05774): with a per-patch transferability map `T` in [0, 1] given to the forward, the logits
+            of every query to patch key `k` get `+ tmt_strength * (1 - T[k])` (the CLS key gets 0), so attention
+            leans towards the regions that transfer least. The map is read from the input of the first listed block
+            (see `unip_hf.transferability`). Empty: TMA off, the model is the plain ViT (no extra cost).
+        tmt_strength (`float`, *optional*, defaults to 1.0):
+            The strength `lambda` of the TMA bias (logits units; 0 makes the bias zero).
 
     Example:
 
@@ -213,9 +221,13 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
     auxiliary_loss_weight: float = 0.4
     semantic_loss_ignore_index: int = 255
     semantic_loss_type: str = "cross_entropy"
+    # transferability-aware fine-tuning (TMT): the blocks that take the TMA bias, and its strength
+    tmt_blocks: list[int] | tuple[int, ...] = ()
+    tmt_strength: float = 1.0
 
     def __post_init__(self, **kwargs):
         self.pool_scales = list(self.pool_scales)
+        self.tmt_blocks = [int(i) for i in (self.tmt_blocks or ())]
         # Stage k (1-based) is the output of block k - 1; there is no "stem" stage, so that `out_indices` are block
         # indices, as everywhere in UNIP (and `"stage4"` names the same block as in DINOv2).
         self.stage_names = [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
@@ -280,6 +292,12 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"decode_head must be one of {DECODE_HEADS}, got {self.decode_head!r}")
         if self.decode_head == "multilevel_fpn" and len(self.out_indices) != 4:
             raise ValueError(f"multilevel_fpn needs 4 out_indices (one per scale), got {self.out_indices}")
+        bad = [i for i in self.tmt_blocks if not 0 <= i < self.num_hidden_layers]
+        if bad or self.tmt_blocks != sorted(set(self.tmt_blocks)):
+            raise ValueError(f"tmt_blocks must be distinct 0-based block indices in increasing order, below "
+                             f"num_hidden_layers={self.num_hidden_layers}; got {self.tmt_blocks}")
+        if not isinstance(self.tmt_strength, (int, float)) or self.tmt_strength != self.tmt_strength:
+            raise ValueError(f"tmt_strength must be a number, got {self.tmt_strength!r}")
 
     @property
     def last_block_heads(self) -> int:

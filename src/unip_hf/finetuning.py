@@ -24,7 +24,8 @@ from typing import Any
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from .configuration_unip import UnipConfig, UnipSmallTargetConfig
+from .argument_checks import check_choice, check_range
+from .configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
 from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
 from .finetuning_data import (
@@ -46,6 +47,14 @@ from .segmentation_saving import (
     save_segmentation_model,
 )
 from .recipe_arguments import DataArguments, FinetuningArguments, ModelArguments
+from .transferability import (
+    REGION_MODES,
+    TRANSFERABILITY_SCORES,
+    TransferabilityAwareSegmenter,
+    TransferabilityEstimator,
+    loss_weights_from_map,
+    transferability_contact_sheet,
+)
 from .training import (
     EpochSampler,
     check_output_dir,
@@ -68,6 +77,54 @@ MODES = ("finetune", "linear_probe")
 #: `--architecture`: `auto` is `small_target` for small-target (irstd) data sets, `semantic` otherwise.
 ARCHITECTURES = ("auto", "small_target", "semantic")
 EVAL_LOG_NAME = "eval_log.json"
+
+
+def parse_tmt_blocks(text: str | None, depth: int) -> list[int]:
+    """`--tmt_blocks "8,9,10,11"` -> `[8, 9, 10, 11]`; empty: the last third of the blocks (at least one)."""
+    if not text:
+        return list(range(depth - max(1, depth // 3), depth))
+    try:
+        blocks = sorted({int(part) % depth if -depth <= int(part) < depth else int(part) for part in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--tmt_blocks must be comma-separated block indices such as 8,9,10,11; got {text!r}") from None
+    if any(not 0 <= b < depth for b in blocks):
+        raise ValueError(f"--tmt_blocks {text!r} has blocks outside 0..{depth - 1}")
+    return blocks
+
+
+def check_tmt_args(model_args: "ModelArguments") -> None:
+    """The TMT options, checked whether or not `--tmt` is given (a typo never waits for a TMT run)."""
+    check_choice("tmt_regions", model_args.tmt_regions, REGION_MODES)
+    check_choice("tmt_score", model_args.tmt_score, sorted(TRANSFERABILITY_SCORES))
+    check_range("tmt_loss_weight", model_args.tmt_loss_weight, 0)
+    check_range("tmt_max_clusters", model_args.tmt_max_clusters, 1)
+    check_range("tmt_explained_variance", model_args.tmt_explained_variance, 0, 1, low_open=True, high_open=True)
+    check_range("tmt_spatial_weight", model_args.tmt_spatial_weight, 0)
+    check_range("tmt_window", model_args.tmt_window, 1)
+    check_range("tmt_visualize", model_args.tmt_visualize, 0)
+    if model_args.tmt and model_args.tmt_attention and model_args.tmt_loss_weight:
+        raise ValueError("--tmt_loss_weight is the ablation without TMA: use it with --no_tmt_attention (the map then "
+                         "only weights the loss)")
+    if model_args.tmt_visualize and not model_args.tmt:
+        raise ValueError("--tmt_visualize draws the TMT transferability maps: add --tmt")
+    if model_args.mode == "linear_probe" and model_args.tmt:
+        raise ValueError("--tmt adapts the backbone; it has no effect with --mode linear_probe (frozen backbone)")
+
+
+def tmt_active(model_args: "ModelArguments") -> bool:
+    """Whether anything uses a transferability map: TMA, or loss weighting. `--tmt --no_tmt_attention
+    --tmt_loss_weight 0` (both off) is vanilla fine-tuning: no estimator is built."""
+    return model_args.tmt and (model_args.tmt_attention or model_args.tmt_loss_weight > 0)
+
+
+def build_transferability_estimator(model_args: "ModelArguments", model) -> TransferabilityEstimator:
+    """ACTE for `model` before it trains (its backbone now is the pre-trained reference), from the TMT options."""
+    config = model.config
+    source = (config.tmt_blocks or parse_tmt_blocks(model_args.tmt_blocks, config.num_hidden_layers))[0]
+    return TransferabilityEstimator.for_model(
+        model, source_layer=source, regions=model_args.tmt_regions, score=model_args.tmt_score,
+        max_clusters=model_args.tmt_max_clusters, explained_variance=model_args.tmt_explained_variance,
+        spatial_weight=model_args.tmt_spatial_weight, window=model_args.tmt_window)
 
 
 def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
@@ -171,6 +228,15 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         loss_type = "cross_entropy+soft_iou" if task == "irstd" else "cross_entropy"
     overrides = {"decode_head": decode_head, "drop_path_rate": model_args.drop_path_rate,
                  "semantic_loss_type": loss_type, **overrides}
+    if tmt_active(model_args):  # TMA's blocks and strength are saved in the config; without TMA the config has none
+        depth = overrides.get("num_hidden_layers")
+        if depth is None:
+            depth = (UNIP_PRESETS[model_args.preset if model_args.preset in UNIP_PRESETS else f"unip-{model_args.preset}"]
+                     ["num_hidden_layers"] if model_args.model_name_or_path in (None, "", "none")
+                     else AutoConfig.from_pretrained(model_args.model_name_or_path,
+                                                     trust_remote_code=model_args.trust_remote_code).num_hidden_layers)
+        blocks = parse_tmt_blocks(model_args.tmt_blocks, depth)
+        overrides.update(tmt_blocks=blocks if model_args.tmt_attention else [], tmt_strength=model_args.tmt_strength)
     if model_args.num_channels:
         overrides["num_channels"] = model_args.num_channels
     if resolve_architecture(model_args, task) == "small_target":
@@ -271,6 +337,12 @@ def run_finetuning(
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
     config = model.config
     small_target = isinstance(model, UnipForSmallTargetSegmentation)
+    if small_target and tmt_active(model_args):
+        raise ValueError("--tmt adapts UnipForSemanticSegmentation's attention; the small-target model has no TMA "
+                         "blocks: add --architecture semantic, or drop --tmt")
+    # TMT: the frozen pre-trained reference is copied now, before any step (and before a resumed state is loaded)
+    estimator = build_transferability_estimator(model_args, model).to(accelerator.device) if tmt_active(model_args) \
+        else None
     img_scale = parse_img_scale(data.img_scale, data.crop_size)
     # the small-target model is evaluated (and its saved processor predicts) at each image's full resolution
     eval_scale = None if small_target else img_scale
@@ -307,6 +379,11 @@ def run_finetuning(
     prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
     training_table = _gather_training_table(model_args, data, train, total_batch, max_steps, learning_rate)
+    if estimator is not None:
+        training_table["TMT"] = (f"TMA on blocks {config.tmt_blocks}, strength {config.tmt_strength:g}"
+                                 if config.tmt_blocks else f"TMA off, loss weight {model_args.tmt_loss_weight:g}")
+        training_table["TMT maps"] = estimator.describe()
+        accelerator.print(f"TMT: {training_table['TMT']}; {training_table['TMT maps']}")
     if trackers:
         flat = {k: v for part in (model_args, data, train) for k, v in dataclasses.asdict(part).items()
                 if isinstance(v, (int, float, str, bool))}
@@ -332,8 +409,12 @@ def run_finetuning(
     unwrapped = accelerator.unwrap_model(prepared)
     stride = data.eval_stride
 
+    # a TMA model is evaluated as it trained: every evaluated image (or window) gets its own map
+    evaluated = TransferabilityAwareSegmenter(unwrapped, estimator) if estimator is not None and config.tmt_blocks \
+        else unwrapped
+
     def evaluate_now(step: int) -> dict[str, Any]:
-        metrics = evaluate_model(unwrapped, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
+        metrics = evaluate_model(evaluated, eval_dataset, task, len(id2label), data.eval_mode, data.crop_size, stride,
                                  accelerator, ignore_index, data.irstd_threshold)
         metrics = to_builtin(metrics)
         value = metrics.get(main_metric)
@@ -398,10 +479,18 @@ def run_finetuning(
             evaluate_now(step)
 
     def loss_fn(batch):
+        pixel_values = batch["pixel_values"]
+        extra = {}
+        if estimator is not None and config.tmt_blocks:
+            extra["transferability"] = estimator.bind(pixel_values)
+        elif estimator is not None:  # ACTE without TMA: the map only weights the loss
+            grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
+            estimate = estimator.from_pixels(unwrapped.unip, pixel_values)
+            extra["loss_weights"] = loss_weights_from_map(estimate.map, grid, model_args.tmt_loss_weight)
         with accelerator.autocast():
             if distiller is not None:
-                return distiller.loss(prepared, batch["pixel_values"], batch["labels"])
-            return prepared(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                return distiller.loss(prepared, pixel_values, batch["labels"])
+            return prepared(pixel_values=pixel_values, labels=batch["labels"], **extra).loss
 
     result = train_loop(
         accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
@@ -428,6 +517,10 @@ def run_finetuning(
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
                                 model_args.model_name_or_path, train.hub_model_id, img_scale=eval_scale)
+        if model_args.tmt_visualize and model_args.tmt:
+            path = draw_transferability_maps(to_save, estimator or build_transferability_estimator(model_args, to_save),
+                                             eval_dataset, model_args.tmt_visualize, train.output_dir)
+            accelerator.print(f"transferability maps of {model_args.tmt_visualize} image(s): {path}")
         accelerator.print(f"{data.dataset} {eval_split} ({data.eval_mode}), step {kept_step}:\n"
                           + format_metrics_table(kept_metrics, id2label))
         write_training_curves(train.output_dir)
@@ -438,6 +531,35 @@ def run_finetuning(
     accelerator.end_training()
     return FinetuningResult(train.output_dir, result.global_step, result.final_loss, kept_metrics, kept_step,
                             main_metric, task, list(history), result.resumed_from)
+
+
+TMT_MAPS_NAME = "tmt_maps.png"
+
+
+def draw_transferability_maps(model, estimator: TransferabilityEstimator, eval_dataset, count: int,
+                              output_dir: str) -> str:
+    """`output_dir/tmt_maps.png`: the first `count` evaluation images, their transferability maps (from `model`'s
+    backbone as trained and the estimator's reference) and their regions. Returns the path."""
+    device = next(model.parameters()).device
+    estimator = estimator.to(device)
+    images, estimates, grids = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(min(count, len(eval_dataset))):
+            pixel_values = eval_dataset[index]["pixel_values"][None].to(device)
+            patch = model.config.patch_size
+            height, width = (pixel_values.shape[-2] // patch * patch, pixel_values.shape[-1] // patch * patch)
+            pixel_values = pixel_values[..., :height, :width]
+            estimates.append(estimator.from_pixels(model.unip, pixel_values))
+            grids.append((height // patch, width // patch))
+            plane = pixel_values[0, 0].float().cpu().numpy()
+            images.append(255 * (plane - plane.min()) / max(float(plane.max() - plane.min()), 1e-6))
+    finally:
+        model.train(was_training)
+    path = os.path.join(output_dir, TMT_MAPS_NAME)
+    transferability_contact_sheet(images, estimates, grids).save(path)
+    return path
 
 
 def read_eval_log(path: str) -> tuple[list[dict[str, Any]], int | None]:

@@ -64,10 +64,13 @@ class UnipModelOutput(BaseModelOutputWithPooling):
             scores `q k^T / sqrt(d)` of all heads, shape `(batch_size, num_heads, seq_len, seq_len)`, CLS first.
         num_layers_run (`int`, *optional*):
             How many blocks were computed (fewer than the configured depth when `stop_after_layer` was given).
+        transferability_map (`torch.Tensor`, *optional*):
+            The per-patch transferability map `(batch_size, num_patches)` the TMT blocks attended with (when given).
     """
 
     attention_logits: tuple[torch.Tensor, ...] | None = None
     num_layers_run: int | None = None
+    transferability_map: torch.Tensor | None = None
 
 
 class UnipPatchEmbeddings(nn.Module):
@@ -191,6 +194,24 @@ def eager_attention_forward(
     return attend(module, attention_scores(query, key, scaling, attention_mask), value, dropout)
 
 
+def transferability_attention_bias(
+    transferability: torch.Tensor, strength: float, seq_len: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The TMA bias of TMT (arXiv 2504.05774) as an additive attention mask: from a per-patch transferability map
+    `T` of shape `(batch, num_patches)` in [0, 1], the bias `(batch, 1, 1, 1 + num_patches)` added to the logits of
+    every head and query: `strength * (1 - T[k])` for patch key `k` and 0 for the CLS key. A key in a region that
+    transfers poorly (low `T`) gets up to `strength` more logit, i.e. up to `exp(strength)` times more attention
+    weight than a fully transferable one; a constant map (all regions alike) changes nothing after the softmax."""
+    if transferability.ndim != 2 or transferability.shape[1] != seq_len - 1:
+        raise ValueError(
+            f"the transferability map must have shape (batch, num_patches) = (batch, {seq_len - 1}) for this input, "
+            f"got {tuple(transferability.shape)}"
+        )
+    bias = strength * (1.0 - transferability.detach().float())
+    bias = torch.cat([bias.new_zeros(bias.shape[0], 1), bias], dim=1)
+    return bias[:, None, None, :].to(dtype or bias.dtype)
+
+
 def head_count_error(where: str, saved: int, configured: int) -> str:
     return (
         f"Attention block '{where.rstrip('.')}' was saved with {saved} heads but the configuration builds it with "
@@ -250,8 +271,12 @@ class UnipSelfAttention(nn.Module):
         output_attentions: bool = False,
         output_logits: bool = False,
         logits_only: bool = False,
+        attention_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Returns `(output, probabilities or None, logits or None)`.
+
+        `attention_bias` (broadcastable to `(batch, heads, seq, seq)`, e.g. [`transferability_attention_bias`]) is
+        added to the logits (SDPA receives it as `attn_mask`); the returned logits include it.
 
         When neither probabilities nor logits are asked for, the configured attention function runs (SDPA by
         default, [`eager_attention_forward`] for `"eager"`) and no `N x N` matrix is kept. Otherwise the scores are
@@ -263,7 +288,7 @@ class UnipSelfAttention(nn.Module):
         query, key, value = self.project(hidden_states, values=not logits_only)
         logits = probs = None
         if output_attentions or output_logits or logits_only:
-            logits = attention_scores(query, key, self.scaling)
+            logits = attention_scores(query, key, self.scaling, attention_bias)
             if logits_only:
                 return None, None, logits
             output, probs = attend(self, logits, value, dropout)
@@ -274,7 +299,8 @@ class UnipSelfAttention(nn.Module):
                 if implementation == "eager"
                 else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             )
-            output, _ = attention(self, query, key, value, None, scaling=self.scaling, dropout=dropout)
+            mask = attention_bias.to(query.dtype) if attention_bias is not None else None
+            output, _ = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)
         output = self.proj_dropout(self.proj(output.reshape(batch, seq_len, -1)))
         return output, (probs if output_attentions else None), (logits if output_logits else None)
 
@@ -339,9 +365,12 @@ class UnipLayer(GradientCheckpointingLayer):
         self.drop_path = UnipDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_logits: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_logits: bool = False,
+        attention_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, probs, logits = self.attention(self.norm1(hidden_states), output_attentions, output_logits)
+        attended, probs, logits = self.attention(
+            self.norm1(hidden_states), output_attentions, output_logits, attention_bias=attention_bias
+        )
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attended))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, probs, logits
@@ -368,16 +397,30 @@ class UnipEncoder(nn.Module):
         attention_logits_layers: Sequence[int] = (),
         keep_layers: Sequence[int] = (),
         keep_fn: Callable[[torch.Tensor], object] | None = None,
+        transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> UnipEncoderOutput:
         """Run blocks `0..last_layer` (none when `last_layer` is -1); this loop is the only place blocks run. The
-        outputs of `keep_layers` are kept (through `keep_fn` as soon as each is computed, when given)."""
+        outputs of `keep_layers` are kept (through `keep_fn` as soon as each is computed, when given).
+
+        With `config.tmt_blocks` and a `transferability` map `(batch, num_patches)` (or a function returning it from
+        the detached patch tokens `(batch, num_patches, hidden)` that enter the first TMT block), those blocks attend
+        with [`transferability_attention_bias`]. Without either, nothing is added."""
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         logits_by_layer: dict[int, torch.Tensor] = {}
         kept: dict[int, object] = {}
         wanted, keep = set(attention_logits_layers), set(keep_layers)
+        tmt_blocks = set(self.config.tmt_blocks) if transferability is not None else set()
+        bias = transferability_map = None
         for index in range(last_layer + 1):
-            hidden_states, probs, logits = self.layer[index](hidden_states, output_attentions, index in wanted)
+            if index in tmt_blocks and bias is None:
+                transferability_map = (transferability(hidden_states[:, 1:].detach()) if callable(transferability)
+                                       else transferability)
+                bias = transferability_attention_bias(
+                    transferability_map, self.config.tmt_strength, hidden_states.shape[1], hidden_states.dtype)
+            hidden_states, probs, logits = self.layer[index](
+                hidden_states, output_attentions, index in wanted, bias if index in tmt_blocks else None
+            )
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
             if output_attentions:
@@ -386,7 +429,8 @@ class UnipEncoder(nn.Module):
                 logits_by_layer[index] = logits
             if index in keep:
                 kept[index] = keep_fn(hidden_states) if keep_fn is not None else hidden_states
-        return UnipEncoderOutput(hidden_states, all_hidden, all_attentions, logits_by_layer, kept, last_layer + 1)
+        return UnipEncoderOutput(hidden_states, all_hidden, all_attentions, logits_by_layer, kept, last_layer + 1,
+                                 transferability_map)
 
 
 @dataclass
@@ -400,6 +444,7 @@ class UnipEncoderOutput:
     logits_by_layer: dict[int, torch.Tensor]
     kept: dict[int, object]
     num_layers_run: int
+    transferability_map: torch.Tensor | None = None
 
 
 class UnipPreTrainedModel(PreTrainedModel):
@@ -542,6 +587,7 @@ class UnipViTModel(UnipPreTrainedModel):
             attentions=encoded.attentions,
             attention_logits=attention_logits,
             num_layers_run=encoded.num_layers_run,
+            transferability_map=encoded.transferability_map,
         )
 
     def forward(
@@ -552,6 +598,7 @@ class UnipViTModel(UnipPreTrainedModel):
         return_dict: bool | None = None,
         attention_logits_layers: Sequence[int] | None = None,
         stop_after_layer: int | None = None,
+        transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         **kwargs,
     ) -> UnipModelOutput | tuple:
         r"""
@@ -572,6 +619,10 @@ class UnipViTModel(UnipPreTrainedModel):
             stop_after_layer (`int`, *optional*):
                 Run blocks `0..stop_after_layer` only. `last_hidden_state` is then that block's raw output (no final
                 norm) and `pooler_output` is `None`: the same early exit as `forward_intermediates(stop_early=True)`.
+            transferability (`torch.Tensor` or callable, *optional*):
+                TMT's per-patch transferability map `(batch_size, num_patches)` in [0, 1], or a function computing it
+                from the patch tokens entering the first block of `config.tmt_blocks`; those blocks then attend with
+                the TMA bias (see [`UnipConfig`]). Ignored when `config.tmt_blocks` is empty.
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_flags(
             pixel_values, output_attentions, output_hidden_states, return_dict
@@ -585,7 +636,8 @@ class UnipViTModel(UnipPreTrainedModel):
                     f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={last}"
                 )
         encoded = self.encoder(
-            self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers
+            self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers,
+            transferability=transferability,
         )
         output = self._model_output(encoded, logits_layers)
         return output if return_dict else output.to_tuple()  # the fields that are not None, in order
@@ -601,6 +653,7 @@ class UnipViTModel(UnipPreTrainedModel):
         intermediates_only: bool = True,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> list | tuple[UnipModelOutput, list]:
         """Outputs of chosen blocks (in the spirit of timm's `forward_intermediates`): the feature path of the
         LL-FPN and multi-level FPN necks, the linear probe and [`UnipBackbone`].
@@ -620,6 +673,7 @@ class UnipViTModel(UnipPreTrainedModel):
                 `(UnipModelOutput, list)`, the output of the run (with the final norm when every block ran, otherwise
                 the raw output of the last block run, as with `stop_after_layer`).
             output_attentions, output_hidden_states (`bool`): fill those fields of the `UnipModelOutput`.
+            transferability (`torch.Tensor` or callable, *optional*): the TMT map, as in [`~UnipViTModel.forward`].
         """
         depth = self.config.num_hidden_layers
         if indices is None:
@@ -647,7 +701,7 @@ class UnipViTModel(UnipPreTrainedModel):
         last = max(indices) if stop_early else depth - 1
         encoded = self.encoder(
             self.embeddings(pixel_values), last, output_attentions, output_hidden_states,
-            keep_layers=indices, keep_fn=features,
+            keep_layers=indices, keep_fn=features, transferability=transferability,
         )
         intermediates = [encoded.kept[index] for index in indices]
         if intermediates_only:
@@ -834,6 +888,19 @@ class UnipLinearProbeHead(nn.Module):
         return self.classifier(torch.cat(list(maps), dim=1))
 
 
+@dataclass
+class UnipSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """`SemanticSegmenterOutput` plus the TMT transferability map the backbone attended with.
+
+    Args:
+        transferability_map (`torch.Tensor`, *optional*):
+            `(batch_size, num_patches)` map in [0, 1] (when a `transferability` was given and `config.tmt_blocks` is
+            not empty).
+    """
+
+    transferability_map: torch.Tensor | None = None
+
+
 class UnipForSemanticSegmentation(UnipPreTrainedModel):
     """UNIP backbone with a segmentation head chosen by `config.decode_head`:
 
@@ -896,6 +963,8 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        loss_weights: torch.Tensor | None = None,
         **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         r"""
@@ -907,6 +976,11 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
             output_attentions (`bool`, *optional*): also return the backbone's attention probabilities.
             output_hidden_states (`bool`, *optional*): also return the backbone's hidden states.
             return_dict (`bool`, *optional*): return a `SemanticSegmenterOutput` instead of a tuple.
+            transferability (`torch.Tensor` or callable, *optional*): TMT's per-patch transferability map (or the
+                function computing it) for the blocks `config.tmt_blocks`, as in [`~UnipViTModel.forward`]; the map
+                used is returned as `transferability_map`.
+            loss_weights (`torch.Tensor` of shape `(batch_size, h, w)`, *optional*): per-pixel weights of the
+                cross-entropy at any resolution (bilinearly resized to the labels); see [`~UnipForSemanticSegmentation.compute_loss`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None and self.config.num_labels < 1:
@@ -918,6 +992,11 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
                 backbone_outputs, maps = self.unip.forward_intermediates(
                     pixel_values, self._tapped_layers(), stop_early=False, intermediates_only=False,
                     output_attentions=bool(output_attentions), output_hidden_states=bool(output_hidden_states),
+                    transferability=transferability,
+                )
+            elif transferability is not None and self.config.tmt_blocks:
+                backbone_outputs, maps = self.unip.forward_intermediates(
+                    pixel_values, self._tapped_layers(), intermediates_only=False, transferability=transferability
                 )
             else:
                 maps = self.unip.forward_intermediates(pixel_values, self._tapped_layers())
@@ -933,25 +1012,41 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self.compute_loss(logits, labels)
+            loss = self.compute_loss(logits, labels, loss_weights)
             if self.auxiliary_head is not None and aux_input is not None:
                 aux_logits = self.auxiliary_head(aux_input)
-                loss = loss + self.config.auxiliary_loss_weight * self.compute_loss(aux_logits, labels)
+                loss = loss + self.config.auxiliary_loss_weight * self.compute_loss(aux_logits, labels, loss_weights)
 
         hidden_states = backbone_outputs.hidden_states if (backbone_outputs is not None and output_hidden_states) else None
         attentions = backbone_outputs.attentions if backbone_outputs is not None else None
+        transferability_map = backbone_outputs.transferability_map if backbone_outputs is not None else None
         if not return_dict:
             output = (logits,) + tuple(x for x in (hidden_states, attentions) if x is not None)
             return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return UnipSemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+                                           attentions=attentions, transferability_map=transferability_map)
 
-    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def compute_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Loss of `logits` upsampled (bilinear) to the label size, ignoring the configured index: cross-entropy,
-        plus `1 - soft IoU` of the non-background classes when `config.semantic_loss_type` asks for it."""
+        plus `1 - soft IoU` of the non-background classes when `config.semantic_loss_type` asks for it.
+
+        With `loss_weights` `(batch, h, w)` (resized bilinearly to the labels), the cross-entropy is the weighted mean
+        `sum(w * ce) / sum(w)` over the pixels that are not ignored (the soft IoU term stays unweighted)."""
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).float()
         labels = labels.long()
         ignore = self.config.semantic_loss_ignore_index
-        loss = F.cross_entropy(upsampled, labels, ignore_index=ignore)
+        if loss_weights is None:
+            loss = F.cross_entropy(upsampled, labels, ignore_index=ignore)
+        else:
+            if loss_weights.ndim != 3 or loss_weights.shape[0] != labels.shape[0]:
+                raise ValueError(f"loss_weights must have shape (batch, h, w) with batch {labels.shape[0]}, got "
+                                 f"{tuple(loss_weights.shape)}")
+            weights = F.interpolate(loss_weights[:, None].float(), size=labels.shape[-2:], mode="bilinear",
+                                    align_corners=False)[:, 0] * (labels != ignore)
+            per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore, reduction="none")
+            loss = (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
         if self.config.semantic_loss_type == "cross_entropy+soft_iou" and upsampled.shape[1] > 1:
             loss = loss + soft_iou_loss(upsampled, labels, ignore)
         return loss

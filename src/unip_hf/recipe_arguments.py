@@ -246,12 +246,30 @@ class ModelArguments:
     distill_feature_weight: float = field(
         default=0.0, metadata={"help": "Weight of the attention-transfer loss on the finest decoder map (0: off; "
                                        "small-target teachers only)."})
+    # transferability-aware fine-tuning (TMT, arXiv 2504.05774; see unip_hf.transferability and the README)
+    tmt: bool = field(default=False, metadata={"help": "Transferability-aware fine-tuning (TMT): ACTE maps + TMA."})
+    tmt_blocks: str | None = field(
+        default=None, metadata={"help": "Comma-separated 0-based blocks with the TMA bias (default: the last third)."})
+    tmt_strength: float = field(default=1.0, metadata={"help": "TMA strength lambda (logits units)."})
+    tmt_attention: bool = field(
+        default=True, metadata={"help": "TMA on (--no_tmt_attention: the map only weights the loss)."})
+    tmt_loss_weight: float = field(
+        default=0.0, metadata={"help": "Loss weights 1 + w (1 - T) (only with --no_tmt_attention)."})
+    tmt_regions: str = field(default="acte", metadata={"help": "acte (adaptive k-means) or windows (ablation)."})
+    tmt_score: str = field(default="feature_agreement",
+                           metadata={"help": "Region score: feature_agreement or cluster_cohesion."})
+    tmt_max_clusters: int = field(default=8, metadata={"help": "ACTE: largest k tried per image."})
+    tmt_explained_variance: float = field(
+        default=0.6, metadata={"help": "ACTE: smallest k explaining this share of the variance."})
+    tmt_spatial_weight: float = field(default=0.5, metadata={"help": "ACTE: weight of the patch coordinates."})
+    tmt_window: int = field(default=4, metadata={"help": "Window side in patches for --tmt_regions windows."})
+    tmt_visualize: int = field(default=0, metadata={"help": "Draw the maps of N evaluation images (tmt_maps.png)."})
 
     def __post_init__(self):
         # the choices live with the code that uses them (torch / transformers): imported when the arguments are
         # built, never for `--help`
         from .configuration_unip import LOSS_TYPES, UNIP_PRESETS
-        from .finetuning import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES
+        from .finetuning import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES, check_tmt_args
 
         check_choice("architecture", self.architecture, ARCHITECTURES)
         if self.distill_from:
@@ -277,6 +295,7 @@ class ModelArguments:
             if not isinstance(overrides, dict):
                 raise ValueError(f"--config_overrides must be a JSON object such as '{{\"num_hidden_layers\": 4}}', "
                                  f"got {self.config_overrides!r}")
+        check_tmt_args(self)
 
 
 @dataclass
