@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ..ablation import BASE_ARMS, DOWNSTREAM_PROTOCOLS
 from ..benchmark import BUDGETS, PROTOCOLS
+from ..argument_checks import non_negative_int
 from . import add_command, flags, load
 
 
@@ -32,13 +33,6 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print(f"{len(store.entries)} runs in {os.path.join(args.out, 'results.json')}")
     return 0
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a seed must be >= 0, got {text}")
-    return value
 
 
 def add_budget_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +60,7 @@ def register_benchmark(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(*flags("data_dir"), required=True, help="the data set's root folder")
     p.add_argument(*flags("eval_split"), default=None, help="evaluation split (default: val, else test)")
     p.add_argument(*flags("protocols"), nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
-    p.add_argument(*flags("seeds"), nargs="+", type=_seed, default=[0, 1, 2])
+    p.add_argument(*flags("seeds"), nargs="+", type=non_negative_int, default=[0, 1, 2])
     add_budget_argument(p)
     p.add_argument(*flags("out"), required=True, help="output folder (resumed when it holds results.json)")
     p.add_argument(*flags("no_attention"), action="store_true", help="skip the attention analysis")
