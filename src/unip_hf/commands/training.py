@@ -1,4 +1,4 @@
-"""`unip pretrain`, `unip finetune`, `unip evaluate` and `unip plot`: the training recipes as commands. The options
+"""`unip pretrain`, `unip pretrain-mae`, `unip finetune`, `unip evaluate` and `unip plot`: the training recipes as commands. The options
 are the recipes' argument dataclasses (`unip_hf.recipe_arguments`, one definition for both); the work is in
 `unip_hf.pretraining` / `finetuning` / `evaluation` / `training_curves`, imported when the command runs. The recipes
 in `recipes/` stay the entry points for `accelerate launch`."""
@@ -10,6 +10,7 @@ import argparse
 from ..recipe_arguments import (
     EVALUATION_ARGUMENTS,
     FINETUNING_ARGUMENTS,
+    MAE_PRETRAINING_ARGUMENTS,
     PRETRAINING_ARGUMENTS,
     ArgumentHelpFormatter,
     add_dataclass_arguments,
@@ -24,6 +25,13 @@ RECIPES = {
                  "Distil one teacher layer's attention into the last block of a UNIP student. Writes checkpoints, "
                  "trainer_state.json, training_curves.png and the student to --output_dir; "
                  "--resume_from_checkpoint latest continues a run."),
+    "pretrain-mae": (MAE_PRETRAINING_ARGUMENTS, "unip_hf.mae_pretraining", "check_mae_pretraining_args",
+                     "mae_pretrain_from_arguments",
+                     "masked-autoencoder pre-training of a ViT-MAE teacher on your images (transformers ViTMAE)",
+                     "Pre-train a transformers ViTMAEForPreTraining on image folders / InfMix (the NMI-HAD recipe's "
+                     "grayscale views and training loop), to build an NMI-HAD teacher where no pre-trained one is at "
+                     "hand. Writes checkpoints, trainer_state.json, training_curves.png and the model (AutoModel "
+                     "loads its ViTMAEModel encoder) to --output_dir; --resume_from_checkpoint latest continues."),
     "finetune": (FINETUNING_ARGUMENTS, "unip_hf.finetuning", "check_finetuning_args", "finetune_from_arguments",
                  "fine-tune or linear-probe a UNIP segmentation model (what recipes/finetune.py runs)",
                  "Fine-tune (LL-FPN + UPerNet) or linear-probe a UNIP backbone on a segmentation data set, evaluate "
@@ -37,12 +45,13 @@ RECIPES = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `unip pretrain`, `unip finetune` and `unip evaluate`.
+    """Add `unip pretrain`, `unip pretrain-mae`, `unip finetune` and `unip evaluate`.
 
     Args:
         subparsers: The `add_subparsers()` object of the `unip` parser.
     """
-    handlers = {"pretrain": _run_pretrain, "finetune": _run_finetune, "evaluate": _run_evaluate}
+    handlers = {"pretrain": _run_pretrain, "pretrain-mae": _run_pretrain_mae, "finetune": _run_finetune,
+                "evaluate": _run_evaluate}
     for name, (types, _, _, _, help_text, description) in RECIPES.items():
         parser = add_command(subparsers, name, help=help_text, description=description,
                              formatter_class=ArgumentHelpFormatter)
@@ -63,6 +72,10 @@ def _run_recipe(name: str, args: argparse.Namespace) -> int:
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     return _run_recipe("pretrain", args)
+
+
+def _run_pretrain_mae(args: argparse.Namespace) -> int:
+    return _run_recipe("pretrain-mae", args)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
