@@ -235,3 +235,23 @@ def test_ablation_smoke_paired_comparison_and_resume(tmp_path):
     assert arm_plan("layer_global", sources, layers)["teacher_layer"] == 2
     with pytest.raises(ValueError, match="unknown arm"):
         arm_plan("without_rgb-coco", sources, layers)
+
+
+def test_budget_small_target_img_scale_reaches_the_finetuning_run(tmp_path):
+    """`Budget.small_target_img_scale` resizes small-target sets only (the `cpu` budget keeps SIRST near its native
+    300x200 instead of 4*crop x crop, which would shrink 2-10 px targets below one patch)."""
+    import dataclasses
+
+    from unip_hf.benchmark import BUDGETS, ModelSource, run_training_protocol
+
+    assert BUDGETS["cpu"].small_target_img_scale == "320x256" and BUDGETS["smoke"].small_target_img_scale is None
+    budget = dataclasses.replace(BUDGETS["smoke"], small_target_img_scale="96x72")
+    source = ModelSource("scratch:unip-tiny", "scratch", preset="unip-tiny")
+    scales = {}
+    for name, split in (("sirst", "test"), ("buffalo-udder", "val")):
+        run_dir = tmp_path / name
+        out = run_training_protocol(source, "linear_probe", name, str(data_path(name)), split, budget, 0, str(run_dir))
+        assert out["steps"] == budget.probe_steps
+        scales[name] = json.loads((run_dir / "preprocessor_config.json").read_text()).get("img_scale")
+    assert scales == {"buffalo-udder": [128, 32],  # the recipe's default 4*crop x crop at crop 32
+                      "sirst": [96, 72]}

@@ -53,6 +53,9 @@ class Budget:
         attention_images / attention_size: Images and input side of the attention analysis.
         pretrain_steps / pretrain_batch_size / pretrain_image_size / pretrain_lr: NMI-HAD pre-training of the
             ablation arms.
+        small_target_img_scale: `LONGxSHORT` resize of small-target sets (IRSTD metrics) for fine-tuning and linear
+            probing (`None`: the recipe's default `4*crop x crop`, which at small crops shrinks SIRST's 300x200
+            frames and their 2-10 px targets below one patch).
     """
 
     name: str
@@ -74,6 +77,7 @@ class Budget:
     pretrain_batch_size: int
     pretrain_image_size: int
     pretrain_lr: float
+    small_target_img_scale: str | None = None
 
 
 BUDGETS: dict[str, Budget] = {
@@ -83,11 +87,12 @@ BUDGETS: dict[str, Budget] = {
         max_train_samples=6, max_eval_samples=3, eval_mode="whole", attention_images=3, attention_size=32,
         pretrain_steps=2, pretrain_batch_size=4, pretrain_image_size=32, pretrain_lr=1e-4),
     "cpu": Budget(
-        "cpu", "a shared 2-core CPU: one to two minutes per unip-tiny fine-tuning run (the UPerNet head costs 1-3 s "
-        "a step at crop 64, batch 4), small crops and subsets", crop_size=64, batch_size=4,
-        finetune_steps=25, finetune_lr=5e-4, probe_steps=40, probe_lr=5e-3, layerwise_steps=200, layerwise_lr=1e-2,
+        "cpu", "a shared 2-core CPU: about 20 s per unip-tiny fine-tuning run and a minute per ablation pre-training "
+        "(measured in the README), small crops and subsets; large effects only", crop_size=64, batch_size=4,
+        finetune_steps=100, finetune_lr=5e-4, probe_steps=100, probe_lr=5e-3, layerwise_steps=200, layerwise_lr=1e-2,
         max_train_samples=64, max_eval_samples=32, eval_mode="whole", attention_images=16, attention_size=112,
-        pretrain_steps=40, pretrain_batch_size=16, pretrain_image_size=64, pretrain_lr=5e-4),
+        pretrain_steps=150, pretrain_batch_size=32, pretrain_image_size=112, pretrain_lr=5e-4,
+        small_target_img_scale="320x256"),
     "paper": Budget(
         "paper", "the paper's schedule (GPUs): 512 crops, batch 8, 160k fine-tuning iterations, 100-epoch "
         "pre-training at 224 px with batch 4096 (set as steps of the InfMix size you use)", crop_size=512,
@@ -182,13 +187,16 @@ def run_training_protocol(source: ModelSource, protocol: str, dataset: str, data
                           budget: Budget, seed: int, run_dir: str) -> dict[str, Any]:
     """`finetune` (LL-FPN + UPerNet) or `linear_probe` through `finetuning.run_finetuning`; returns the metrics."""
     from .finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
+    from .finetuning_data import dataset_task
 
     mode = "finetune" if protocol == "finetune" else "linear_probe"
     steps = budget.finetune_steps if mode == "finetune" else budget.probe_steps
     lr = budget.finetune_lr if mode == "finetune" else budget.probe_lr
     model_args = ModelArguments(model_name_or_path=source.path or "none", preset=source.preset or "unip-small",
                                 mode=mode)
+    img_scale = budget.small_target_img_scale if dataset_task(dataset, None) == "irstd" else None
     data_args = DataArguments(dataset=dataset, data_dir=data_dir, eval_split=eval_split, crop_size=budget.crop_size,
+                              img_scale=img_scale,
                               max_train_samples=budget.max_train_samples, max_eval_samples=budget.max_eval_samples,
                               eval_mode=budget.eval_mode)
     train_args = FinetuningArguments(output_dir=run_dir, per_device_train_batch_size=budget.batch_size,
