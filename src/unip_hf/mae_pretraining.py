@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
 
 from .recipe_arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
-from .training import (
-    EpochSampler,
-    check_output_dir,
-    create_accelerator,
-    create_optimizer,
-    create_scheduler,
-    num_warmup_steps,
-    parse_recipe_args,
-    resolve_learning_rate,
-    run_recipe,
-    train_loop,
-)
+from .training import check_output_dir, create_accelerator, parse_recipe_args, run_recipe, train_loop
 from .training_curves import write_training_curves
 
 logger = logging.getLogger(__name__)
@@ -93,35 +80,15 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
     """
     from transformers import ViTMAEForPreTraining
 
-    from .data.transforms import PretrainTransform
-    from .pretraining_data import PretrainImageDataset, load_training_sources
+    from .pretraining import build_pretraining_data, build_pretraining_optimization
 
     check_mae_pretraining_args(mae, data, train)
     accelerator, trackers = create_accelerator(train)
-    sources, skipped, described = load_training_sources(data.train_data, data.image_column)
-    transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
-                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed,
-                                  grayscale=data.grayscale)
-    dataset = PretrainImageDataset(sources, transform, skipped)
-    accelerator.print(f"Training data: {'; '.join(described)}; {len(dataset)} images in all")
-    total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
-    if len(dataset) < total_batch:
-        raise ValueError(f"The total batch ({total_batch}) is larger than the data set ({len(dataset)} images); "
-                         "lower --per_device_train_batch_size or add data.")
-
+    dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
     torch.manual_seed(train.seed)
     model = ViTMAEForPreTraining(mae_config(mae, data))
-    sampler = EpochSampler(len(dataset), seed=train.seed)
-    loader = DataLoader(dataset, batch_size=train.per_device_train_batch_size, sampler=sampler, drop_last=True,
-                        num_workers=train.dataloader_num_workers, pin_memory=torch.cuda.is_available())
-    per_epoch = len(dataset) // (train.per_device_train_batch_size * accelerator.num_processes)
-    per_epoch //= train.gradient_accumulation_steps
-    max_steps = train.max_steps if train.max_steps > 0 else max(1, math.ceil(train.num_train_epochs * per_epoch))
-    learning_rate = resolve_learning_rate(train.learning_rate, train.base_learning_rate, total_batch)
-    optimizer = create_optimizer(model, learning_rate, train.weight_decay, (train.adam_beta1, train.adam_beta2),
-                                 train.adam_epsilon)
-    warmup = num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps)
-    scheduler = create_scheduler(train.lr_scheduler_type, optimizer, warmup, max_steps, min_lr_ratio=train.min_lr_ratio)
+    loader, sampler, optimizer, scheduler, max_steps, learning_rate, warmup = build_pretraining_optimization(
+        model, dataset, train, accelerator.num_processes)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
     if trackers:
@@ -144,9 +111,10 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
                "first_loss": losses[0] if losses else None, "final_loss": result.final_loss}
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(train.output_dir)
-        _vit_image_processor()(size={"height": data.image_size, "width": data.image_size},
-                          image_mean=[data.image_mean] * data.num_channels,
-                          image_std=[data.image_std] * data.num_channels).save_pretrained(train.output_dir)
+        processor = _vit_image_processor()(size={"height": data.image_size, "width": data.image_size},
+                                           image_mean=[data.image_mean] * data.num_channels,
+                                           image_std=[data.image_std] * data.num_channels)
+        processor.save_pretrained(train.output_dir)
         with open(os.path.join(train.output_dir, "pretraining_summary.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         write_training_curves(train.output_dir)

@@ -119,6 +119,49 @@ def check_pretraining_args(distill_args: DistillationArguments, data_args: Pretr
                          f"(0..{depth - 1}, or negative counting from the end)")
 
 
+def build_pretraining_data(data: PretrainDataArguments, train: PretrainingArguments, accelerator):
+    """The pre-training views of `data.train_data` (what NMI-HAD and `unip pretrain-mae` train on): the sources,
+    the grayscale RandomResizedCrop view, one "Training data: ..." line, and the total batch checked against the data
+    set size. Returns `(dataset, skipped files, total batch)`."""
+    from .data.transforms import PretrainTransform  # lazy: the data package imports `datasets`
+
+    sources, skipped, described = load_training_sources(data.train_data, data.image_column)
+    transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
+                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed,
+                                  grayscale=data.grayscale)
+    dataset = PretrainImageDataset(sources, transform, skipped)
+    # one folder or data set already says "(N images, K unreadable skipped)"; the total is added for several sources
+    counted = len(described) == 1 and described[0].endswith(")")
+    accelerator.print(f"Training data: {'; '.join(described)}" + ("" if counted else (
+        f"; {len(dataset)} images in all" + (f", {skipped} unreadable skipped" if skipped else ""))))
+    total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
+    if len(dataset) < total_batch:
+        raise ValueError(
+            f"The total batch ({train.per_device_train_batch_size} per device x {accelerator.num_processes} process(es)"
+            f" x {train.gradient_accumulation_steps} accumulation = {total_batch}) is larger than the data set "
+            f"({len(dataset)} images); lower --per_device_train_batch_size or add data."
+        )
+    return dataset, skipped, total_batch
+
+
+def build_pretraining_optimization(model: torch.nn.Module, dataset, train: PretrainingArguments, num_processes: int):
+    """The loader (an `EpochSampler`: exact resume), AdamW and the warm-up schedule of a pre-training run. Returns
+    `(loader, sampler, optimizer, scheduler, max_steps, peak learning rate, warm-up steps)`; nothing is prepared."""
+    total_batch = train.per_device_train_batch_size * num_processes * train.gradient_accumulation_steps
+    sampler = EpochSampler(len(dataset), seed=train.seed)
+    loader = DataLoader(dataset, batch_size=train.per_device_train_batch_size, sampler=sampler, drop_last=True,
+                        num_workers=train.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False)
+    per_epoch = len(dataset) // (train.per_device_train_batch_size * num_processes) // train.gradient_accumulation_steps
+    max_steps = train.max_steps if train.max_steps > 0 else max(1, math.ceil(train.num_train_epochs * per_epoch))
+    learning_rate = resolve_learning_rate(train.learning_rate, train.base_learning_rate, total_batch)
+    optimizer = create_optimizer(model, learning_rate, train.weight_decay, (train.adam_beta1, train.adam_beta2),
+                                 train.adam_epsilon)
+    warmup = num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps)
+    scheduler = create_scheduler(train.lr_scheduler_type, optimizer, warmup, max_steps, min_lr_ratio=train.min_lr_ratio)
+    return loader, sampler, optimizer, scheduler, max_steps, learning_rate, warmup
+
+
 def run_pretraining(
     distill_args: DistillationArguments,
     data_args: PretrainDataArguments,
@@ -138,30 +181,11 @@ def run_pretraining(
         on_step_end (`Callable`, *optional*): called after every optimizer step (and its checkpoint) as
             `on_step_end(step, logs)`.
     """
-    # Deliberately lazy: the data package imports `datasets`, which `import unip_hf` (it exports run_pretraining)
-    # does not otherwise need.
-    from .data.transforms import PretrainTransform
-
     args, data, train = distill_args, data_args, training_args
     check_pretraining_args(args, data, train)
     accelerator, trackers = create_accelerator(train)
 
-    sources, skipped, described = load_training_sources(data.train_data, data.image_column)
-    transform = PretrainTransform(size=data.image_size, scale=(data.crop_min_scale, 1.0), mean=data.image_mean,
-                                  std=data.image_std, num_channels=data.num_channels, seed=train.seed,
-                                  grayscale=data.grayscale)
-    dataset = PretrainImageDataset(sources, transform, skipped)
-    # one folder or data set already says "(N images, K unreadable skipped)"; the total is added for several sources
-    counted = len(described) == 1 and described[0].endswith(")")
-    accelerator.print(f"Training data: {'; '.join(described)}" + ("" if counted else (
-        f"; {len(dataset)} images in all" + (f", {skipped} unreadable skipped" if skipped else ""))))
-    total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
-    if len(dataset) < train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps:
-        raise ValueError(
-            f"The total batch ({train.per_device_train_batch_size} per device x {accelerator.num_processes} process(es)"
-            f" x {train.gradient_accumulation_steps} accumulation = {total_batch}) is larger than the data set "
-            f"({len(dataset)} images); lower --per_device_train_batch_size or add data."
-        )
+    dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
 
     teacher = None
     teacher_heads = None
@@ -186,19 +210,8 @@ def run_pretraining(
     losses: list[float] = []
     global_step = 0
     if args.distill_target != "none":
-        sampler = EpochSampler(len(dataset), seed=train.seed)
-        loader = DataLoader(dataset, batch_size=train.per_device_train_batch_size, sampler=sampler, drop_last=True,
-                            num_workers=train.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-                            persistent_workers=False)
-        per_epoch = len(dataset) // (train.per_device_train_batch_size * accelerator.num_processes)
-        per_epoch //= train.gradient_accumulation_steps
-        max_steps = train.max_steps if train.max_steps > 0 else max(1, math.ceil(train.num_train_epochs * per_epoch))
-        learning_rate = resolve_learning_rate(train.learning_rate, train.base_learning_rate, total_batch)
-        optimizer = create_optimizer(module, learning_rate, train.weight_decay, (train.adam_beta1, train.adam_beta2),
-                                     train.adam_epsilon)
-        warmup = num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps)
-        scheduler = create_scheduler(train.lr_scheduler_type, optimizer, warmup, max_steps,
-                                     min_lr_ratio=train.min_lr_ratio)
+        loader, sampler, optimizer, scheduler, max_steps, learning_rate, warmup = build_pretraining_optimization(
+            module, dataset, train, accelerator.num_processes)
         module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
         accelerator.register_for_checkpointing(scheduler)
         if trackers:
