@@ -107,6 +107,8 @@ def test_batched_measures_match_reference_functions_and_are_finite(prefix):
     if prefix:
         attn[2, 1, prefix + 3] = 0.0
         attn[2, 1, prefix + 3, 0] = 1.0  # all mass on CLS: an empty row once CLS is dropped
+        attn[2, 2, prefix + 4] = 1e-39  # a denormal trace left on the patches (seen on a real ViT-MAE): 1/mass = inf
+        attn[2, 2, prefix + 4, 0] = 1.0
     out = attention_measures(attn.double().float(), (4, 4), prefix)
     for value in out.values():
         assert value.shape == (3, 4) and value.dtype == torch.float32 and torch.isfinite(value).all()

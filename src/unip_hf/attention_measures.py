@@ -16,6 +16,10 @@ import torch
 from .vit_family import select_tokens
 
 _TINY = 1e-30
+# A row keeping less patch mass than this gave (nearly) all of its attention to the removed special tokens: it is
+# treated as empty, as a row of exact zeros is. Renormalising it would divide by a denormal (1 / 1e-39 = inf in
+# float32: seen on a real ViT-MAE whose queries put 0.99999 on CLS) and turn every sum into inf / NaN.
+_MIN_ROW_MASS = 1e-12
 
 def patch_distance_matrix(grid_size: tuple[int, int] | int, device: torch.device | str | None = None) -> torch.Tensor:
     """Euclidean distances between the patches of a grid, in patches.
@@ -42,8 +46,8 @@ def _row_statistics(block: torch.Tensor, plogp_sum: torch.Tensor | None = None, 
                     ) -> dict[str, torch.Tensor]:
     """Statistics of the rows of a (possibly unnormalised) attention block, as if every row were renormalised.
 
-    Rows whose mass is exactly zero (all of it went to removed special tokens) have no distribution; they contribute
-    zero to every sum instead of producing NaN.
+    Rows whose mass is zero or below `_MIN_ROW_MASS` (all of it went to removed special tokens) have no distribution;
+    they contribute zero to every sum instead of producing inf / NaN.
 
     Args:
         block: `[B, H, Q, K]` non-negative weights (only used for what is not given).
@@ -56,7 +60,7 @@ def _row_statistics(block: torch.Tensor, plogp_sum: torch.Tensor | None = None, 
     """
     if mass is None:
         mass = block.sum(-1)
-    valid = mass > 0
+    valid = mass > _MIN_ROW_MASS
     safe_mass = torch.where(valid, mass, torch.ones_like(mass))
     inv_mass = torch.where(valid, safe_mass.reciprocal(), torch.zeros_like(mass))
     if plogp_sum is None:
@@ -196,7 +200,7 @@ def _fast_measures(
     else:
         plogp = plogp.expand_as(mass)
     keep_rows = masks.bool()  # [N, V]: query q is kept by variant v
-    valid = (mass > 0) & keep_rows
+    valid = (mass > _MIN_ROW_MASS) & keep_rows
     safe_mass = torch.where(valid, mass, torch.ones_like(mass))
     inv_mass = torch.where(valid, safe_mass.reciprocal(), torch.zeros_like(mass))
     neg_entropy = torch.where(valid, plogp * inv_mass - torch.log(safe_mass), torch.zeros_like(mass))
