@@ -190,6 +190,33 @@ def test_benchmark_cli_finetunes_a_converted_transformers_vit(tmp_path, capsys):
     assert "sirst (test) finetune [iou]" in capsys.readouterr().out
 
 
+def test_benchmark_converts_dinov2_and_clip_folders_and_probes_one(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+
+    from unip_hf.benchmark import resolve_model, run_benchmark
+
+    root = str(data_path("buffalo-udder"))
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    Dinov2Model(Dinov2Config(**sizes, mlp_ratio=2)).save_pretrained(tmp_path / "dinov2")
+    CLIPVisionModel(CLIPVisionConfig(**sizes, intermediate_size=64)).save_pretrained(tmp_path / "clip")
+    out = tmp_path / "bench"
+    for name, check in (("dinov2", "layer_scale_init_value"), ("clip", "pre_layernorm")):
+        source = resolve_model(str(tmp_path / name), str(out))
+        config = json.loads((Path(source.path) / "config.json").read_text())
+        assert source.path.startswith(str(out / "converted" / f"{name}-")) and config["model_type"] == "unip"
+        assert config[check]  # the family's option is saved with the converted checkpoint
+    seen = []
+    run_benchmark([str(tmp_path / "clip")], "buffalo-udder", root, str(out), ["linear_probe"], [0], "smoke",
+                  on_run_end=seen.append)
+    assert [e["protocol"] for e in seen] == ["attention", "linear_probe"]
+    probe = seen[1]
+    assert probe["main_metric"] == "mean_iou" and 0.0 <= probe["value"] <= 1.0 and probe["steps"] == 2
+    nmi = seen[0]["attention"]["nmi"]  # one value per block of the converted CLIP tower
+    assert len(nmi) == 2 and all(0.0 <= value <= 1.0 for value in nmi)
+    assert "buffalo-udder (val) linear_probe [mean_iou]" in (out / "results.md").read_text()
+
+
 def test_benchmark_refuses_bad_models(tmp_path):
     from unip_hf.benchmark import resolve_model
 
@@ -198,6 +225,12 @@ def test_benchmark_refuses_bad_models(tmp_path):
         resolve_model("scratch:unip-huge", str(tmp_path))
     with pytest.raises(ValueError, match="not a model folder"):
         resolve_model(str(tmp_path / "missing"), str(tmp_path))
+    from transformers import Dinov2WithRegistersConfig
+
+    Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2).save_pretrained(
+        tmp_path / "registers")
+    with pytest.raises(ValueError, match="no register tokens"):
+        resolve_model(str(tmp_path / "registers"), str(tmp_path))
 
 
 def test_ablation_smoke_paired_comparison_and_resume(tmp_path):

@@ -3,9 +3,9 @@ ICLR 2025): fine-tuning and linear probing (`finetuning.run_finetuning`), the la
 (`layerwise_probe.layerwise_probe`, block features cached), the attention analysis of every model
 (`attention_analysis.analyze_attention`), over several seeds at a named budget (`BUDGETS`).
 
-Models (`resolve_model`): a UNIP checkpoint folder (backbone or segmentation), a transformers ViT / ViT-MAE / DeiT
-folder or Hub id (converted once with `convert.convert_checkpoint` into `OUT/converted/`), or `scratch:PRESET` (no
-pre-training, e.g. `scratch:unip-tiny`).
+Models (`resolve_model`): a UNIP checkpoint folder (backbone or segmentation), a transformers ViT / ViT-MAE / DeiT /
+DINOv2 / CLIP (vision) folder or Hub id (converted once with `convert.convert_checkpoint` into `OUT/converted/`), or
+`scratch:PRESET` (no pre-training, e.g. `scratch:unip-tiny`).
 
 Every finished run is one entry of `OUT/results.json` (`benchmark_results`), written atomically after the run, so a
 re-run with the same `--out` skips finished runs and an interrupted run leaves no entry (its half-written work folder
@@ -121,11 +121,13 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
 
     - `scratch:PRESET`: a randomly initialised UNIP of that preset (no pre-training);
     - a folder whose `config.json` has `model_type` `unip`: used as is;
-    - a transformers ViT / ViT-MAE / DeiT folder or Hub id: converted once into `OUT/converted/<slug>`.
+    - a transformers ViT / ViT-MAE / DeiT / DINOv2 / CLIP (vision) folder or Hub id (`model_type` in
+      `commands.convert.TRANSFORMERS_FAMILIES`): converted once into `OUT/converted/<slug>`.
 
     Raises:
         ValueError: an unknown preset, or a model family the conversion does not support (named).
     """
+    from .commands.convert import unsupported_family
     from .configuration_unip import UNIP_PRESETS
 
     slug = slugify(spec)
@@ -142,9 +144,9 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
         raise ValueError(f"--models {spec!r}: not a model folder or reachable Hub id ({err})") from err
     if getattr(config, "model_type", None) == "unip":
         return ModelSource(spec, slug, path=spec)
-    if getattr(config, "model_type", None) not in ("vit", "vit_mae", "deit"):
-        raise ValueError(f"--models {spec!r} is a {config.model_type!r} model; the conversion supports vit, vit_mae "
-                         "and deit (convert other families to a UNIP checkpoint first)")
+    reason = unsupported_family(getattr(config, "model_type", None))
+    if reason:
+        raise ValueError(f"--models {spec!r}: {reason}")
     target = os.path.join(out_dir, "converted", slug)
     if not os.path.isfile(os.path.join(target, "config.json")):
         from .convert import convert_checkpoint
