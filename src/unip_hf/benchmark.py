@@ -159,6 +159,26 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
     return ModelSource(spec, slug, path=target)
 
 
+def model_patch_size(source: ModelSource) -> int:
+    """The patch side of a resolved model (its saved config, or its preset's)."""
+    from .configuration_unip import UnipConfig
+
+    if source.preset:
+        return UnipConfig.from_preset(source.preset).patch_size
+    return UnipConfig.from_pretrained(source.path).patch_size
+
+
+def fit_budget_to_patch(budget: Budget, patch_size: int) -> Budget:
+    """`budget` with its crop and attention sides rounded down to multiples of `patch_size` (at least one patch), so
+    that a patch-14 model (DINOv2, CLIP ViT-L/14) runs every protocol: crops of 28 / 56 / 504 px at the smoke / cpu /
+    paper budgets. Unchanged when both sides are multiples already (patch 8 or 16 at every budget)."""
+
+    def fit(side: int) -> int:
+        return max(patch_size, side // patch_size * patch_size)
+
+    return dataclasses.replace(budget, crop_size=fit(budget.crop_size), attention_size=fit(budget.attention_size))
+
+
 def load_backbone(source: ModelSource, image_size: int):
     """The `UnipViTModel` of a resolved model (scratch: seeded 0 random init at `image_size`)."""
     import torch
@@ -289,6 +309,11 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
     split_name = resolve_eval_split(dataset, data_dir, eval_split)
     for source in sources:
         base = {"model": source.name, "dataset": dataset, "eval_split": split_name, "budget": budget.name}
+        patch = model_patch_size(source)
+        model_budget = fit_budget_to_patch(budget, patch)
+        if model_budget != budget:
+            logger.info("%s: patch %d, so crops of %d px and attention inputs of %d px (budget %s)", source.name,
+                        patch, model_budget.crop_size, model_budget.attention_size, budget.name)
         jobs: list[tuple[str, int | None]] = [(p, s) for p in protocols for s in seeds]
         if attention:
             jobs.insert(0, ("attention", None))
@@ -302,15 +327,16 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
             start = time.perf_counter()
             if protocol == "attention":
                 os.makedirs(os.path.join(out_dir, "attention"), exist_ok=True)
-                out = {"attention": run_attention(source, dataset, data_dir, eval_split, budget, os.path.join(
+                out = {"attention": run_attention(source, dataset, data_dir, eval_split, model_budget, os.path.join(
                     out_dir, "attention", f"{source.slug}.json"))}
             elif protocol == "layerwise_probe":
                 cache = os.path.join(out_dir, "cache", source.slug, dataset, f"{split_name}-{budget.name}")
-                out = run_layerwise_protocol(source, dataset, data_dir, eval_split, budget, seed, cache)
+                out = run_layerwise_protocol(source, dataset, data_dir, eval_split, model_budget, seed, cache)
             else:
-                out = run_training_protocol(source, protocol, dataset, data_dir, eval_split, budget, seed, run_dir)
+                out = run_training_protocol(source, protocol, dataset, data_dir, eval_split, model_budget, seed,
+                                            run_dir)
             entry = {**key, **out, "wall_s": time.perf_counter() - start, "command": command,
-                     "budget_settings": dataclasses.asdict(budget)}
+                     "budget_settings": dataclasses.asdict(model_budget)}
             store.add(entry)
             if on_run_end is not None:
                 on_run_end(entry)
