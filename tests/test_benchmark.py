@@ -190,6 +190,50 @@ def test_benchmark_cli_finetunes_a_converted_transformers_vit(tmp_path, capsys):
     assert "sirst (test) finetune [iou]" in capsys.readouterr().out
 
 
+def test_benchmark_converts_dinov2_and_clip_folders_and_probes_one(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+
+    from unip_hf.benchmark import resolve_model, run_benchmark
+
+    root = str(data_path("buffalo-udder"))
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    # patch 14, as every released DINOv2: the smoke budget's 32 px crops become 28 px for it
+    Dinov2Model(Dinov2Config(**sizes, mlp_ratio=2, image_size=42, patch_size=14)).save_pretrained(tmp_path / "dinov2")
+    CLIPVisionModel(CLIPVisionConfig(**sizes, intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(
+        tmp_path / "clip")
+    out = tmp_path / "bench"
+    for name, check in (("dinov2", "layer_scale_init_value"), ("clip", "pre_layernorm")):
+        source = resolve_model(str(tmp_path / name), str(out))
+        config = json.loads((Path(source.path) / "config.json").read_text())
+        assert source.path.startswith(str(out / "converted" / f"{name}-")) and config["model_type"] == "unip"
+        assert config[check]  # the family's option is saved with the converted checkpoint
+    seen = []
+    run_benchmark([str(tmp_path / "dinov2")], "buffalo-udder", root, str(out), ["linear_probe"], [0], "smoke",
+                  on_run_end=seen.append)
+    assert [e["protocol"] for e in seen] == ["attention", "linear_probe"]
+    probe = seen[1]
+    assert probe["main_metric"] == "mean_iou" and 0.0 <= probe["value"] <= 1.0 and probe["steps"] == 2
+    assert (probe["budget_settings"]["crop_size"], probe["budget_settings"]["attention_size"]) == (28, 28)
+    nmi = seen[0]["attention"]["nmi"]  # one value per block of the converted DINOv2
+    assert len(nmi) == 2 and all(0.0 <= value <= 1.0 for value in nmi)
+    assert "buffalo-udder (val) linear_probe [mean_iou]" in (out / "results.md").read_text()
+
+
+def test_budget_sides_fit_the_patch_size():
+    from unip_hf.benchmark import BUDGETS, fit_budget_to_patch
+
+    sides = {name: (b.crop_size, b.attention_size) for name, b in BUDGETS.items()}
+    assert sides == {"smoke": (32, 32), "cpu": (64, 112), "paper": (512, 224)}
+    fitted = {name: fit_budget_to_patch(b, 14) for name, b in BUDGETS.items()}
+    assert {name: (b.crop_size, b.attention_size) for name, b in fitted.items()} == {
+        "smoke": (28, 28), "cpu": (56, 112), "paper": (504, 224)}
+    assert fitted["cpu"].finetune_steps == BUDGETS["cpu"].finetune_steps  # only the sides change
+    assert all(fit_budget_to_patch(b, patch) == b for b in BUDGETS.values() for patch in (8, 16))
+    assert fit_budget_to_patch(BUDGETS["cpu"], 32).attention_size == 96  # CLIP ViT-B/32: 112 px -> 96 px
+    assert fit_budget_to_patch(BUDGETS["smoke"], 40).crop_size == 40  # at least one patch
+
+
 def test_benchmark_refuses_bad_models(tmp_path):
     from unip_hf.benchmark import resolve_model
 
@@ -198,6 +242,12 @@ def test_benchmark_refuses_bad_models(tmp_path):
         resolve_model("scratch:unip-huge", str(tmp_path))
     with pytest.raises(ValueError, match="not a model folder"):
         resolve_model(str(tmp_path / "missing"), str(tmp_path))
+    from transformers import Dinov2WithRegistersConfig
+
+    Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2).save_pretrained(
+        tmp_path / "registers")
+    with pytest.raises(ValueError, match="no register tokens"):
+        resolve_model(str(tmp_path / "registers"), str(tmp_path))
 
 
 def test_ablation_smoke_paired_comparison_and_resume(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of the weight conversion paths into UnipViTModel (official UNIP / timm layout, transformers ViTs)."""
+"""Tests of the weight conversion paths into UnipViTModel (official UNIP / timm layout, transformers ViTs; DINOv2 and
+CLIP vision in test_convert_families.py)."""
 
 import json
 import re
@@ -29,6 +30,7 @@ def to_timm_layout(model: UnipViTModel) -> dict[str, torch.Tensor]:
             continue
         key = key.replace("embeddings.cls_token", "cls_token").replace("embeddings.position_embeddings", "pos_embed")
         key = key.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
+        key = key.replace("embeddings.pre_layernorm", "norm_pre")
         key = re.sub(r"^layernorm\.", "norm.", key)
         key = re.sub(r"^encoder\.layer\.", "blocks.", key)
         key = key.replace(".attention.qkv", ".attn.qkv").replace(".attention.proj", ".attn.proj")
@@ -142,11 +144,26 @@ def test_from_transformers_deit_drops_distillation_token():
     assert converted.embeddings.position_embeddings.shape[1] == 17
 
 
-def test_unsupported_transformers_model():
-    from transformers import Dinov2Config, Dinov2Model
+def test_timm_clip_tower_layout(pixels):
+    """timm's CLIP towers: no patch-embedding bias, a `norm_pre` before the blocks (read from the keys)."""
+    source = UnipViTModel(UnipConfig(**TINY, patch_embedding_bias=False, pre_layernorm=True,
+                                     position_embedding_type="learned")).eval()
+    with torch.no_grad():
+        source.embeddings.pre_layernorm.bias.normal_()
+    state = to_timm_layout(source)
+    assert "norm_pre.bias" in state and "patch_embed.proj.bias" not in state
+    converted = convert_timm_state_dict(state, num_attention_heads=2)
+    assert converted.config.pre_layernorm and not converted.config.patch_embedding_bias
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pixels).last_hidden_state, source(pixels).last_hidden_state)
 
-    with pytest.raises(ConversionError, match="supports vit, vit_mae and deit"):
-        convert_transformers_model(Dinov2Model(Dinov2Config(**{k: v for k, v in HF_TINY.items() if k != "intermediate_size"})))
+
+def test_unsupported_transformers_model():
+    from transformers import BeitConfig, BeitModel
+
+    with pytest.raises(ConversionError, match="model_type 'beit' cannot be converted; the transformers conversion "
+                                              "supports vit, vit_mae, deit, dinov2, clip, clip_vision_model"):
+        convert_transformers_model(BeitModel(BeitConfig(**HF_TINY)))
 
 
 def test_cli_convert(tmp_path, capsys):

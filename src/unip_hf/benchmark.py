@@ -3,9 +3,9 @@ ICLR 2025): fine-tuning and linear probing (`finetuning.run_finetuning`), the la
 (`layerwise_probe.layerwise_probe`, block features cached), the attention analysis of every model
 (`attention_analysis.analyze_attention`), over several seeds at a named budget (`BUDGETS`).
 
-Models (`resolve_model`): a UNIP checkpoint folder (backbone or segmentation), a transformers ViT / ViT-MAE / DeiT
-folder or Hub id (converted once with `convert.convert_checkpoint` into `OUT/converted/`), or `scratch:PRESET` (no
-pre-training, e.g. `scratch:unip-tiny`).
+Models (`resolve_model`): a UNIP checkpoint folder (backbone or segmentation), a transformers ViT / ViT-MAE / DeiT /
+DINOv2 / CLIP (vision) folder or Hub id (converted once with `convert.convert_checkpoint` into `OUT/converted/`), or
+`scratch:PRESET` (no pre-training, e.g. `scratch:unip-tiny`).
 
 Every finished run is one entry of `OUT/results.json` (`benchmark_results`), written atomically after the run, so a
 re-run with the same `--out` skips finished runs and an interrupted run leaves no entry (its half-written work folder
@@ -126,11 +126,13 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
 
     - `scratch:PRESET`: a randomly initialised UNIP of that preset (no pre-training);
     - a folder whose `config.json` has `model_type` `unip`: used as is;
-    - a transformers ViT / ViT-MAE / DeiT folder or Hub id: converted once into `OUT/converted/<slug>`.
+    - a transformers ViT / ViT-MAE / DeiT / DINOv2 / CLIP (vision) folder or Hub id (`model_type` in
+      `commands.convert.TRANSFORMERS_FAMILIES`): converted once into `OUT/converted/<slug>`.
 
     Raises:
         ValueError: an unknown preset, or a model family the conversion does not support (named).
     """
+    from .commands.convert import unsupported_family
     from .configuration_unip import UNIP_PRESETS
 
     slug = slugify(spec)
@@ -147,9 +149,9 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
         raise ValueError(f"--models {spec!r}: not a model folder or reachable Hub id ({err})") from err
     if getattr(config, "model_type", None) == "unip":
         return ModelSource(spec, slug, path=spec)
-    if getattr(config, "model_type", None) not in ("vit", "vit_mae", "deit"):
-        raise ValueError(f"--models {spec!r} is a {config.model_type!r} model; the conversion supports vit, vit_mae "
-                         "and deit (convert other families to a UNIP checkpoint first)")
+    reason = unsupported_family(getattr(config, "model_type", None))
+    if reason:
+        raise ValueError(f"--models {spec!r}: {reason}")
     target = os.path.join(out_dir, "converted", slug)
     if not os.path.isfile(os.path.join(target, "config.json")):
         from .convert import convert_checkpoint
@@ -160,6 +162,26 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return ModelSource(spec, slug, path=target)
+
+
+def model_patch_size(source: ModelSource) -> int:
+    """The patch side of a resolved model (its saved config, or its preset's)."""
+    from .configuration_unip import UnipConfig
+
+    if source.preset:
+        return UnipConfig.from_preset(source.preset).patch_size
+    return UnipConfig.from_pretrained(source.path).patch_size
+
+
+def fit_budget_to_patch(budget: Budget, patch_size: int) -> Budget:
+    """`budget` with its crop and attention sides rounded down to multiples of `patch_size` (at least one patch), so
+    that a patch-14 model (DINOv2, CLIP ViT-L/14) runs every protocol: crops of 28 / 56 / 504 px at the smoke / cpu /
+    paper budgets. Unchanged when both sides are multiples already (patch 8 or 16 at every budget)."""
+
+    def fit(side: int) -> int:
+        return max(patch_size, side // patch_size * patch_size)
+
+    return dataclasses.replace(budget, crop_size=fit(budget.crop_size), attention_size=fit(budget.attention_size))
 
 
 def load_backbone(source: ModelSource, image_size: int):
@@ -295,6 +317,11 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
     split_name = resolve_eval_split(dataset, data_dir, eval_split)
     for source in sources:
         base = {"model": source.name, "dataset": dataset, "eval_split": split_name, "budget": budget.name}
+        patch = model_patch_size(source)
+        model_budget = fit_budget_to_patch(budget, patch)
+        if model_budget != budget:
+            logger.info("%s: patch %d, so crops of %d px and attention inputs of %d px (budget %s)", source.name,
+                        patch, model_budget.crop_size, model_budget.attention_size, budget.name)
         jobs: list[tuple[str, int | None]] = [(p, s) for p in protocols for s in seeds]
         if attention:
             jobs.insert(0, ("attention", None))
@@ -308,15 +335,16 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
             start = time.perf_counter()
             if protocol == "attention":
                 os.makedirs(os.path.join(out_dir, "attention"), exist_ok=True)
-                out = {"attention": run_attention(source, dataset, data_dir, eval_split, budget, os.path.join(
+                out = {"attention": run_attention(source, dataset, data_dir, eval_split, model_budget, os.path.join(
                     out_dir, "attention", f"{source.slug}.json"))}
             elif protocol == "layerwise_probe":
                 cache = os.path.join(out_dir, "cache", source.slug, dataset, f"{split_name}-{budget.name}")
-                out = run_layerwise_protocol(source, dataset, data_dir, eval_split, budget, seed, cache)
+                out = run_layerwise_protocol(source, dataset, data_dir, eval_split, model_budget, seed, cache)
             else:
-                out = run_training_protocol(source, protocol, dataset, data_dir, eval_split, budget, seed, run_dir)
+                out = run_training_protocol(source, protocol, dataset, data_dir, eval_split, model_budget, seed,
+                                            run_dir)
             entry = {**key, **out, "wall_s": time.perf_counter() - start, "command": command,
-                     "budget_settings": dataclasses.asdict(budget)}
+                     "budget_settings": dataclasses.asdict(model_budget)}
             store.add(entry)
             if on_run_end is not None:
                 on_run_end(entry)

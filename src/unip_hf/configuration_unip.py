@@ -132,6 +132,15 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
             Stochastic depth rate, increasing linearly from 0 at the first block to this value at the last.
         layer_scale_init_value (`float`, *optional*):
             Initial value of per-channel layer scale on both residual branches; `None` disables layer scale.
+        patch_embedding_bias (`bool`, *optional*, defaults to `True`):
+            Bias on the patch projection (`False` for CLIP vision towers).
+        pre_layernorm (`bool`, *optional*, defaults to `False`):
+            A layer norm on the embeddings (CLS, patches and positions) before the first block, as CLIP's
+            `pre_layrnorm`. Every path into the blocks applies it.
+        layernorm_pooled_only (`bool`, *optional*, defaults to `False`):
+            Apply the final layer norm to the pooled CLS token only, as CLIP's `post_layernorm`: `last_hidden_state`
+            is then the raw output of the last block and `pooler_output` its normalised CLS token. `False`: the
+            norm is applied to every token (ViT, DINOv2, MAE, UNIP).
         position_embedding_type (`str`, *optional*, defaults to `"sincos"`):
             `"sincos"`: fixed 2-D sine-cosine embeddings (not trained, as in MAE); `"learned"`: trained embeddings.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
@@ -205,6 +214,9 @@ class UnipConfig(BackboneConfigMixin, PreTrainedConfig):
     attention_probs_dropout_prob: float = 0.0
     drop_path_rate: float = 0.0
     layer_scale_init_value: float | None = None
+    patch_embedding_bias: bool = True
+    pre_layernorm: bool = False
+    layernorm_pooled_only: bool = False
     position_embedding_type: str = "sincos"
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02

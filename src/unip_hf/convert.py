@@ -1,6 +1,7 @@
 """Weight conversion into `UnipViTModel` (UNIP, Zhang et al., ICLR 2025): from the official UNIP checkpoints and timm
-ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...) and from transformers `ViTModel`, `ViTMAEModel`
-and `DeiTModel` checkpoints. Loading is strict: every key must be used and every parameter filled.
+ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...) and from transformers `ViTModel`, `ViTMAEModel`,
+`DeiTModel`, `Dinov2Model` and CLIP vision (`CLIPVisionModel`, a `CLIPModel`'s vision tower) checkpoints. Loading is
+strict: every key must be used and every parameter filled.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
-from .commands.convert import SOURCES
+from .commands.convert import SOURCES, unsupported_family
 from .configuration_unip import UnipConfig
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
+from .vit_family import vision_config, vision_tower
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 # Keys of timm / official checkpoints that are not part of the backbone (classifier heads, pooled norms, ...).
 TIMM_NON_BACKBONE = ("head.", "head_dist.", "fc_norm.", "pre_logits.", "decoder", "mask_token")
-TRANSFORMERS_NON_BACKBONE = ("pooler.", "classifier.", "decoder.", "embeddings.mask_token")
+TRANSFORMERS_NON_BACKBONE = ("pooler.", "classifier.", "decoder.", "embeddings.mask_token", "visual_projection.")
 
 
 class ConversionError(ValueError):
@@ -67,7 +69,8 @@ def unwrap_state_dict(state: Mapping, where: str = "checkpoint") -> dict[str, to
 def infer_config_from_timm(state: Mapping[str, torch.Tensor], **overrides) -> UnipConfig:
     """Build a `UnipConfig` from the shapes of a timm-layout ViT state dict.
 
-    Width, depth, patch size, channels, image size, MLP ratio, qkv bias and layer scale are read from the shapes.
+    Width, depth, patch size, channels, image size, MLP ratio, qkv and patch biases, the norm before the blocks
+    (`norm_pre`, timm's CLIP towers) and layer scale are read from the keys and shapes.
     Head counts are not visible in shapes: `num_attention_heads` defaults to the standard value for the width
     (192: 3, 384: 6, 768: 12, 1024: 16) and `last_layer_num_attention_heads` to `None`; pass them for a UNIP
     student whose last block has the teacher's head count.
@@ -90,6 +93,8 @@ def infer_config_from_timm(state: Mapping[str, torch.Tensor], **overrides) -> Un
         "image_size": grid * patch,
         "mlp_ratio": mlp_hidden / hidden,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "patch_embedding_bias": "patch_embed.proj.bias" in state,
+        "pre_layernorm": "norm_pre.weight" in state,  # timm's CLIP towers
         "position_embedding_type": "learned",
     }
     if "blocks.0.ls1.gamma" in state:
@@ -122,6 +127,8 @@ def _timm_to_unip_keys(state: Mapping[str, torch.Tensor], ignore_prefixes: Itera
             renamed["embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("norm."):
             renamed["layernorm." + key.split(".", 1)[1]] = value
+        elif key.startswith("norm_pre."):
+            renamed["embeddings.pre_layernorm." + key.split(".", 1)[1]] = value
         elif (m := re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", key)) and (
             m.group(2) in block_map or m.group(2) in ("ls1", "ls2")
         ):
@@ -138,37 +145,60 @@ def _timm_to_unip_keys(state: Mapping[str, torch.Tensor], ignore_prefixes: Itera
 def _transformers_to_unip_keys(
     state: Mapping[str, torch.Tensor], ignore_prefixes: Iterable[str], num_special_tokens: int
 ) -> tuple[dict, list[str]]:
-    """Rename transformers ViT/ViTMAE/DeiT keys to UNIP keys, fusing query/key/value into one qkv projection."""
-    prefixes = ("vit.", "deit.", "model.")
+    """Rename transformers ViT/ViTMAE/DeiT/Dinov2/CLIP-vision keys to UNIP keys, fusing query/key/value into one qkv
+    projection (CLIP's class embedding and position table take UNIP's `(1, 1, C)` / `(1, N, C)` shapes)."""
+    prefixes = ("vit.", "deit.", "dinov2.", "vision_model.", "model.")
     state = {next((k[len(p):] for p in prefixes if k.startswith(p)), k): v for k, v in state.items()}
     renamed: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    # transformers 5 names (`layers.N.attention.q_proj`, `mlp.fc1`) and the on-disk names of older checkpoints
-    # (`encoder.layer.N.attention.attention.query`, `intermediate.dense`) are both accepted
+    # transformers 5 names (`layers.N.attention.q_proj`, `mlp.fc1`), the on-disk names of older checkpoints
+    # (`encoder.layer.N.attention.attention.query`, `intermediate.dense`), DINOv2's (`norm1`, `layer_scale1.lambda1`)
+    # and CLIP's (`encoder.layers.N.self_attn.q_proj`, `layer_norm1`) are all accepted
     qkv_names = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "query": "query", "key": "key", "value": "value"}
     layer_map = {
         "layernorm_before": "norm1",
         "layernorm_after": "norm2",
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "layer_norm1": "norm1",
+        "layer_norm2": "norm2",
         "attention.o_proj": "attention.proj",
         "attention.output.dense": "attention.proj",
+        "self_attn.out_proj": "attention.proj",
         "mlp.fc1": "mlp.fc1",
         "intermediate.dense": "mlp.fc1",
         "mlp.fc2": "mlp.fc2",
         "output.dense": "mlp.fc2",
+        "layer_scale1": "layer_scale1",
+        "layer_scale2": "layer_scale2",
+    }
+    # CLIP's embeddings and norms: (UNIP key, reshape of the value)
+    clip_map = {
+        "embeddings.class_embedding": ("embeddings.cls_token", lambda v: v.reshape(1, 1, -1)),
+        "embeddings.patch_embedding.weight": ("embeddings.patch_embeddings.projection.weight", None),
+        "embeddings.position_embedding.weight": ("embeddings.position_embeddings", lambda v: v.unsqueeze(0)),
+        "pre_layrnorm.weight": ("embeddings.pre_layernorm.weight", None),
+        "pre_layrnorm.bias": ("embeddings.pre_layernorm.bias", None),
+        "post_layernorm.weight": ("layernorm.weight", None),
+        "post_layernorm.bias": ("layernorm.bias", None),
     }
     for key, value in state.items():
         if any(key.startswith(p) for p in ignore_prefixes) or key == "embeddings.distillation_token":
             dropped.append(key)
             continue
-        block = re.match(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$", key)
+        block = re.match(r"(?:encoder\.layers?|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$", key)
         if key == "embeddings.position_embeddings":
             if num_special_tokens > 1:  # DeiT: keep the CLS position, drop the distillation token's
                 value = torch.cat([value[:, :1], value[:, num_special_tokens:]], dim=1)
             renamed[key] = value
+        elif key in clip_map:
+            name, reshape = clip_map[key]
+            renamed[name] = reshape(value) if reshape else value
         elif key == "embeddings.cls_token" or key.startswith(("embeddings.patch_embeddings.projection.", "layernorm.")):
             renamed[key] = value
-        elif block and (qkv := re.fullmatch(r"attention\.(?:attention\.)?(q_proj|k_proj|v_proj|query|key|value)", block.group(2))):
+        elif block and (qkv := re.fullmatch(
+                r"(?:attention|self_attn)\.(?:attention\.)?(q_proj|k_proj|v_proj|query|key|value)", block.group(2))):
             index, kind = block.group(1), block.group(3)
             qkv_parts.setdefault((index, kind), {})[qkv_names[qkv.group(1)]] = value
         elif block and block.group(2) in layer_map:
@@ -245,42 +275,74 @@ def convert_timm_state_dict(
     return load_into_unip(UnipViTModel(config), renamed).eval()
 
 
+def unip_config_from_transformers(cfg, num_channels: int | None = None) -> UnipConfig:
+    """The `UnipConfig` of a transformers vision config of one of `commands.convert.TRANSFORMERS_FAMILIES` (for CLIP: its vision
+    config): sizes, activation, norms, and the family's options (DINOv2: layer scale; CLIP vision: no patch bias,
+    `pre_layernorm`, `layernorm_pooled_only`). Raises `ConversionError` for what UNIP cannot represent (DINOv2's
+    SwiGLU MLP, non-square sizes)."""
+    model_type = getattr(cfg, "model_type", "")
+    if getattr(cfg, "use_swiglu_ffn", False):
+        raise ConversionError(f"{model_type}: use_swiglu_ffn=True (a SwiGLU MLP, as DINOv2 ViT-g) cannot be converted: "
+                              "UnipViTModel's MLP is fc1 -> activation -> fc2")
+    sizes = {}
+    for name in ("image_size", "patch_size"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int):
+            if len(set(value)) != 1:
+                raise ConversionError(f"{model_type}: {name}={value} is not square; UnipViTModel needs a square {name}")
+            value = value[0]
+        sizes[name] = int(value)
+    hidden = cfg.hidden_size
+    intermediate = getattr(cfg, "intermediate_size", None)
+    fields = dict(
+        **sizes,
+        num_channels=num_channels or cfg.num_channels,
+        hidden_size=hidden,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        mlp_ratio=intermediate / hidden if intermediate else float(cfg.mlp_ratio),
+        hidden_act=cfg.hidden_act,
+        qkv_bias=getattr(cfg, "qkv_bias", True),
+        layer_norm_eps=cfg.layer_norm_eps,
+        position_embedding_type="learned",
+    )
+    if model_type == "dinov2":
+        fields["layer_scale_init_value"] = float(cfg.layerscale_value)
+    if model_type == "clip_vision_model":
+        fields.update(patch_embedding_bias=False, pre_layernorm=True, layernorm_pooled_only=True)
+    return UnipConfig(**fields)
+
+
 def convert_transformers_model(
     source: str | os.PathLike | torch.nn.Module,
     num_channels: int | None = None,
     ignore_prefixes: Iterable[str] = TRANSFORMERS_NON_BACKBONE,
 ) -> UnipViTModel:
-    """Convert a transformers `ViTModel`, `ViTMAEModel` or `DeiTModel` (instance or checkpoint directory/id).
+    """Convert a transformers `ViTModel`, `ViTMAEModel`, `DeiTModel`, `Dinov2Model`, `CLIPVisionModel` or `CLIPModel`
+    (its vision tower) into a `UnipViTModel` (instance or checkpoint directory/id; the families of
+    `commands.convert.TRANSFORMERS_FAMILIES`).
 
     The converted model computes the same `last_hidden_state` as the source (for ViTMAE: with masking disabled;
-    for DeiT: without the distillation token, which UNIP has no slot for).
+    for DeiT: without the distillation token, which UNIP has no slot for; for DINOv2: without the mask token, used
+    only in pre-training; for CLIP: the raw output of the last block, the final norm on the pooled CLS token only,
+    as in `CLIPVisionModel`). Position embeddings are interpolated bicubically at other sizes, as transformers'
+    `Dinov2Model` and CLIP (`interpolate_pos_encoding=True`) do. Dinov2 with registers and SwiGLU MLPs are refused.
     """
     if isinstance(source, torch.nn.Module):
         model = source
     else:
-        model = AutoModel.from_pretrained(str(source))
-    cfg = model.config
-    model_type = getattr(cfg, "model_type", "")
-    if model_type not in ("vit", "vit_mae", "deit"):
-        raise ConversionError(f"convert_transformers_model supports vit, vit_mae and deit; got model_type={model_type!r}")
-    image_size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
-    patch_size = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
-    config = UnipConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        num_channels=num_channels or cfg.num_channels,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        mlp_ratio=cfg.intermediate_size / cfg.hidden_size,
-        hidden_act=cfg.hidden_act,
-        qkv_bias=cfg.qkv_bias,
-        layer_norm_eps=cfg.layer_norm_eps,
-        position_embedding_type="learned",
-    )
-    special = 2 if model_type == "deit" else 1
-    state = model.state_dict()
-    renamed, dropped = _transformers_to_unip_keys(state, tuple(ignore_prefixes), special)
+        config = AutoConfig.from_pretrained(str(source))
+        reason = unsupported_family(getattr(config, "model_type", None))
+        if reason:
+            raise ConversionError(f"{source}: {reason}")
+        model = AutoModel.from_pretrained(str(source), config=config)
+    reason = unsupported_family(getattr(model.config, "model_type", None))
+    if reason:
+        raise ConversionError(reason)
+    tower = vision_tower(model)  # CLIPModel: its vision model
+    config = unip_config_from_transformers(vision_config(model.config), num_channels)
+    special = 2 if model.config.model_type == "deit" else 1
+    renamed, dropped = _transformers_to_unip_keys(tower.state_dict(), tuple(ignore_prefixes), special)
     if dropped:
         logger.info("Dropped %d non-backbone keys: %s", len(dropped), sorted(dropped)[:20])
     return load_into_unip(UnipViTModel(config), renamed).eval()

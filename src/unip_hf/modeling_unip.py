@@ -83,7 +83,8 @@ class UnipPatchEmbeddings(nn.Module):
         self.grid_size = config.image_size // config.patch_size
         self.num_patches = self.grid_size**2
         self.projection = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size,
+            bias=config.patch_embedding_bias,
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,8 @@ class UnipPatchEmbeddings(nn.Module):
 
 
 class UnipEmbeddings(nn.Module):
-    """CLS token + patch embeddings + position embeddings (fixed sin-cos or learned), at any input size."""
+    """CLS token + patch embeddings + position embeddings (fixed sin-cos or learned), at any input size, then the
+    layer norm of `config.pre_layernorm` (CLIP's `pre_layrnorm`) when configured."""
 
     def __init__(self, config: UnipConfig):
         super().__init__()
@@ -122,6 +124,8 @@ class UnipEmbeddings(nn.Module):
             # as a learned table (older checkpoints load unchanged), but no optimizer or DDP ever sees it, and
             # `from_pretrained` (which re-creates every loaded parameter as trainable) cannot make it trainable.
             self.register_buffer("position_embeddings", table, persistent=True)
+        self.pre_layernorm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm
+                              else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
@@ -152,6 +156,8 @@ class UnipEmbeddings(nn.Module):
         embeddings = torch.cat([cls_tokens, embeddings], dim=1)
         patch = self.patch_embeddings.patch_size
         embeddings = embeddings + self.interpolate_pos_encoding(height // patch, width // patch)
+        if self.pre_layernorm is not None:
+            embeddings = self.pre_layernorm(embeddings)
         return self.dropout(embeddings)
 
 
@@ -573,8 +579,12 @@ class UnipViTModel(UnipPreTrainedModel):
         )
 
     def _model_output(self, encoded: UnipEncoderOutput, logits_layers: Sequence[int]) -> UnipModelOutput:
-        """The final norm and pooling when every block ran; the raw output of the last block run otherwise."""
-        if encoded.num_layers_run == self.config.num_hidden_layers:
+        """The final norm and pooling when every block ran (the norm on the pooled CLS token only with
+        `config.layernorm_pooled_only`); the raw output of the last block run otherwise."""
+        if encoded.num_layers_run == self.config.num_hidden_layers and self.config.layernorm_pooled_only:
+            sequence_output = encoded.last_hidden_state
+            pooled = self.layernorm(sequence_output[:, 0])
+        elif encoded.num_layers_run == self.config.num_hidden_layers:
             sequence_output = self.layernorm(encoded.last_hidden_state)
             pooled = sequence_output[:, 0]
         else:

@@ -55,7 +55,8 @@ def register_benchmark(subparsers: argparse._SubParsersAction) -> None:
                     "attention analysis, and write results.json, results.md, layerwise.png and nmi_vs_probe.png. A "
                     "re-run with the same --out skips finished runs.")
     p.add_argument(*flags("models"), nargs="+", required=True, metavar="MODEL",
-                   help="UNIP checkpoint folders, transformers ViT/ViT-MAE/DeiT folders or Hub ids, or scratch:PRESET")
+                   help="UNIP checkpoint folders, transformers ViT/ViT-MAE/DeiT/DINOv2/CLIP folders or Hub ids "
+                        "(converted), or scratch:PRESET")
     p.add_argument(*flags("dataset"), required=True, help="data set builder name (buffalo-udder, sirst, ...) or folder")
     p.add_argument(*flags("data_dir"), required=True, help="the data set's root folder")
     p.add_argument(*flags("eval_split"), default=None, help="evaluation split (default: val, else test)")
