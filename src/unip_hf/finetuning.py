@@ -58,6 +58,7 @@ from .transferability import (
 from .training import (
     EpochSampler,
     check_output_dir,
+    checked_total_batch,
     create_accelerator,
     create_optimizer,
     create_scheduler,
@@ -354,13 +355,8 @@ def run_finetuning(
     )
     dataset = KeyedSegmentationDataset(train_set, transform)
     eval_dataset = EvalSegmentationDataset(eval_set, eval_scale, config.num_channels)
-    total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
-    if len(dataset) < total_batch:
-        raise ValueError(
-            f"The total batch ({train.per_device_train_batch_size} per device x {accelerator.num_processes} process(es)"
-            f" x {train.gradient_accumulation_steps} accumulation = {total_batch}) is larger than the training split "
-            f"({len(dataset)} images in {data.data_dir}); lower --per_device_train_batch_size."
-        )
+    total_batch = checked_total_batch(train, accelerator.num_processes, len(dataset), "the training split",
+                                      f" in {data.data_dir}); lower --per_device_train_batch_size.")
     sampler = EpochSampler(len(dataset), seed=train.seed)
     loader = DataLoader(dataset, batch_size=train.per_device_train_batch_size, sampler=sampler, drop_last=True,
                         num_workers=train.dataloader_num_workers, persistent_workers=False)

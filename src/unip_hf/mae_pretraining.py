@@ -43,11 +43,9 @@ class MaePretrainingResult:
 
 
 def mae_config(mae: MaeArguments, data: PretrainDataArguments):
-    """The `ViTMAEConfig` of the run (the view's size and channels; the image processor's statistics)."""
+    """The `ViTMAEConfig` of the run (the view's size and channels); sizes checked by `check_mae_pretraining_args`."""
     from transformers import ViTMAEConfig
 
-    if data.image_size % mae.patch_size:
-        raise ValueError(f"--image_size {data.image_size} must be a multiple of --patch_size {mae.patch_size}")
     return ViTMAEConfig(
         hidden_size=mae.hidden_size, num_hidden_layers=mae.num_hidden_layers,
         num_attention_heads=mae.num_attention_heads, intermediate_size=mae.intermediate_size or 4 * mae.hidden_size,

@@ -35,6 +35,7 @@ from .recipe_arguments import DistillationArguments, PretrainDataArguments, Pret
 from .training import (
     EpochSampler,
     check_output_dir,
+    checked_total_batch,
     create_accelerator,
     create_optimizer,
     create_scheduler,
@@ -134,13 +135,8 @@ def build_pretraining_data(data: PretrainDataArguments, train: PretrainingArgume
     counted = len(described) == 1 and described[0].endswith(")")
     accelerator.print(f"Training data: {'; '.join(described)}" + ("" if counted else (
         f"; {len(dataset)} images in all" + (f", {skipped} unreadable skipped" if skipped else ""))))
-    total_batch = train.per_device_train_batch_size * accelerator.num_processes * train.gradient_accumulation_steps
-    if len(dataset) < total_batch:
-        raise ValueError(
-            f"The total batch ({train.per_device_train_batch_size} per device x {accelerator.num_processes} process(es)"
-            f" x {train.gradient_accumulation_steps} accumulation = {total_batch}) is larger than the data set "
-            f"({len(dataset)} images); lower --per_device_train_batch_size or add data."
-        )
+    total_batch = checked_total_batch(train, accelerator.num_processes, len(dataset), "the data set",
+                                      "); lower --per_device_train_batch_size or add data.")
     return dataset, skipped, total_batch
 
 

@@ -280,6 +280,20 @@ def create_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(optimizer.param_groups))
 
 
+def checked_total_batch(train: TrainingLoopArguments, num_processes: int, dataset_size: int, what: str,
+                        hint: str) -> int:
+    """The total batch (per device x processes x accumulation); a `ValueError` naming all three when it is larger
+    than the `dataset_size` images of `what` ("the data set", "the training split"), ending with `hint`."""
+    total = train.per_device_train_batch_size * num_processes * train.gradient_accumulation_steps
+    if dataset_size < total:
+        raise ValueError(
+            f"The total batch ({train.per_device_train_batch_size} per device x {num_processes} process(es) x "
+            f"{train.gradient_accumulation_steps} accumulation = {total}) is larger than {what} ({dataset_size} "
+            f"images{hint}"
+        )
+    return total
+
+
 def resolve_learning_rate(learning_rate: float | None, base_learning_rate: float, total_batch_size: int) -> float:
     """`learning_rate` if given, else `base_learning_rate * total_batch_size / 256` (the MAE/UNIP scaling rule)."""
     if learning_rate is not None:
