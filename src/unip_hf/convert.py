@@ -73,7 +73,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(list(CHECKPOINT_ALLOWED_GLOBALS)):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
         if found:
             raise ConversionError(
                 f"{path}: refused: the pickle needs {found.group(1)!r}, which is not a tensor, a plain container or "
@@ -605,6 +605,7 @@ def convert_mmseg_state_dict(
         key = re.sub(r"^backbone\.fpn2\.(weight|bias)$", r"backbone.fpn2.0.\1", key)
         normalised[key] = value
     state = normalised
+    check_finite(state, where)
     unsupported = sorted({reason for key in state for name, reason in _MMSEG_UNSUPPORTED.items() if name in key})
     if unsupported:
         keys = [key for key in state if any(name in key for name in _MMSEG_UNSUPPORTED)]
@@ -670,7 +671,14 @@ def convert_mmseg_state_dict(
     model = UnipForSemanticSegmentation(config)
     by_mmseg = {name: key for key in model.state_dict() if (name := mmseg_key(key)) is not None}
     dropped = [k for k in state if k.startswith("backbone.") and k[len("backbone."):].startswith(TIMM_NON_BACKBONE)]
-    renamed = {by_mmseg.get(k, k): v for k, v in state.items() if k not in dropped}
+    missing = sorted(set(by_mmseg) - set(state))
+    unexpected = sorted(set(state) - set(by_mmseg) - set(dropped))
+    if missing or unexpected:  # named as the checkpoint names them
+        lines = ([f"missing keys ({len(missing)}): {missing}"] if missing else []) + (
+            [f"unexpected keys ({len(unexpected)}): {unexpected}"] if unexpected else [])
+        raise ConversionError(f"{where}: the mmseg state dict does not match a UnipForSemanticSegmentation "
+                              f"({decode_head}, {config.num_labels} classes):\n  " + "\n  ".join(lines))
+    renamed = {by_mmseg[k]: v for k, v in state.items() if k not in dropped}
     if dropped:
         notes.append(f"dropped {len(dropped)} non-backbone keys ({', '.join(sorted(dropped)[:5])})")
     load_into_unip(model, renamed)
@@ -807,6 +815,7 @@ def convert(
     result.other_entries = [key for key in STATE_DICT_KEYS
                             if key != result.entry and isinstance(checkpoint.get(key), Mapping)]
     state = unwrap_state_dict(checkpoint, str(source), checkpoint_key)
+    check_finite(state, str(source))
     result.source_dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values() if v.is_floating_point()})
     args = checkpoint.get("args")
     if official_unip_args(args) and getattr(args, "last_heads", None) and "last_layer_num_attention_heads" not in config_overrides:
