@@ -307,6 +307,24 @@ def test_card_base_model_for_a_hub_source():
     card = conversion_card(result, "mit")
     assert card.data.base_model == "someone/vit-thermal" and card.data.license == "mit"
     assert "[`someone/vit-thermal`](https://huggingface.co/someone/vit-thermal)" in card.text
+    # a file from the Hub cache: its repo is the base model; casiatao/UNIP is recognised as official
+    cached = "/cache/hub/models--casiatao--UNIP/snapshots/0123abc/UNIP_ViT_Tiny.pth"
+    result = Conversion(model=tiny_student(), source=cached, source_format="unip", official_unip=True)
+    card = conversion_card(result)
+    assert card.data.base_model == "casiatao/UNIP" and card.data.license == "cc-by-nc-4.0"
+    assert "from the file `UNIP_ViT_Tiny.pth` of [`casiatao/UNIP`](https://huggingface.co/casiatao/UNIP)" in card.text
+
+
+def test_overwrite_never_clears_the_working_folder(tmp_path, monkeypatch, capsys):
+    torch.save({"model": to_timm_layout(tiny_student())}, tmp_path / "ckpt.pth")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit):
+        cli_main(["convert", str(tmp_path / "ckpt.pth"), ".", "--num_heads", "2", "--overwrite"])
+    assert "--overwrite would delete everything in ." in capsys.readouterr().err
+    assert (work / "notes.txt").read_text() == "mine"
 
 
 def test_push_needs_a_license_and_pushes_the_card(tmp_path, capsys, monkeypatch):

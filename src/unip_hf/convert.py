@@ -46,6 +46,8 @@ class ConversionError(ValueError):
 #: Classes that the checkpoints read here may hold besides tensors and plain containers: the `args` that a MAE-style
 #: `save_model` (the official UNIP pre-training code) stores. Nothing else is unpickled; `weights_only=False` never is.
 CHECKPOINT_ALLOWED_GLOBALS = (argparse.Namespace,)
+#: File suffixes of checkpoints (a missing path with one of them is a missing file, not a Hub id).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl")
 #: Entries of a checkpoint that hold a state dict, in the order they are taken when `checkpoint_key` is not given.
 STATE_DICT_KEYS = ("model", "state_dict", "module", "student", "teacher", "model_ema", "state_dict_ema", "ema")
 #: Key prefixes of the other parts of an mmsegmentation segmenter (a timm-layout backbone sits under `backbone.`).
@@ -761,7 +763,8 @@ def detect_source_format(source: str | os.PathLike, checkpoint: Mapping | None =
         if official_unip_args(checkpoint.get("args")) or _is_official_source(str(path)):
             return "unip", "an official UNIP pre-training checkpoint (MAE-style save_model with UNIP args)"
         return "timm", "a timm-layout ViT checkpoint"
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith((".", "/")):
+    if (re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith((".", "/"))
+            and path.suffix not in CHECKPOINT_SUFFIXES):
         return "transformers", "a Hub model id (not a local path)"
     raise FileNotFoundError(f"No checkpoint file or folder at {source}")
 
@@ -843,6 +846,11 @@ def prepare_output_dir(output_dir: str | os.PathLike, source: str | os.PathLike,
         raise ConversionError(f"output {output_dir} is a file, not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         entries = sorted(p.name for p in output_dir.iterdir())
+        resolved = output_dir.resolve()
+        if overwrite and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents
+                          or resolved == Path.home().resolve()):
+            raise ConversionError(f"--overwrite would delete everything in {output_dir} (the current folder, one "
+                                  "above it or your home folder); give a folder of its own")
         if not overwrite:
             raise ConversionError(
                 f"output folder {output_dir} is not empty ({len(entries)} entries: {', '.join(entries[:6])}"
@@ -894,6 +902,8 @@ def conversion_card(result: Conversion, license: str | None = None):
     license = conversion_license(result, license)
     source = result.source
     is_hub_id = not Path(source).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+    cached = re.search(r"models--([\w.-]+)--([\w.-]+)[/\\]snapshots[/\\]", source)  # a file of the Hub cache
+    hub_repo = source if is_hub_id else (f"{cached.group(1)}/{cached.group(2)}" if cached else None)
     config = result.model.config
     segmenter = hasattr(result.model, "decode_head")
     facts = {
@@ -913,7 +923,8 @@ def conversion_card(result: Conversion, license: str | None = None):
     if segmenter:
         facts.update(decode_head=config.decode_head, num_labels=config.num_labels)
     origin = (f"the Hub model [`{source}`](https://huggingface.co/{source})" if is_hub_id
-              else f"the file `{Path(source).name}`")
+              else f"the {'folder' if Path(source).is_dir() else 'file'} `{Path(source).name}`"
+              + (f" of [`{hub_repo}`](https://huggingface.co/{hub_repo})" if hub_repo else ""))
     licence_text = (f"The source is the official UNIP release, licensed CC BY-NC 4.0 (non-commercial use only); "
                     f"these converted weights carry the same licence (`{OFFICIAL_UNIP_LICENSE}`)."
                     if result.official_unip else
@@ -924,7 +935,7 @@ def conversion_card(result: Conversion, license: str | None = None):
                f"({result.description}). {licence_text}")
     card = make_model_card(
         Path(source).stem if not is_hub_id else source.split("/")[-1] + "-unip",
-        base_model=source if is_hub_id else None,
+        base_model=hub_repo,
         backbone=not segmenter,
         labels=[config.id2label[i] for i in range(config.num_labels)] if segmenter else None,
         decode_head=getattr(config, "decode_head", "ll_fpn"),
