@@ -107,7 +107,13 @@ def test_mmseg_round_trip_gives_identical_logits(tmp_path, pixels, decode_head):
 
 
 def test_auto_says_what_it_chose(tmp_path, capsys):
-    path = mmseg_file(tmp_path, segmenter())
+    """--from auto names the layout it recognised; the saved processor takes the source's test img_scale and its
+    img_norm_cfg (0-255 units) as 0-1 mean / std."""
+    model = segmenter()
+    text = to_mmseg_checkpoint(model)["meta"]["config"] + (
+        "img_norm_cfg = dict(mean=[96.9255, 96.9255, 96.9255], std=[47.8976, 47.8976, 47.8976], to_rgb=True)\n"
+        "test_pipeline = [dict(type='LoadImageFromFile'), dict(type='MultiScaleFlipAug', img_scale=(2048, 512))]\n")
+    path = mmseg_file(tmp_path, model, config=text)
     assert cli_main(["convert", str(path), str(tmp_path / "out"), "--from", "auto", "--license", "cc-by-nc-4.0"]) == 0
     out = capsys.readouterr().out
     assert f"--from auto: {path} is an mmsegmentation segmenter (backbone.* and decode_head.* keys); converting it " \
@@ -115,6 +121,10 @@ def test_auto_says_what_it_chose(tmp_path, capsys):
     assert "ll_fpn + UPerNet, 3 classes" in out
     card = (tmp_path / "out" / "README.md").read_text()
     assert "source_format: mmseg" in card and "| 1 | car |" in card
+    processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert processor["img_scale"] == [2048, 512] and processor["size_divisor"] == 8
+    assert processor["image_mean"] == pytest.approx([96.9255 / 255] * 3)
+    assert processor["image_std"] == pytest.approx([47.8976 / 255] * 3)
 
 
 def test_neck_prefix_and_bare_fpn2(tmp_path, pixels):

@@ -870,6 +870,7 @@ def save_conversion(result: Conversion, output_dir: str | os.PathLike, license: 
                     overwrite: bool = False) -> Path:
     """Save the converted model, its `UnipImageProcessor` and a model card (`conversion_card`) to `output_dir`
     (prepared by `prepare_output_dir`)."""
+    card = conversion_card(result, license)  # a licence conflict stops here, before anything is deleted or written
     output_dir = prepare_output_dir(output_dir, result.source, overwrite)
     model, config = result.model, result.model.config
     model.save_pretrained(output_dir)
@@ -880,7 +881,7 @@ def save_conversion(result: Conversion, output_dir: str | os.PathLike, license: 
     else:
         processor = UnipImageProcessor.from_model_config(config)
     processor.save_pretrained(output_dir)
-    conversion_card(result, license).save(output_dir / "README.md")
+    card.save(output_dir / "README.md")
     return output_dir
 
 
