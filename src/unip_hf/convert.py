@@ -1,7 +1,10 @@
-"""Weight conversion into `UnipViTModel` (UNIP, Zhang et al., ICLR 2025): from the official UNIP checkpoints and timm
-ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...) and from transformers `ViTModel`, `ViTMAEModel`,
-`DeiTModel`, `Dinov2Model` and CLIP vision (`CLIPVisionModel`, a `CLIPModel`'s vision tower) checkpoints. Loading is
-strict: every key must be used and every parameter filled.
+"""Weight conversion into UNIP models (UNIP, Zhang et al., ICLR 2025): official UNIP pre-training checkpoints and timm
+ViT state dicts (timm key layout, `blocks.N.attn.qkv.weight`, ...), transformers `ViTModel`, `ViTMAEModel`,
+`DeiTModel`, `Dinov2Model` and CLIP vision checkpoints into `UnipViTModel`, and mmsegmentation 0.x UPerNet segmenters
+(the official UNIP fine-tuning code) into `UnipForSemanticSegmentation` (`to_mmseg_state_dict` is the inverse).
+Loading is strict: every key must be used and every parameter filled. Checkpoints are read with
+`torch.load(weights_only=True)`, only `argparse.Namespace` allowed besides tensors and plain containers. `convert`
+recognises the layout (`auto`), `save_conversion` writes the folder with a card that names the source and its licence.
 """
 
 from __future__ import annotations

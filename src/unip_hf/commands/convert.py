@@ -35,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "convert",
         help="convert official UNIP / timm / transformers ViT weights (or an mmseg UNIP segmenter) into a UNIP checkpoint",
-        description="Convert weights into a UnipViTModel checkpoint (strict: every key must map). --from transformers "
-                    "takes a ViT, ViT-MAE, DeiT, DINOv2 (not with registers, not SwiGLU) or CLIP (its vision tower) "
-                    "folder or Hub id.",
+        description="Convert weights into a UnipViTModel checkpoint, or an mmseg UPerNet segmenter into a "
+                    "UnipForSemanticSegmentation checkpoint (strict: every key must map), with a model card naming "
+                    "the source and its licence. --from auto recognises the layout. --from transformers takes a ViT, "
+                    "ViT-MAE, DeiT, DINOv2 (not with registers, not SwiGLU) or CLIP (its vision tower) folder or Hub "
+                    "id. Checkpoints are read with weights_only=True (only argparse.Namespace allowed).",
     )
     parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors), mmseg checkpoint, or transformers "
                                        "directory / Hub id (model_type " + ", ".join(TRANSFORMERS_FAMILIES) + ")")
