@@ -10,7 +10,8 @@ import torch
 import transformers as T
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.convert import ConversionError, convert_checkpoint, convert_transformers_model
+from unip_hf.convert import convert_checkpoint, convert_transformers_model
+from unip_hf.checkpoint_reading import ConversionError
 from unip_hf.vit_family import eager_attention, model_attentions
 
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)

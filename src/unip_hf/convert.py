@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,236 +21,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
+
+from unip_hf.checkpoint_reading import (
+    CHECKPOINT_SUFFIXES,
+    STATE_DICT_KEYS,
+    TIMM_NON_BACKBONE,
+    ConversionError,
+    check_finite,
+    convert_timm_state_dict,
+    load_into_unip,
+    read_checkpoint,
+    state_dict_entry,
+    unwrap_state_dict,
+)
+from unip_hf.convert_mmseg import convert_mmseg_state_dict, is_mmseg_checkpoint, parse_mmseg_config
 
 from .commands.convert import SOURCES, unsupported_family
 from .configuration_unip import UnipConfig
 from .hub import make_model_card, push_to_hub
 from .image_processing_unip import UnipImageProcessor
-from .modeling_unip import UnipForSemanticSegmentation, UnipViTModel
+from .modeling_unip import UnipViTModel
 from .segmentation_saving import make_processor
 from .vit_family import vision_config, vision_tower
 
 logger = logging.getLogger(__name__)
 
-# Heads of the standard ViT widths, used when a timm-layout state dict does not say (heads are not visible in shapes).
-DEFAULT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-# Keys of timm / official checkpoints that are not part of the backbone (classifier heads, pooled norms, ...).
-TIMM_NON_BACKBONE = ("head.", "head_dist.", "fc_norm.", "pre_logits.", "decoder", "mask_token")
 TRANSFORMERS_NON_BACKBONE = ("pooler.", "classifier.", "decoder.", "embeddings.mask_token", "visual_projection.")
-
-
-class ConversionError(ValueError):
-    """A state dict does not map onto the UNIP backbone (missing, unexpected or mis-shaped keys)."""
-
-
-#: Classes that the checkpoints read here may hold besides tensors and plain containers: the `args` that a MAE-style
-#: `save_model` (the official UNIP pre-training code) stores. Nothing else is unpickled; `weights_only=False` never is.
-CHECKPOINT_ALLOWED_GLOBALS = (argparse.Namespace,)
-#: File suffixes of checkpoints (a missing path with one of them is a missing file, not a Hub id).
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl")
-#: Entries of a checkpoint that hold a state dict, in the order they are taken when `checkpoint_key` is not given.
-STATE_DICT_KEYS = ("model", "state_dict", "module", "student", "teacher", "model_ema", "state_dict_ema", "ema")
-#: Key prefixes of the other parts of an mmsegmentation segmenter (a timm-layout backbone sits under `backbone.`).
-MMSEG_PREFIXES = ("decode_head.", "auxiliary_head.", "neck.")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The whole object stored in a `.pth`/`.bin`/`.pt` (torch pickle) or `.safetensors` file, read without running
-    any code in it: `torch.load(weights_only=True)` with only `CHECKPOINT_ALLOWED_GLOBALS` allowed. Raises
-    `ConversionError` naming the file for an empty, truncated or unreadable file and for a pickle that needs any
-    other class (a crafted file is refused before anything in it runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint file at {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise ConversionError(f"{path}: the file is empty (0 bytes); download or copy it again")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types; re-raised with the file
-            raise ConversionError(f"{path}: not a readable .safetensors file ({size} bytes; {error}); it is probably "
-                                  "truncated or not a safetensors file: download or copy it again") from error
-    try:
-        with torch.serialization.safe_globals(list(CHECKPOINT_ALLOWED_GLOBALS)):
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
-        if found:
-            raise ConversionError(
-                f"{path}: refused: the pickle needs {found.group(1)!r}, which is not a tensor, a plain container or "
-                "argparse.Namespace; loading it could run code, so it is not read (convert the weights to "
-                ".safetensors where you trust the file)") from error
-        raise ConversionError(f"{path}: cannot read as a torch checkpoint ({str(error).splitlines()[0]})") from error
-    except Exception as error:  # noqa: BLE001 - truncated zip archives, non-checkpoint files, ...
-        raise ConversionError(f"{path}: cannot read as a torch checkpoint ({size} bytes; {type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); it may be truncated or not a "
-                              "checkpoint: download or copy it again") from error
-    if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: holds a {type(state).__name__}, not a checkpoint dictionary")
-    return state
-
-
-def load_state_dict_file(path: str | os.PathLike, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a `.pth`/`.bin`/`.pt` (torch pickle, weights only) or `.safetensors` file; unwrap `model`/`state_dict`
-    (see `unwrap_state_dict`)."""
-    return unwrap_state_dict(read_checkpoint(path), str(path), checkpoint_key)
-
-
-def state_dict_entry(state: Mapping, checkpoint_key: str | None = None, where: str = "checkpoint") -> str | None:
-    """The entry of a checkpoint that holds the state dict: `checkpoint_key` when given (an error naming the entries
-    there are when it is absent), else the first of `STATE_DICT_KEYS` present, else `None` (a plain state dict)."""
-    nested = [key for key, value in state.items() if isinstance(value, Mapping)]
-    if checkpoint_key is not None:
-        if not isinstance(state.get(checkpoint_key), Mapping):
-            raise ConversionError(f"{where}: no state dict under {checkpoint_key!r} (entries with a dictionary: "
-                                  f"{sorted(map(str, nested))})")
-        return checkpoint_key
-    return next((key for key in STATE_DICT_KEYS if isinstance(state.get(key), Mapping)), None)
-
-
-def unwrap_state_dict(state: Mapping, where: str = "checkpoint", checkpoint_key: str | None = None
-                      ) -> dict[str, torch.Tensor]:
-    """Return the tensor dict inside a checkpoint: under `checkpoint_key`, or the first of `STATE_DICT_KEYS`
-    (`model` of the official UNIP / MAE-style checkpoints, `state_dict`, `module`, DINO/iBOT's `student` and
-    `teacher`, EMA entries), or the top level. A DistributedDataParallel `module.` prefix and a `torch.compile`
-    `_orig_mod.` prefix are removed, and so is a `backbone.` prefix of a DINO/iBOT-style teacher or student (whose
-    other keys are its projection `head.`). An mmsegmentation segmenter (`backbone.` with `decode_head.` ...) is
-    refused with the way to convert it (`--from mmseg`)."""
-    entry = state_dict_entry(state, checkpoint_key, where)
-    if entry is not None:
-        state = state[entry]
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ConversionError(f"{where}: no tensors found (top-level keys: {sorted(map(str, state))[:10]})")
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    mmseg = sorted({k.split(".", 1)[0] + "." for k in tensors if k.startswith(MMSEG_PREFIXES)})
-    if mmseg and any(k.startswith("backbone.") for k in tensors):
-        raise ConversionError(
-            f"{where} is an mmsegmentation segmenter, not a timm-layout ViT state dict: its backbone is under the "
-            f"'backbone.' prefix and it also holds {', '.join(mmseg)}; convert it with --from mmseg (or --from auto)")
-    if any(k.startswith("backbone.") for k in tensors) and all(k.startswith(("backbone.", "head.")) for k in tensors):
-        tensors = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in tensors.items()}
-    return tensors
-
-
-def infer_config_from_timm(state: Mapping[str, torch.Tensor], **overrides) -> UnipConfig:
-    """Build a `UnipConfig` from the shapes of a timm-layout ViT state dict.
-
-    Width, depth, patch size, channels, image size, MLP ratio, qkv and patch biases, the norm before the blocks
-    (`norm_pre`, timm's CLIP towers) and layer scale are read from the keys and shapes.
-    Head counts are not visible in shapes: `num_attention_heads` defaults to the standard value for the width
-    (192: 3, 384: 6, 768: 12, 1024: 16) and `last_layer_num_attention_heads` to `None`; pass them for a UNIP
-    student whose last block has the teacher's head count.
-    """
-    required = ("patch_embed.proj.weight", "pos_embed", "cls_token")
-    missing = [k for k in required if k not in state]
-    if missing:
-        raise ConversionError(f"not a timm-layout ViT state dict: missing {missing}")
-    kernel = state["patch_embed.proj.weight"]
-    hidden, channels, patch = kernel.shape[0], kernel.shape[1], kernel.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
-    mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    values = {
-        "hidden_size": hidden,
-        "num_hidden_layers": depth,
-        "num_attention_heads": DEFAULT_HEADS.get(hidden, max(1, hidden // 64)),
-        "patch_size": patch,
-        "num_channels": channels,
-        "image_size": grid * patch,
-        "mlp_ratio": mlp_hidden / hidden,
-        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
-        "patch_embedding_bias": "patch_embed.proj.bias" in state,
-        "pre_layernorm": "norm_pre.weight" in state,  # timm's CLIP towers
-        "position_embedding_type": "learned",
-    }
-    if "blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state:  # timm's / BEiT-style layer scale
-        values["layer_scale_init_value"] = 1.0
-    values.update(overrides)
-    check_head_counts(hidden, values["num_attention_heads"], values.get("last_layer_num_attention_heads"))
-    return UnipConfig(**values)
-
-
-def check_head_counts(width: int, heads: int, last_heads: int | None = None) -> None:
-    """Raise `ConversionError` naming the option when a head count is not a positive divisor of the width read from
-    the checkpoint (heads are not visible in weight shapes, so they come from the user or the defaults)."""
-    divisors = [d for d in range(1, width + 1) if width % d == 0]
-    for flag, value in (("--num_heads", heads), ("--last_layer_heads", last_heads)):
-        if value is not None and (not isinstance(value, int) or value < 1 or width % value):
-            shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
-            raise ConversionError(f"{flag} {value} does not divide the width {width} read from the checkpoint; "
-                                  f"a head count must be one of its divisors ({shown})")
-
-
-def _timm_to_unip_keys(state: Mapping[str, torch.Tensor], ignore_prefixes: Iterable[str]) -> tuple[dict, list[str]]:
-    """Rename timm keys to UNIP keys; returns (renamed, dropped keys)."""
-    renamed: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    block_map = {
-        "norm1": "norm1",
-        "norm2": "norm2",
-        "attn.qkv": "attention.qkv",
-        "attn.proj": "attention.proj",
-        "mlp.fc1": "mlp.fc1",
-        "mlp.fc2": "mlp.fc2",
-    }
-    for key, value in state.items():
-        if any(key.startswith(p) for p in ignore_prefixes):
-            dropped.append(key)
-            continue
-        if key == "cls_token":
-            renamed["embeddings.cls_token"] = value
-        elif key == "pos_embed":
-            renamed["embeddings.position_embeddings"] = value
-        elif key.startswith("patch_embed.proj."):
-            renamed["embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("norm."):
-            renamed["layernorm." + key.split(".", 1)[1]] = value
-        elif key.startswith("norm_pre."):
-            renamed["embeddings.pre_layernorm." + key.split(".", 1)[1]] = value
-        elif m := re.match(r"blocks\.(\d+)\.gamma_([12])$", key):  # BEiT-style layer scale (mmseg's MAE backbone)
-            renamed[f"encoder.layer.{m.group(1)}.layer_scale{m.group(2)}.lambda1"] = value
-        elif (m := re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", key)) and (
-            m.group(2) in block_map or m.group(2) in ("ls1", "ls2")
-        ):
-            index, module, kind = m.groups()
-            if module in ("ls1", "ls2"):
-                renamed[f"encoder.layer.{index}.layer_scale{module[-1]}.lambda1"] = value
-            else:
-                renamed[f"encoder.layer.{index}.{block_map[module]}.{kind}"] = value
-        else:
-            renamed[key] = value  # left as is: reported as unexpected by the strict load
-    return renamed, dropped
-
-
-def unip_to_timm_key(key: str) -> str | None:
-    """The timm / official-UNIP name of a `UnipViTModel` state-dict key (the inverse of the timm conversion); `None`
-    for the saved head counts, which the timm layout does not store."""
-    if key.endswith(".head_count"):
-        return None
-    fixed = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed"}
-    if key in fixed:
-        return fixed[key]
-    for ours, theirs in (("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
-                         ("embeddings.pre_layernorm.", "norm_pre."), ("layernorm.", "norm.")):
-        if key.startswith(ours):
-            return theirs + key[len(ours):]
-    if m := re.fullmatch(r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", key):
-        return f"blocks.{m.group(1)}.ls{m.group(2)}.gamma"
-    if m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", key):
-        return f"blocks.{m.group(1)}." + m.group(2).replace("attention.", "attn.", 1)
-    raise ConversionError(f"{key}: no timm-layout name for this UnipViTModel key")
-
-
-def to_timm_state_dict(model: UnipViTModel) -> dict[str, torch.Tensor]:
-    """A `UnipViTModel`'s weights under timm / official-UNIP key names (what `convert_timm_state_dict` reads)."""
-    return {name: value.detach().clone() for key, value in model.state_dict().items()
-            if (name := unip_to_timm_key(key)) is not None}
 
 
 def _transformers_to_unip_keys(
@@ -325,80 +121,6 @@ def _transformers_to_unip_keys(
             [parts["query"], parts["key"], parts["value"]], dim=0
         )
     return renamed, dropped
-
-
-def check_finite(state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Raise `ConversionError` naming every floating-point tensor of `state` that holds NaN or infinite values (a
-    model converted from them would output NaN without saying why)."""
-    bad = []
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
-            bad.append(f"{key} ({nan} NaN, {inf} inf of {value.numel()})")
-    if bad:
-        raise ConversionError(f"{where}: {len(bad)} tensor(s) hold NaN or infinite values, refusing to convert: "
-                              + "; ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
-
-
-def load_into_unip(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """Strictly load a UNIP-keyed state dict into `model`.
-
-    Adapts what has an unambiguous meaning (a 3-channel patch kernel into a 1-channel model: summed over the colour
-    axis, as timm does) and raises `ConversionError` listing every missing, unexpected or mis-shaped key otherwise.
-    """
-    state = dict(state)
-    check_finite(state)
-    target = model.state_dict()
-    for kernel_key in [key for key in target if key.endswith("embeddings.patch_embeddings.projection.weight")]:
-        if kernel_key in state and state[kernel_key].shape[1] == 3 and target[kernel_key].shape[1] == 1:
-            state[kernel_key] = state[kernel_key].sum(dim=1, keepdim=True)
-    # the saved head counts are ours to fill: the source format has none
-    for key in target:
-        if key.endswith(".head_count") and key not in state:
-            state[key] = target[key]
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in set(state) & set(target)
-        if state[k].shape != target[k].shape
-    )
-    if missing or unexpected or mismatched:
-        lines = []
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            lines.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
-        raise ConversionError(f"State dict does not match the {type(model).__name__}:\n  " + "\n  ".join(lines))
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def convert_timm_state_dict(
-    state: Mapping[str, torch.Tensor],
-    config: UnipConfig | None = None,
-    ignore_prefixes: Iterable[str] = TIMM_NON_BACKBONE,
-    **config_overrides,
-) -> UnipViTModel:
-    """Convert an official UNIP or timm ViT state dict (timm key layout) into a `UnipViTModel`.
-
-    Args:
-        state (`Mapping[str, torch.Tensor]`): the state dict (already unwrapped from `model`/`state_dict`).
-        config (`UnipConfig`, *optional*): target configuration; inferred from the shapes when omitted.
-        ignore_prefixes (`Iterable[str]`): key prefixes that are not part of the backbone and are dropped on purpose
-            (classifier heads, MAE decoders, ...). Anything else that does not map is an error.
-        **config_overrides: fields for the inferred configuration, typically `num_attention_heads`,
-            `last_layer_num_attention_heads` (a UNIP student's last block has the teacher's head count) or
-            `num_channels=1`.
-    """
-    state = unwrap_state_dict(state)
-    config = config or infer_config_from_timm(state, **config_overrides)
-    renamed, dropped = _timm_to_unip_keys(state, tuple(ignore_prefixes))
-    if dropped:
-        logger.info("Dropped %d non-backbone keys: %s", len(dropped), sorted(dropped)[:20])
-    return load_into_unip(UnipViTModel(config), renamed).eval()
 
 
 def unip_config_from_transformers(cfg, num_channels: int | None = None) -> UnipConfig:
@@ -478,216 +200,6 @@ def convert_transformers_model(
 # mmsegmentation 0.x segmenters (the official UNIP fine-tuning code): backbone.* (timm-layout ViT, with the feature
 # pyramid ops fpn1..fpn4 inside the backbone, or under neck.*), decode_head.* (UPerHead), auxiliary_head.* (FCNHead)
 # ---------------------------------------------------------------------------------------------------------------------
-
-#: mmcv's ConvModule names its parts; `UnipConvModule` is a Sequential (0: conv, 1: batch norm, 2: ReLU).
-_CONV_MODULE_PARTS = {"0": "conv", "1": "bn"}
-_CONV_MODULE_NAMES = {"conv": "0", "bn": "1"}
-#: What the official UNIP backbone and ours cannot share: relative position bias (BEiT-style, per block or shared).
-_MMSEG_UNSUPPORTED = {
-    "relative_position_bias_table": "relative position bias (use_rel_pos_bias / use_shared_rel_pos_bias): "
-                                    "UnipViTModel has absolute position embeddings only",
-    "relative_position_index": "relative position bias (use_rel_pos_bias / use_shared_rel_pos_bias): "
-                               "UnipViTModel has absolute position embeddings only",
-}
-
-
-def mmseg_key(key: str) -> str | None:
-    """The mmsegmentation 0.x name of a `UnipForSemanticSegmentation` state-dict key, as the official UNIP code lays a
-    segmenter out (`backbone.` timm-layout ViT with `fpn1`..`fpn4` inside it, `decode_head.` UPerHead,
-    `auxiliary_head.` FCNHead, mmcv ConvModule `conv`/`bn` parts); `None` for what mmseg does not store (the saved
-    head counts)."""
-    if key.startswith("unip."):
-        name = unip_to_timm_key(key[len("unip."):])
-        return None if name is None else "backbone." + name
-    if m := re.fullmatch(r"neck\.fpn2\.(weight|bias)", key):
-        return f"backbone.fpn2.0.{m.group(1)}"
-    if key.startswith("neck.fpn"):
-        return "backbone." + key[len("neck."):]
-    rules = (
-        (r"decode_head\.psp\.stages\.(\d+)\.1\.([01])\.(.+)", lambda m: f"decode_head.psp_modules.{m[1]}.1.{_CONV_MODULE_PARTS[m[2]]}.{m[3]}"),
-        (r"decode_head\.(bottleneck|fpn_bottleneck)\.([01])\.(.+)", lambda m: f"decode_head.{m[1]}.{_CONV_MODULE_PARTS[m[2]]}.{m[3]}"),
-        (r"decode_head\.(lateral_convs|fpn_convs)\.(\d+)\.([01])\.(.+)", lambda m: f"decode_head.{m[1]}.{m[2]}.{_CONV_MODULE_PARTS[m[3]]}.{m[4]}"),
-        (r"(decode_head|auxiliary_head)\.classifier\.(.+)", lambda m: f"{m[1]}.conv_seg.{m[2]}"),
-        (r"auxiliary_head\.conv\.([01])\.(.+)", lambda m: f"auxiliary_head.convs.0.{_CONV_MODULE_PARTS[m[1]]}.{m[2]}"),
-    )
-    for pattern, name in rules:
-        if m := re.fullmatch(pattern, key):
-            return name(m)
-    raise ConversionError(f"{key}: no mmsegmentation name for this UnipForSemanticSegmentation key")
-
-
-def to_mmseg_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A `UnipForSemanticSegmentation` (LL-FPN or multi-level FPN with UPerNet) under mmsegmentation 0.x key names:
-    every key, as the official UNIP segmentation code names it (the inverse of `convert_mmseg_state_dict`)."""
-    if getattr(model.config, "decode_head", None) == "linear_probe":
-        raise ConversionError("a linear probe has no mmsegmentation UPerNet layout; only ll_fpn and multilevel_fpn")
-    return {name: value.detach().clone() for key, value in model.state_dict().items()
-            if (name := mmseg_key(key)) is not None}
-
-
-def to_mmseg_checkpoint(model: torch.nn.Module) -> dict[str, Any]:
-    """An mmsegmentation 0.x checkpoint of a `UnipForSemanticSegmentation`: `{'meta': {CLASSES, PALETTE, config},
-    'state_dict': to_mmseg_state_dict(model), 'optimizer': {}}`; `meta['config']` is config text with the settings
-    that weights do not show (`num_heads`, `out_indices`, `pool_scales`), as mmseg stores its config's text."""
-    config = model.config
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    indices = [config.num_hidden_layers - 1] * 4 if config.decode_head == "ll_fpn" else config.feature_indices
-    text = (f"model = dict(\n    type='EncoderDecoder',\n    backbone=dict(\n        type='MAE',\n"
-            f"        num_heads={config.num_attention_heads},\n"
-            + (f"        last_layer_num_heads={config.last_block_heads},\n"
-               if config.last_block_heads != config.num_attention_heads else "")
-            + f"        out_indices={indices},\n        use_norm=False),\n"
-            f"    decode_head=dict(type='UPerHead', pool_scales={tuple(config.pool_scales)}, "
-            f"num_classes={config.num_labels}))\n")
-    meta = {"CLASSES": tuple(labels), "config": text, "mmcv_version": "1.3.0"}
-    palette = getattr(config, "palette", None)
-    if palette:
-        meta["PALETTE"] = [list(colour) for colour in palette]
-    return {"meta": meta, "state_dict": to_mmseg_state_dict(model), "optimizer": {}}
-
-
-def parse_mmseg_config(text: str | None) -> dict[str, Any]:
-    """The settings weights do not show, read (by pattern, nothing is executed) from the config text an mmseg 0.x
-    checkpoint keeps in `meta['config']`: the backbone's `num_heads`, `out_indices`, `use_norm`, the decode head's
-    `pool_scales`, `img_norm_cfg`'s mean/std and the test `img_scale`. Missing ones are left out."""
-    found: dict[str, Any] = {}
-    if not isinstance(text, str):
-        return found
-
-    def numbers(group: str) -> list[float]:
-        return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", group)]
-
-    if m := re.search(r"\bnum_heads\s*=\s*(\d+)", text):
-        found["num_heads"] = int(m.group(1))
-    if m := re.search(r"\blast_layer_num_heads\s*=\s*(\d+)", text):  # ours: a distilled last block's heads
-        found["last_layer_num_heads"] = int(m.group(1))
-    if m := re.search(r"\bout_indices\s*=\s*[\[(]([^\])]*)[\])]", text):
-        found["out_indices"] = [int(x) for x in numbers(m.group(1))]
-    if m := re.search(r"\buse_norm\s*=\s*(True|False)", text):
-        found["use_norm"] = m.group(1) == "True"
-    if m := re.search(r"\bpool_scales\s*=\s*[\[(]([^\])]*)[\])]", text):
-        found["pool_scales"] = [int(x) for x in numbers(m.group(1))]
-    if m := re.search(r"img_norm_cfg\s*=\s*dict\(\s*mean\s*=\s*\[([^\]]*)\]\s*,\s*std\s*=\s*\[([^\]]*)\]", text):
-        found["mean"], found["std"] = numbers(m.group(1)), numbers(m.group(2))
-    if m := re.search(r"MultiScaleFlipAug['\"]?\s*,\s*img_scale\s*=\s*\((\d+)\s*,\s*(\d+)\)", text):
-        found["img_scale"] = (int(m.group(1)), int(m.group(2)))
-    return found
-
-
-def is_mmseg_checkpoint(state: Mapping) -> bool:
-    """Whether a checkpoint is an mmsegmentation segmenter: a `state_dict` (or top level) with `backbone.` keys and a
-    `decode_head.`."""
-    inner = state.get("state_dict") if isinstance(state.get("state_dict"), Mapping) else state
-    keys = [k[len("module."):] if k.startswith("module.") else k for k in inner if isinstance(k, str)]
-    return any(k.startswith("backbone.") for k in keys) and any(k.startswith("decode_head.") for k in keys)
-
-
-def convert_mmseg_state_dict(
-    checkpoint: Mapping,
-    where: str = "checkpoint",
-    out_indices: Sequence[int] | None = None,
-    **config_overrides,
-) -> tuple[torch.nn.Module, list[str]]:
-    """Convert an mmsegmentation 0.x UNIP segmenter (`{'meta', 'state_dict', 'optimizer'}`, or its state dict) into a
-    `UnipForSemanticSegmentation`; returns `(model, notes)`. Strict: every key is mapped or named in the error.
-
-    What weights show is read from them: the backbone (as `infer_config_from_timm`), the classes (`conv_seg`), the
-    decoder and auxiliary channels, the number of pooling scales. What they do not show comes from
-    `meta['config']` (`parse_mmseg_config`: `num_heads`, `out_indices`, `pool_scales`), else from
-    `config_overrides` / `out_indices`, else the defaults (LL-FPN, pool scales 1, 2, 3, 6), said in the notes.
-    Class names come from `meta['CLASSES']`, colours from `meta['PALETTE']`.
-    """
-    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {}
-    state = checkpoint["state_dict"] if isinstance(checkpoint.get("state_dict"), Mapping) else checkpoint
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    notes: list[str] = []
-    # the pyramid ops: inside the backbone (official UNIP) or under neck.; fpn2 a Sequential or a bare ConvTranspose
-    normalised = {}
-    for key, value in state.items():
-        key = re.sub(r"^neck\.(fpn\d)\.", r"backbone.\1.", key)
-        key = re.sub(r"^backbone\.fpn2\.(weight|bias)$", r"backbone.fpn2.0.\1", key)
-        normalised[key] = value
-    state = normalised
-    check_finite(state, where)
-    unsupported = sorted({reason for key in state for name, reason in _MMSEG_UNSUPPORTED.items() if name in key})
-    if unsupported:
-        keys = [key for key in state if any(name in key for name in _MMSEG_UNSUPPORTED)]
-        raise ConversionError(f"{where}: cannot convert {'; '.join(unsupported)} ({len(keys)} keys, e.g. {keys[0]})")
-    if "backbone.fpn1.0.weight" in state and "backbone.fpn1.1.weight" not in state:
-        raise ConversionError(f"{where}: its pyramid is the official patch-8 variant (fpn1 a single x2 transposed "
-                              "convolution, fpn3/fpn4 pooling); UnipFeaturePyramid has the patch-16 ops (x4, x2, "
-                              "identity, /2)")
-    for required in ("decode_head.conv_seg.weight", "decode_head.psp_modules.0.1.conv.weight"):
-        if required not in state:
-            raise ConversionError(f"{where}: no {required}: not an mmseg UPerNet (UPerHead) segmenter")
-    settings = parse_mmseg_config(meta.get("config"))
-    if settings.get("use_norm"):
-        raise ConversionError(f"{where}: its config has use_norm=True (the final norm on every tapped map); "
-                              "UnipForSemanticSegmentation's pyramids take the raw block outputs")
-    backbone = {k[len("backbone."):]: v for k, v in state.items()
-                if k.startswith("backbone.") and not re.match(r"backbone\.fpn\d\.", k)}
-    if "num_heads" in settings and "num_attention_heads" not in config_overrides:
-        config_overrides["num_attention_heads"] = settings["num_heads"]
-        notes.append(f"heads {settings['num_heads']} (every block) from meta['config']")
-    elif "num_attention_heads" not in config_overrides:
-        notes.append("heads not recorded in meta['config']: the standard count for the width (--num_heads to set)")
-    if "last_layer_num_heads" in settings and "last_layer_num_attention_heads" not in config_overrides:
-        config_overrides["last_layer_num_attention_heads"] = settings["last_layer_num_heads"]
-        notes.append(f"last block heads {settings['last_layer_num_heads']} from meta['config']")
-    base = infer_config_from_timm(backbone, **config_overrides)
-    depth = base.num_hidden_layers
-    indices = list(out_indices) if out_indices is not None else settings.get("out_indices")
-    if indices is None:
-        indices = [depth - 1] * 4
-        notes.append("out_indices not recorded in meta['config']: assumed LL-FPN (--out_indices to set)")
-    indices = [i % depth for i in indices]
-    if len(indices) != 4:
-        raise ConversionError(f"{where}: out_indices {indices}: the UPerNet pyramid takes 4 maps")
-    decode_head = "ll_fpn" if indices == [depth - 1] * 4 else "multilevel_fpn"
-    scales = sorted({int(m.group(1)) for k in state if (m := re.match(r"decode_head\.psp_modules\.(\d+)\.", k))})
-    pool_scales = settings.get("pool_scales") or [1, 2, 3, 6]
-    if len(pool_scales) != len(scales):
-        raise ConversionError(f"{where}: {len(scales)} pyramid pooling modules but pool_scales {pool_scales}; "
-                              "the pooling scales are not visible in the weights")
-    classifier = state["decode_head.conv_seg.weight"]
-    auxiliary = state.get("auxiliary_head.convs.0.conv.weight")
-    fields = base.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "out_features", "out_indices",
-                "stage_names", "_out_features", "_out_indices", "id2label", "label2id"):
-        fields.pop(key, None)
-    fields.update(
-        decode_head=decode_head, out_indices=indices, pool_scales=pool_scales, num_labels=int(classifier.shape[0]),
-        decoder_hidden_size=int(classifier.shape[1]), use_auxiliary_head=auxiliary is not None,
-        auxiliary_channels=int(auxiliary.shape[0]) if auxiliary is not None else 256,
-    )
-    classes = meta.get("CLASSES")
-    if classes is not None and len(classes) == classifier.shape[0]:
-        fields["id2label"] = {i: str(name) for i, name in enumerate(classes)}
-        fields["label2id"] = {str(name): i for i, name in enumerate(classes)}
-    elif classes is not None:
-        notes.append(f"meta['CLASSES'] names {len(classes)} classes but conv_seg has {classifier.shape[0]}: "
-                     "generic labels kept")
-    palette = meta.get("PALETTE")
-    if palette is not None and len(palette) == classifier.shape[0]:
-        fields["palette"] = [[int(c) for c in colour] for colour in palette]
-    config = UnipConfig(**fields)
-    model = UnipForSemanticSegmentation(config)
-    by_mmseg = {name: key for key in model.state_dict() if (name := mmseg_key(key)) is not None}
-    dropped = [k for k in state if k.startswith("backbone.") and k[len("backbone."):].startswith(TIMM_NON_BACKBONE)]
-    missing = sorted(set(by_mmseg) - set(state))
-    unexpected = sorted(set(state) - set(by_mmseg) - set(dropped))
-    if missing or unexpected:  # named as the checkpoint names them
-        lines = ([f"missing keys ({len(missing)}): {missing}"] if missing else []) + (
-            [f"unexpected keys ({len(unexpected)}): {unexpected}"] if unexpected else [])
-        raise ConversionError(f"{where}: the mmseg state dict does not match a UnipForSemanticSegmentation "
-                              f"({decode_head}, {config.num_labels} classes):\n  " + "\n  ".join(lines))
-    renamed = {by_mmseg[k]: v for k, v in state.items() if k not in dropped}
-    if dropped:
-        notes.append(f"dropped {len(dropped)} non-backbone keys ({', '.join(sorted(dropped)[:5])})")
-    load_into_unip(model, renamed)
-    return model.eval(), notes
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1006,5 +518,4 @@ def command_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["convert", "convert_mmseg_state_dict", "convert_timm_state_dict", "convert_transformers_model",
-           "to_mmseg_state_dict"]
+__all__ = ["convert", "convert_transformers_model"]
