@@ -291,10 +291,11 @@ def test_space_create_refuses_an_out_dir_that_is_holds_or_lies_in_the_model(tmp_
 
 def test_space_create_overwrite_keeps_its_own_examples(tmp_path, tiny_model):
     """`--overwrite` with an example that already lies in OUT_DIR/examples (copying a file onto itself raised)."""
-    space = create_space(str(tiny_model), tmp_path / "space", examples=[str(data_path("sirst", "images", "Misc_1.png"))])
+    example = data_path("sirst", "images", "Misc_1.png")
+    space = create_space(str(tiny_model), tmp_path / "space", examples=[str(example)])
     again = create_space(str(tiny_model), space, examples=[str(space / "examples" / "Misc_1.png")], overwrite=True)
     assert json.loads((again / "space_config.json").read_text())["examples"] == ["examples/Misc_1.png"]
-    assert (space / "examples" / "Misc_1.png").read_bytes() == data_path("sirst", "images", "Misc_1.png").read_bytes()
+    assert (space / "examples" / "Misc_1.png").read_bytes() == example.read_bytes()
 
 
 def test_app_refuses_a_huge_image_from_its_header_and_answers_errors_readably(tmp_path, tiny_model):

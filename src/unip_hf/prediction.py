@@ -81,7 +81,7 @@ def _is_glob(source: str) -> bool:
 def _glob_base(pattern: str) -> str:
     """The folder a glob pattern searches: its leading components without glob characters."""
     parts = Path(pattern).parts
-    fixed = [part for part in parts[: next((i for i, p in enumerate(parts) if _GLOB_CHARACTERS & set(p)), len(parts))]]
+    fixed = parts[: next((i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part)), len(parts))]
     return str(Path(*fixed)) if fixed else "."
 
 

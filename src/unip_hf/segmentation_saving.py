@@ -77,8 +77,8 @@ def load_segmentation_model(model_name_or_path: str, trust_remote_code: bool = F
     if missing:
         parts = sorted({key.split(".")[0] for key in missing})
         raise MissingTaskHeadError(
-            f"{model_name_or_path} lacks {len(missing)} weight tensor(s) of its segmentation model ({', '.join(parts)}; "
-            f"e.g. {missing[0]}): they would be randomly initialised and the predictions meaningless. Give a folder "
+            f"{model_name_or_path} lacks {len(missing)} weight tensor(s) of its segmentation model "
+            f"({', '.join(parts)}; e.g. {missing[0]}): they would be randomly initialised and the predictions meaningless. Give a folder "
             "written by unip finetune (or a backbone to fine-tune with unip finetune --model_name_or_path)")
     return model
 
