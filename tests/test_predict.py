@@ -311,3 +311,19 @@ def test_label_maps_keep_class_ids_above_255(images, tmp_path):
     Image.fromarray(labels).save(data / "masks" / "a.png")
     stored = load_segmentation_dataset("folder", str(data), cache_dir=str(tmp_path / "cache"))[0]["label"]
     assert np.array_equal(np.asarray(stored), labels)
+
+
+def test_radiometric_celsius_predicts_on_the_temperatures(binary_model, tmp_path, capsys):
+    """Issue 24 item 12 on a real FLIR radiometric JPEG: `--radiometric celsius` clipped every temperature to 1.0 (a
+    constant image, rc 0); it is now refused without `--intensity_range`, and with it the model sees the scene."""
+    pytest.importorskip("flyr")
+    jpeg = data_path("flir-radiometric", "flir_example.jpg")
+    with pytest.raises(SystemExit) as caught:
+        main(["predict", str(binary_model), str(jpeg), "--radiometric", "celsius", "--out", str(tmp_path / "o"),
+              "--no_progress"])
+    assert caught.value.code == 2 and "--intensity_range LO HI" in capsys.readouterr().err
+    result = predict_images(str(binary_model), [str(jpeg)], tmp_path / "ok", radiometric="celsius",
+                            intensity_range=(0, 50), progress=False)
+    width, height = Image.open(result.written[0][1]).size
+    shown = np.asarray(Image.open(result.written[0][2]))[22:22 + height, 8:8 + width]
+    assert shown.std() > 10  # the temperatures' variation, not a constant 1.0
