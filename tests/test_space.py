@@ -329,3 +329,16 @@ def test_app_refuses_a_huge_image_from_its_header_and_answers_errors_readably(tm
     small = _load_app(create_space(str(tiny_model), tmp_path / "small", max_megapixels=0.001))
     with pytest.raises(gr.Error, match="40x30 pixels .* more than this Space processes \\(0.001 megapixels\\)"):
         small.answer(str(image), 0.5)
+
+
+def test_space_create_refuses_a_backbone_without_a_segmentation_head(tmp_path, capsys):
+    """Issue 24 item 11's pattern next door: a Space for a backbone-only folder (UnipViTModel) would show a random
+    head's predictions; it is refused, naming the backbone."""
+    config = unip_hf.UnipConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2)
+    unip_hf.UnipViTModel(config).save_pretrained(tmp_path / "backbone")
+    unip_hf.UnipImageProcessor().save_pretrained(tmp_path / "backbone")
+    with pytest.raises(SystemExit) as caught:
+        unip_main(["space", "create", str(tmp_path / "backbone"), str(tmp_path / "space")])
+    assert caught.value.code == 2 and "without a segmentation head" in capsys.readouterr().err
+    assert not (tmp_path / "space").exists()

@@ -29,6 +29,7 @@ from transformers import AutoConfig
 from .demo import _palette
 from .hub import list_upload_files, missing_remote_code, push_to_hub
 from .image_processing_unip import load_infrared_image
+from .segmentation_saving import task_head_problem
 
 __all__: list[str] = []  # the command is registered by unip_hf.commands
 
@@ -176,6 +177,9 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
             raise FileNotFoundError(
                 f"{local} lacks the remote code files {missing}, which the Space needs to load the model without "
                 "unip_hf; save it again with save_pretrained")
+        problem = task_head_problem(str(local))
+        if problem:  # the Space would show a random head's predictions
+            raise ValueError(f"MODEL_DIR {problem}")
         if not (local / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"{local} has no preprocessor_config.json; save the UnipImageProcessor with it")
     try:  # the UNIP config class is registered with AutoConfig by importing this package
