@@ -263,3 +263,82 @@ def test_model_card_links_the_space():
     assert "https://huggingface.co/spaces/someone/unip-demo" in card.content
     plain = make_model_card("unip-tiny-sirst", repo_id="someone/unip-tiny-sirst")
     assert "huggingface.co/spaces" not in plain.content
+
+
+def _bytes_of(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_space_create_refuses_an_out_dir_that_is_holds_or_lies_in_the_model(tmp_path, capsys):
+    """Issue 24 item 2: `unip space create SPACE/model SPACE --overwrite` deleted the source model (it removes
+    OUT/model) and `unip space create SEM SEM --overwrite` replaced the model card by the Space README. An OUT_DIR
+    that is, holds or lies inside the model folder is refused (exit 2, one line), with or without --overwrite, and
+    the model is untouched."""
+    space = tmp_path / "space"
+    model = _save_tiny(space / "model", img_scale=(64, 64), size_divisor=8)
+    (model / "README.md").write_text("# the model card\n")
+    before = _bytes_of(model)
+    for out in (space, model, model / "demo"):
+        for extra in ([], ["--overwrite"]):
+            with pytest.raises(SystemExit) as caught:
+                unip_main(["space", "create", str(model), str(out), *extra])
+            assert caught.value.code == 2
+            err = capsys.readouterr().err
+            assert "the model folder" in err and "outside the model folder" in err and "Traceback" not in err
+            assert _bytes_of(model) == before
+    assert not (model / "demo").exists() and not (space / "app.py").exists()
+
+
+def test_space_create_overwrite_keeps_its_own_examples(tmp_path, tiny_model):
+    """`--overwrite` with an example that already lies in OUT_DIR/examples (copying a file onto itself raised)."""
+    example = data_path("sirst", "images", "Misc_1.png")
+    space = create_space(str(tiny_model), tmp_path / "space", examples=[str(example)])
+    again = create_space(str(tiny_model), space, examples=[str(space / "examples" / "Misc_1.png")], overwrite=True)
+    assert json.loads((again / "space_config.json").read_text())["examples"] == ["examples/Misc_1.png"]
+    assert (space / "examples" / "Misc_1.png").read_bytes() == example.read_bytes()
+
+
+def test_app_refuses_a_huge_image_from_its_header_and_answers_errors_readably(tmp_path, tiny_model):
+    """Issue 24 item 16: a 61 KB PNG of 9000x7000 zeros held the small-target Space for more than 8 minutes at 3.1 GB.
+    The app now refuses an image above its pixel limit (`space_config.json` `max_pixels`, default 2 megapixels) from
+    the header, before decoding a pixel, and every error reaches the user as a message naming the file (`answer`
+    raises `gr.Error`, not gradio's bare "Error")."""
+    gr = pytest.importorskip("gradio")
+    space = create_space(str(tiny_model), tmp_path / "space")
+    assert json.loads((space / "space_config.json").read_text())["max_pixels"] == 2_000_000
+    app = _load_app(space)
+    bomb = tmp_path / "zeros.png"
+    Image.new("L", (9000, 7000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(gr.Error, match=r"zeros.png: 9000x7000 pixels \(63.0 megapixels\) is more than this Space "
+                                       r"processes \(2 megapixels\)"):
+        app.answer(str(bomb), 0.5)
+    with pytest.raises(ValueError, match="9000x7000"):
+        app.check_size(str(bomb))  # the header alone decides
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    with pytest.raises(gr.Error, match="broken.png: not an image this Space can read"):
+        app.answer(str(broken), 0.5)
+    onebit = tmp_path / "mask.png"
+    Image.new("1", (40, 30)).save(onebit)
+    with pytest.raises(gr.Error, match="1-bit image looks like a mask"):
+        app.answer(str(onebit), 0.5)
+    # an image within the limit still works, and a Space written with a smaller limit refuses it
+    image = _sixteen_bit(tmp_path / "hot16.png")
+    assert app.answer(str(image), 0.5)[1].size == (40, 30)
+    small = _load_app(create_space(str(tiny_model), tmp_path / "small", max_megapixels=0.001))
+    with pytest.raises(gr.Error, match="40x30 pixels .* more than this Space processes \\(0.001 megapixels\\)"):
+        small.answer(str(image), 0.5)
+
+
+def test_space_create_refuses_a_backbone_without_a_segmentation_head(tmp_path, capsys):
+    """Issue 24 item 11's pattern next door: a Space for a backbone-only folder (UnipViTModel) would show a random
+    head's predictions; it is refused, naming the backbone."""
+    config = unip_hf.UnipConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2)
+    unip_hf.UnipViTModel(config).save_pretrained(tmp_path / "backbone")
+    unip_hf.UnipImageProcessor().save_pretrained(tmp_path / "backbone")
+    with pytest.raises(SystemExit) as caught:
+        unip_main(["space", "create", str(tmp_path / "backbone"), str(tmp_path / "space")])
+    assert caught.value.code == 2 and "without a segmentation head" in capsys.readouterr().err
+    assert not (tmp_path / "space").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,6 @@ from torch import nn
 from accelerate import Accelerator
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForSemanticSegmentation
 
 from .argument_checks import check_choice, check_range
 from .data import segmentation_metadata
@@ -47,7 +47,16 @@ from .metrics import (
 )
 from .metrics.irstd.pd_fa_curve import DEFAULT_THRESHOLDS, PdFaCurveAccumulator
 from .recipe_arguments import EvaluationArguments
-from .segmentation_saving import benchmark_result, card_for, make_processor, push_saved_model, write_pd_fa_plot
+from .segmentation_saving import (
+    MissingTaskHeadError,
+    benchmark_result,
+    card_for,
+    load_segmentation_model,
+    make_processor,
+    push_saved_model,
+    task_head_problem,
+    write_pd_fa_plot,
+)
 from .training import parse_recipe_args
 
 
@@ -282,6 +291,9 @@ def check_evaluation_args(args: EvaluationArguments) -> None:
         raise ValueError("--data_dir is required")
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data_dir {args.data_dir!r} is not a folder")
+    problem = task_head_problem(args.model_name_or_path)
+    if problem:
+        raise ValueError(f"--model_name_or_path {problem}")
 
 
 def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
@@ -297,8 +309,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     """
     check_evaluation_args(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path,
-                                                             trust_remote_code=args.trust_remote_code)
+    model = load_segmentation_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model.to(accelerator.device).eval()
     split = resolve_eval_split(args.dataset, args.data_dir, args.split)
     with accelerator.main_process_first():
@@ -360,7 +371,11 @@ def evaluate_from_arguments(arguments: tuple) -> int:
     """Run the evaluation on parsed and checked `(EvaluationArguments,)` (what `recipes/eval_segmentation.py` and
     `unip evaluate` run); returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_evaluation(*arguments)
+    try:
+        run_evaluation(*arguments)
+    except MissingTaskHeadError as err:  # found when the weights load (a Hub id, a config without architectures)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

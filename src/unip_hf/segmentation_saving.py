@@ -1,15 +1,19 @@
 """What a fine-tuned or evaluated UNIP segmentation model (Zhang et al., ICLR 2025) is saved and pushed with: its
 `UnipImageProcessor` (`make_processor`: the evaluation protocol), the evaluation as a `hub.BenchmarkResult`
 (`benchmark_result`), `eval_results.json`, the model card (`card_for`), `save_segmentation_model` and
-`push_saved_model`.
+`push_saved_model`; and the way back: `load_segmentation_model`, which refuses a folder without its task head (a
+backbone saved as `UnipViTModel` would otherwise get a random head and random predictions).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from transformers import AutoModelForSemanticSegmentation
 
 from .finetuning_data import _protocol_processor
 from .metrics.irstd.pd_fa_curve import save_pd_fa_plot
@@ -27,6 +31,56 @@ BEST_MODEL_DIR = "best_model"
 
 
 logger = logging.getLogger(__name__)
+
+
+class MissingTaskHeadError(ValueError):
+    """A model folder (or Hub id) that holds no trained segmentation head: predicting or evaluating with it would run
+    randomly initialised layers."""
+
+
+def task_head_problem(model_name_or_path: str) -> str | None:
+    """Why a saved model cannot segment, read from its `config.json` alone (no weights loaded), or `None`.
+
+    A local folder whose `architectures` names no segmentation class (e.g. `UnipViTModel`, the backbone that
+    `unip convert` and pre-training write) has no decode head. Hub ids and folders without `architectures` are
+    checked when the weights load (`load_segmentation_model`)."""
+    path = os.path.join(model_name_or_path, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            architectures = json.load(handle).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None  # an unreadable config is reported by from_pretrained, with its own message
+    if not architectures or any(str(name).endswith("Segmentation") for name in architectures):
+        return None
+    return (f"{model_name_or_path} holds a backbone ({', '.join(map(str, architectures))}) without a segmentation "
+            "head: its neck and decode head (LL-FPN + UPerNet) would be randomly initialised and its predictions "
+            f"meaningless. Fine-tune it first (unip finetune --model_name_or_path {model_name_or_path} ...) and give "
+            "the folder that run writes")
+
+
+def load_segmentation_model(model_name_or_path: str, trust_remote_code: bool = False, **kwargs):
+    """`AutoModelForSemanticSegmentation.from_pretrained`, refusing a checkpoint without its task head.
+
+    Raises:
+        MissingTaskHeadError: the config names a backbone class (`task_head_problem`, before any weight loads), or
+            weights of the segmentation model are missing from the checkpoint (they would be random); the message
+            names the model and the missing parts.
+    """
+    problem = task_head_problem(model_name_or_path)
+    if problem:
+        raise MissingTaskHeadError(problem)
+    model, info = AutoModelForSemanticSegmentation.from_pretrained(
+        model_name_or_path, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
+    missing = [key for key in info.get("missing_keys", ()) if not key.endswith("num_batches_tracked")]
+    if missing:
+        parts = sorted({key.split(".")[0] for key in missing})
+        raise MissingTaskHeadError(
+            f"{model_name_or_path} lacks {len(missing)} weight tensor(s) of its segmentation model "
+            f"({', '.join(parts)}; e.g. {missing[0]}): they would be randomly initialised and the predictions meaningless. Give a folder "
+            "written by unip finetune (or a backbone to fine-tune with unip finetune --model_name_or_path)")
+    return model
 
 
 def make_processor(config, img_scale: tuple[int, int] | None = None):

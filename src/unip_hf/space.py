@@ -29,9 +29,12 @@ from transformers import AutoConfig
 from .demo import _palette
 from .hub import list_upload_files, missing_remote_code, push_to_hub
 from .image_processing_unip import load_infrared_image
+from .segmentation_saving import task_head_problem
 
 __all__: list[str] = []  # the command is registered by unip_hf.commands
 
+#: The largest image the app processes by default (millions of pixels; `space_config.json` `max_pixels`).
+DEFAULT_MAX_MEGAPIXELS = 2.0
 #: The Gradio version the app is written and tested against (the Space's `sdk_version`, pinned in requirements).
 GRADIO_VERSION = "6.31.0"
 TEMPLATE = Path(__file__).with_name("space_template") / "app.py"
@@ -97,7 +100,8 @@ def _copy_examples(examples: Sequence[str], folder: Path) -> list[str]:
         while name in names:
             name, index = f"{source.stem}_{index}{source.suffix}", index + 1
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, folder / name)
+        if not (folder / name).exists() or not (folder / name).samefile(source):  # --overwrite with its own examples
+            shutil.copyfile(source, folder / name)
         names.append(name)
     return [f"examples/{name}" for name in names]
 
@@ -121,9 +125,16 @@ def _space_readme(title: str, hub_id: str | None, license: str, emoji: str, desc
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies below it, links resolved."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = None,
                  examples: Sequence[str] = (), task: str = "auto", emoji: str = "🔥",
-                 license: str = "apache-2.0", overwrite: bool = False) -> Path:
+                 license: str = "apache-2.0", overwrite: bool = False,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Path:
     """Write a Gradio Space folder for a UNIP segmentation model.
 
     Args:
@@ -135,13 +146,29 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
             `"semantic"`, or `"auto"` (the config's `task`, else `"irstd"` for two classes).
         emoji (`str`, *optional*): The Space's emoji.
         license (`str`, *optional*, defaults to `"apache-2.0"`): The Space's licence.
-        overwrite (`bool`, *optional*, defaults to `False`): Write into a non-empty `out_dir`.
+        overwrite (`bool`, *optional*, defaults to `False`): Write into a non-empty `out_dir` (never one that is,
+            holds or lies inside the model folder).
+        max_megapixels (`float`, *optional*, defaults to 2): The largest image the app processes (width x height,
+            in millions of pixels), checked from the file's header before decoding; larger uploads get a message.
 
     Returns:
         `Path`: the Space folder.
+
+    Raises:
+        ValueError: `out_dir` is, holds or lies inside the model folder (the Space's `README.md` would replace the
+            model card, `--overwrite` would delete the model it copies); a `max_megapixels` that is not positive.
+        FileExistsError: a non-empty `out_dir` without `overwrite`.
     """
+    if not max_megapixels > 0:
+        raise ValueError(f"--max_megapixels must be > 0, got {max_megapixels!r}")
     local, hub_id = _resolve_model(model)
     out = Path(out_dir)
+    if local is not None and (_inside(out, local) or _inside(local, out)):
+        relation = "is" if out.resolve() == local.resolve() else "lies inside" if _inside(out, local) else "holds"
+        raise ValueError(
+            f"OUT_DIR {out} {relation} the model folder {local}: writing the Space there would replace the model's "
+            "files (its README.md model card) or, with --overwrite, delete the model it copies into OUT_DIR/model. "
+            "Choose an OUT_DIR outside the model folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"OUT_DIR {out} is not empty; choose another folder or pass --overwrite")
     if local is not None:
@@ -150,6 +177,9 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
             raise FileNotFoundError(
                 f"{local} lacks the remote code files {missing}, which the Space needs to load the model without "
                 "unip_hf; save it again with save_pretrained")
+        problem = task_head_problem(str(local))
+        if problem:  # the Space would show a random head's predictions
+            raise ValueError(f"MODEL_DIR {problem}")
         if not (local / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"{local} has no preprocessor_config.json; save the UnipImageProcessor with it")
     try:  # the UNIP config class is registered with AutoConfig by importing this package
@@ -178,6 +208,7 @@ def create_space(model: str, out_dir: str | os.PathLike, *, title: str | None = 
         "id2label": {str(k): v for k, v in id2label.items()},
         "palette": palette,
         "examples": _copy_examples(examples, out / "examples"),
+        "max_pixels": int(round(max_megapixels * 1e6)),
     }
     if settings["task"] not in ("semantic", "irstd"):
         raise ValueError(f"--task must be auto, semantic or irstd, got {task!r}")
@@ -205,9 +236,22 @@ def push_space(folder: str | os.PathLike, repo_id: str, *, private: bool | None 
                                                                                      "flagged/**", ".gradio/**"])
 
 
+def _usage_error(args: argparse.Namespace, error: Exception) -> int:
+    """A refused `unip space` command: argparse's `error:` line on stderr, exit status 2, no traceback."""
+    parser = getattr(args, "command_parser", None)
+    if parser is not None:
+        parser.error(str(error))
+    print(f"error: {error}")
+    return 2
+
+
 def command_space_create(args: argparse.Namespace) -> int:
-    out = create_space(args.model, args.out_dir, title=args.title, examples=args.examples or (), task=args.task,
-                       license=args.license, overwrite=args.overwrite)
+    try:
+        out = create_space(args.model, args.out_dir, title=args.title, examples=args.examples or (), task=args.task,
+                           license=args.license, overwrite=args.overwrite,
+                           max_megapixels=getattr(args, "max_megapixels", DEFAULT_MAX_MEGAPIXELS))
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as error:
+        return _usage_error(args, error)
     print(f"Space written to {out}; try it with `cd {out} && python app.py`, publish it with "
           f"`unip space push {out} user/space-name`")
     return 0

@@ -33,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "them: 'data/**/*.png'); any depth or mode (8/16-bit, float, gray, colour, palette). Writes "
                     "<name>_mask.png (class ids) and <name>_overlay.png per image into --out; for a binary "
                     "(2-class, e.g. small-target) model also targets.csv (one row per 8-connected target: image, "
-                    "target id, centroid x/y, area, bounding box, max score). Unreadable files are named, skipped "
-                    "and counted.",
+                    "target id, centroid x/y, area, bounding box, max score). Unreadable files, images the processor "
+                    "refuses (NaN/inf, 1-bit), float images outside [0, 1] without --intensity_range and images too "
+                    "small for the model are named, skipped and counted. --out must not be or hold an input (refused "
+                    "before anything loads); an --out inside an input folder is never searched.",
     )
     parser.add_argument("model", metavar="MODEL", help="a saved segmentation model folder or Hub id")
     parser.add_argument("images", metavar="IMAGES", nargs="+", help="image files, folders or glob patterns")
@@ -42,11 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=_probability, default=0.5,
                         help="binary models: target probability above which a pixel is a target")
     parser.add_argument("--radiometric", choices=RADIOMETRIC_CHOICES, default=None,
-                        help="radiometric FLIR JPEGs: raw counts, celsius or the preview (default: the decoder's)")
+                        help="radiometric FLIR JPEGs: raw counts, celsius (needs --intensity_range) or the preview "
+                             "(default: the saved processor's, else the decoder's)")
+    parser.add_argument(*flags("intensity_range"), nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                        help="float values mapped to 0 and 1 (e.g. -20 120 for degrees Celsius): needed by "
+                             "--radiometric celsius and float images outside [0, 1] (default: the saved processor's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(*flags("trust_remote_code"), action="store_true", help="allow remote code when loading MODEL")
     parser.add_argument(*flags("no_progress"), action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=_run_predict)
+    parser.set_defaults(func=_run_predict, command_parser=parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:

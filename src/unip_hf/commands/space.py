@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_command, load
+from . import add_command, flags, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--task", default="auto", choices=("auto", "semantic", "irstd"),
                         help="irstd shows the target list and a threshold (auto: two classes = irstd)")
     create.add_argument("--license", default="apache-2.0", help="the Space's licence")
-    create.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
-    create.set_defaults(func=_run_space_create)
+    create.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT_DIR (never one that is, holds or lies inside MODEL_DIR)")
+    create.add_argument(*flags("max_megapixels"), type=float, default=2.0,
+                        help="the largest image the app processes (width x height, millions of pixels), checked from "
+                             "the file header before decoding")
+    create.set_defaults(func=_run_space_create, command_parser=create)
     push = add_command(commands, "push", help="create the Space repo and upload the folder")
     push.add_argument("folder", metavar="OUT_DIR", help="a folder written by `unip space create`")
     push.add_argument("space_id", metavar="user/space-name")

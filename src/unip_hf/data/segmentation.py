@@ -311,7 +311,8 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
                 f"{path}: mask values {bad} are outside the {len(spec.class_names)} classes of {spec.name} "
                 f"(allowed: 0..{len(spec.class_names) - 1} and ignore {spec.ignore_index})"
             )
-        return out.astype(np.uint8)
+        # stored as an 8-bit PNG up to 256 classes, 16-bit past that (an 8-bit cast would turn id 299 into 43)
+        return out.astype(np.uint8 if len(spec.class_names) <= 256 else np.uint16)
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         pairs = self._pairs(self._root(), split)

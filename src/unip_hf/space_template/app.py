@@ -5,6 +5,11 @@ otherwise (the saved model folder carries the UNIP code). Uploads go through `gr
 the processor with their 16 bits (a `gr.Image` input would convert them to 8-bit RGB). `space_config.json` next to this
 file names the model (a folder relative to it, or a Hub id), the title, the task ("irstd": small targets, with a
 threshold and the target list) and the class names and colours.
+
+Limits (so that one upload cannot hold the Space for everyone): an image of more than `max_pixels` pixels
+(`space_config.json`, default `DEFAULT_MAX_PIXELS`, 2 megapixels) is refused from its header, before its pixels are
+decoded (a 61 KB PNG can declare 9000x7000 pixels), and uploads above `MAX_FILE_SIZE` are refused by the server. Every
+error reaches the user as a message naming the file and what is wrong (`answer`), never as a bare "Error".
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ CONFIG = json.loads((HERE / "space_config.json").read_text(encoding="utf-8"))
 VIVID = ((255, 40, 40), (255, 210, 0), (0, 200, 255), (120, 255, 60), (255, 0, 200))
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 ALPHA = 0.5
+#: Largest image (width x height) the app decodes unless `space_config.json` says otherwise: 2 megapixels, e.g.
+#: 1600x1200 or a 1280x1024 thermal frame. Small-target models run at the image's full resolution, so the cost of a
+#: request grows with its pixels.
+DEFAULT_MAX_PIXELS = 2_000_000
+MAX_PIXELS = int(CONFIG.get("max_pixels") or DEFAULT_MAX_PIXELS)
+#: Largest upload the server accepts.
+MAX_FILE_SIZE = "50mb"
 _LOADED: dict = {}
 
 
@@ -64,8 +76,28 @@ def class_colours(count: int) -> list[tuple[int, int, int]]:
     return colours
 
 
+def check_size(path: str) -> tuple[int, int]:
+    """`(width, height)` of an image file from its header (no pixel decoded); `ValueError` with a readable reason
+    for a file that is not an image or has more than `MAX_PIXELS` pixels."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as opened:  # lazy: reads the header only
+            width, height = opened.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"{name}: declares far more pixels than any image this Space processes "
+                         f"(at most {MAX_PIXELS / 1e6:g} megapixels); crop or downscale it") from None
+    except Exception as error:  # noqa: BLE001 - whatever PIL raises, the user learns the file is not an image
+        raise ValueError(f"{name}: not an image this Space can read ({type(error).__name__}: {error})") from None
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is more than "
+                         f"this Space processes ({MAX_PIXELS / 1e6:g} megapixels); crop or downscale it, or run "
+                         "the model locally")
+    return width, height
+
+
 def read_image(path: str, processor) -> Image.Image:
     """The upload as the processor reads files: mode and bit depth kept (16-bit stays `I;16`)."""
+    check_size(path)
     loader = getattr(sys.modules[type(processor).__module__], "load_infrared_image", None)
     if loader is not None:
         return loader(path)
@@ -160,6 +192,23 @@ def predict(path, threshold: float = 0.5):
     return intensity, overlay(gray, prediction, colours, targets), legend_html(names, colours, shares), rows, targets
 
 
+def answer(path, threshold: float = 0.5):
+    """`predict` for the web page: any failure becomes a message the user can read (`gr.Error`, or `ValueError` where
+    gradio is absent), naming the file and the reason."""
+    try:
+        return predict(path, threshold)
+    except Exception as error:  # noqa: BLE001 - shown to the user instead of gradio's bare "Error"
+        message = str(error) or type(error).__name__
+        if not isinstance(error, ValueError):
+            name = Path(str(getattr(path, "name", path) or "")).name
+            message = f"{name}: the model could not process this image ({type(error).__name__}: {message})"
+        try:
+            import gradio as gr
+        except ImportError:
+            raise ValueError(message) from error
+        raise gr.Error(message) from error
+
+
 def build_demo():
     import gradio as gr  # only here: the app's helpers (and their tests) run without gradio installed
 
@@ -167,7 +216,8 @@ def build_demo():
     examples = [str(HERE / name) for name in CONFIG.get("examples") or [] if (HERE / name).is_file()]
     with gr.Blocks(title=CONFIG.get("title", "UNIP")) as demo:
         gr.Markdown(f"# {CONFIG.get('title', 'UNIP')}\n\n{CONFIG.get('description', '')} 8- and 16-bit PNG/TIFF, "
-                    "gray, RGB or palette images are accepted (16 bits are kept). Runs on CPU.")
+                    "gray, RGB or palette images are accepted (16 bits are kept), up to "
+                    f"{MAX_PIXELS / 1e6:g} megapixels. Runs on CPU.")
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="Infrared image", type="filepath", elem_id="unip-upload",
@@ -187,13 +237,14 @@ def build_demo():
         targets = gr.Dataframe(headers=["#", "x", "y", "area", "score"], label="Targets (8-connected components)",
                                interactive=False, visible=small_targets, elem_id="unip-targets")
         outputs = [seen, shown, legend, shares, targets]
-        run.click(predict, inputs=[upload, threshold], outputs=outputs)
-        upload.upload(predict, inputs=[upload, threshold], outputs=outputs)
-        threshold.release(predict, inputs=[upload, threshold], outputs=outputs)
+        run.click(answer, inputs=[upload, threshold], outputs=outputs)
+        upload.upload(answer, inputs=[upload, threshold], outputs=outputs)
+        threshold.release(answer, inputs=[upload, threshold], outputs=outputs)
+    demo.queue(max_size=32)  # requests wait their turn (each bounded by MAX_PIXELS) instead of piling up
     return demo
 
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     load()
-    build_demo().launch()
+    build_demo().launch(max_file_size=MAX_FILE_SIZE)
