@@ -92,8 +92,9 @@ def bench_model(kind: str, args: argparse.Namespace, threads: int, tmp: str, ort
     model_dir, onnx_path = os.path.join(tmp, kind), os.path.join(tmp, f"{kind}.onnx")
     save_model(model_dir, args.size, kind)
     export_onnx(model_dir, onnx_path, dynamic=not args.static)
+    shape = "static" if args.static else "dynamic"
     print(f"\ntorch {torch.__version__}, onnxruntime {ort_version}, {threads} threads; batch {args.batch}, "
-          f"{args.size}x{args.size}, fp32 inference, {NUM_LABELS} classes, {'static' if args.static else 'dynamic'} graph")
+          f"{args.size}x{args.size}, fp32 inference, {NUM_LABELS} classes, {shape} graph")
     workloads = {"pytorch": torch_workload(model_dir, args.size, args.batch, threads, kind),
                  "onnxruntime": onnx_workload(onnx_path, args.size, args.batch, threads)}
     outputs = {name: fn() for name, fn in workloads.items()}

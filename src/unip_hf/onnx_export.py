@@ -9,7 +9,8 @@ example size into the graph, which silently gives wrong numbers at other sizes).
 with onnxruntime on images preprocessed by the model's saved `UnipImageProcessor`, and the processor settings are
 written next to it (`OUT.preprocessor.json`, with the steps in plain words) so that the graph can be fed without
 Python. Both files are written under temporary names and moved into place together only once the check passes.
-Batch, height and width are dynamic by default: the saved processor keeps each image's aspect ratio. `unip export onnx --check OUT.onnx IMAGE` runs one image through onnxruntime and draws the overlay.
+Batch, height and width are dynamic by default: the saved processor keeps each image's aspect ratio. `unip export onnx
+--check OUT.onnx IMAGE` runs one image through onnxruntime and draws the overlay.
 
 onnx, onnxruntime and onnxscript are the optional extra `pip install 'unip-hf[onnx]'`; they are imported only here,
 when a command needs them.
@@ -32,12 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import AutoConfig
 
+from . import register_auto_classes
 from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
 from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
 from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from .segmentation_saving import make_processor
 
 __all__ = ["check_onnx", "export_onnx"]  # the README documents these; the rest stays importable
 
@@ -335,14 +339,9 @@ def load_exportable(model_dir: str) -> tuple[nn.Module, Any]:
         ValueError: `model_dir` is a file, or holds another kind of model (a backbone, ...): the message names the
             kinds that export.
     """
-    import unip_hf
-    from transformers import AutoConfig
-
-    from .segmentation_saving import make_processor
-
     if os.path.isfile(model_dir):
         raise ValueError(f"MODEL_DIR {model_dir} is a file; give the folder of a saved segmentation model")
-    unip_hf.register_auto_classes()
+    register_auto_classes()
     config = AutoConfig.from_pretrained(model_dir)
     architectures = list(getattr(config, "architectures", None) or [])
     found = [EXPORTABLE_MODELS[name] for name in architectures if name in EXPORTABLE_MODELS]
@@ -422,7 +421,8 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
     output_path = Path(output)
     written = settings_path(output_path)
     if output_path.is_dir() or written.is_dir():
-        raise ValueError(f"{output_path if output_path.is_dir() else written} is a folder; give the .onnx file to write")
+        folder = output_path if output_path.is_dir() else written
+        raise ValueError(f"{folder} is a folder; give the .onnx file to write")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     # temporary names in the output folder (the final moves stay on one file system), unique to this process
     partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")

@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          description="Export a UNIP model for deployment.")
     formats = export.add_subparsers(dest="export_command", metavar="ACTION", required=True)
     parser = add_command(
-        formats, "onnx", help="a UNIP segmentation model (UnipForSemanticSegmentation or "
-                              "UnipForSmallTargetSegmentation) as ONNX, checked with onnxruntime (needs the [onnx] extra)",
+        formats, "onnx",
+        help="a UNIP segmentation model (UnipForSemanticSegmentation or UnipForSmallTargetSegmentation) as ONNX, "
+             "checked with onnxruntime (needs the [onnx] extra)",
         description="unip export onnx MODEL_DIR OUT.onnx [--opset N] [--static] [--images IMG...]: export (dynamic "
                     "batch, height and width unless --static), check the logits against PyTorch with onnxruntime "
                     "(max abs difference < --tolerance), then write OUT.onnx and OUT.preprocessor.json together (a "
