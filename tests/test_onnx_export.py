@@ -1,10 +1,14 @@
 """`unip export onnx` (UNIP, Zhang et al., ICLR 2025): a tiny UnipForSemanticSegmentation exported with dynamic batch,
-height and width matches PyTorch under onnxruntime at several sizes; the command writes the graph and the
-preprocessing settings; `--check` draws the overlay; the portable adaptive pooling equals PyTorch's; a graph that
-disagrees with PyTorch is refused; the TorchScript fallback; a clear message when the `[onnx]` extra is missing."""
+height and width (the default) matches PyTorch under onnxruntime at several sizes, and so does a tiny
+UnipForSmallTargetSegmentation on real SIRST images of three sizes; `--static` opts out; the command writes the graph
+and the preprocessing settings together, only after the check; `--check` draws the overlay and refuses settings of
+another class count; the portable adaptive pooling equals PyTorch's; a graph that disagrees with PyTorch is refused
+and replaces nothing; unsupported opsets are usage errors; no torchvision notices; the TorchScript fallback; a clear
+message when the `[onnx]` extra is missing."""
 
 import builtins
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,20 +17,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, data_path
 from PIL import Image
 from torch import nn
 
-from unip_hf import UnipConfig, UnipForSemanticSegmentation, UnipImageProcessor
+from unip_hf import (
+    UnipConfig,
+    UnipForSemanticSegmentation,
+    UnipForSmallTargetSegmentation,
+    UnipImageProcessor,
+    UnipSmallTargetConfig,
+)
 from unip_hf.cli import build_parser, main
+from unip_hf.modeling_unip import _rounded_ratio
 from unip_hf.onnx_export import (
+    REGISTRY_LOGGER,
     PortableAdaptiveAvgPool2d,
+    _NoTorchvisionNotice,
     check_onnx,
     export_onnx,
     load_onnx_settings,
     require_onnx,
     settings_path,
 )
+from unip_hf.segmentation_saving import make_processor
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ID2LABEL = {0: "background", 1: "target"}
@@ -61,6 +75,28 @@ def save_tiny_model(directory, seed=0, position_embedding_type="sincos"):
     return model
 
 
+#: Real SIRST images of three sizes and modes (320x240 gray, 249x249 RGB, 273x177 RGB): the small-target model's
+#: saved processor keeps their size (padding to the patch size), so the graph meets three input sizes.
+SIRST_IMAGES = ("sirst/images/Misc_1.png", "sirst/images/Misc_13.png", "sirst/images/Misc_125.png")
+
+
+def save_tiny_small_target_model(directory, seed=0):
+    config = UnipSmallTargetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   patch_size=8, image_size=32, id2label=ID2LABEL,
+                                   label2id={v: k for k, v in ID2LABEL.items()})
+    torch.manual_seed(seed)
+    model = UnipForSmallTargetSegmentation(config).eval()
+    with torch.no_grad():  # batch-norm statistics and a classifier that make the logits depend on the input
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        model.classifier.weight.mul_(300.0)
+    model.save_pretrained(directory)
+    make_processor(config).save_pretrained(directory)  # what fine-tuning saves: images kept at their size, padded
+    return model
+
+
 def real_images():
     paths = [DATA_DIR / name for name in REAL_IMAGES]
     return [str(path) for path in paths if path.is_file()]
@@ -73,9 +109,21 @@ def exported(tmp_path_factory):
     model = save_tiny_model(root / "model")
     out = root / "export" / "tiny.onnx"
     images = real_images()
-    argv = ["export", "onnx", str(root / "model"), str(out), "--dynamic"] + (["--images", *images] if images else [])
+    # no --dynamic: dynamic batch, height and width are the default
+    argv = ["export", "onnx", str(root / "model"), str(out)] + (["--images", *images] if images else [])
     assert main(argv) == 0
     return model, root / "model", out
+
+
+@pytest.fixture(scope="module")
+def exported_small_target(tmp_path_factory):
+    needs_onnx()
+    images = [str(data_path(name)) for name in SIRST_IMAGES]
+    root = tmp_path_factory.mktemp("onnx_small_target")
+    model = save_tiny_small_target_model(root / "model")
+    out = root / "export" / "small_target.onnx"
+    assert main(["export", "onnx", str(root / "model"), str(out), "--images", *images]) == 0
+    return model, root / "model", out, images
 
 
 def test_export_is_a_cli_command():
@@ -84,7 +132,9 @@ def test_export_is_a_cli_command():
         "export", "onnx", "model_dir", "out.onnx", True, 18, False)
     args = build_parser().parse_args(["export", "onnx", "--check", "out.onnx", "image.png", "--out", "o.png"])
     assert args.check and (args.source, args.target, args.out) == ("out.onnx", "image.png", "o.png")
-    assert build_parser().parse_args(["export", "onnx", "m", "o.onnx"]).opset == 20
+    args = build_parser().parse_args(["export", "onnx", "m", "o.onnx"])
+    assert args.opset == 20 and not args.static
+    assert build_parser().parse_args(["export", "onnx", "m", "o.onnx", "--static"]).static
     assert settings_path("dir/model.onnx").as_posix() == "dir/model.preprocessor.json"
 
 
@@ -184,7 +234,156 @@ def test_graph_that_disagrees_with_pytorch_is_refused(exported, tmp_path, monkey
     monkeypatch.setattr(onnx_export, "_export_graph", copy_graph)
     with pytest.raises(RuntimeError, match="differ from PyTorch's by .* above the tolerance 0.001"):
         export_onnx(str(tmp_path / "other"), str(tmp_path / "bad.onnx"), dynamic=True)
-    assert not settings_path(tmp_path / "bad.onnx").exists()
+    assert not settings_path(tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.onnx").exists()
+    assert (tmp_path / "bad.refused.onnx").is_file()
+
+
+def test_refused_graph_replaces_nothing(exported, tmp_path, monkeypatch, capsys):
+    """Issue 24 item 4: a graph that fails its check leaves the earlier good graph and its settings as they were
+    (the old code wrote the graph first, so the refused one replaced the good one beside the old settings), keeps
+    the refused graph under another name and leaves no temporary file; the command says so with status 1."""
+    import unip_hf.onnx_export as onnx_export
+
+    _, model_dir, out = exported
+    good, good_settings = tmp_path / "model.onnx", settings_path(tmp_path / "model.onnx")
+    good.write_bytes(out.read_bytes())
+    good_settings.write_text(settings_path(out).read_text())
+    before = (good.read_bytes(), good_settings.read_text())
+    save_tiny_model(tmp_path / "other", seed=1)
+
+    def copy_graph(wrapper, example, output, opset, dynamic):  # a graph of another model (seed 0) for seed 1
+        output.write_bytes(out.read_bytes())
+        return "dynamo"
+
+    monkeypatch.setattr(onnx_export, "_export_graph", copy_graph)
+    assert main(["export", "onnx", str(tmp_path / "other"), str(good)]) == 1
+    err = capsys.readouterr().err
+    assert "above the tolerance" in err and "Traceback" not in err
+    assert (good.read_bytes(), good_settings.read_text()) == before
+    assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()) == [
+        "model.onnx", "model.preprocessor.json", "model.refused.onnx"]
+
+
+def test_check_refuses_settings_of_another_class_count(exported, tmp_path, capsys):
+    """Issue 24 item 4: `--check` of a 2-class graph with a 3-class settings file is refused, naming both files (the
+    old code reported class shares read with the wrong labels, exit status 0)."""
+    _, _, out = exported
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(out.read_bytes())
+    settings = json.loads(settings_path(out).read_text())
+    settings["id2label"] = {"0": "background", "1": "target", "2": "other"}
+    settings["output"].pop("classes", None)  # as an older settings file: the count comes from id2label
+    settings_path(graph).write_text(json.dumps(settings))
+    image = str(tmp_path / "scene.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56), dtype=np.uint8)).save(image)
+    with pytest.raises(ValueError, match=r"gives 2 classes but its settings .*model.preprocessor.json describe 3"):
+        check_onnx(str(graph), image, out=str(tmp_path / "o.png"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "onnx", "--check", str(graph), image, "--out", str(tmp_path / "o.png")])
+    assert exit_info.value.code == 2
+    assert "belongs to another export" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_small_target_model_exports_and_matches_pytorch_on_sirst(exported_small_target):
+    """Issue 20 item 4: UnipForSmallTargetSegmentation exports (the old code refused it) with dynamic batch, height
+    and width, checked against PyTorch on three real SIRST images at their own three sizes, batch 1 and 2."""
+    import onnxruntime
+
+    model, _, out, images = exported_small_target
+    settings = json.loads(settings_path(out).read_text())
+    assert settings["model_class"] == "UnipForSmallTargetSegmentation"
+    assert settings["input"]["dynamic"] and settings["input"]["multiple_of"] == 1
+    assert settings["output"]["classes"] == 2
+    checks = settings["export"]["checks"]
+    assert [check["image"] for check in checks] == [image for image in images for _ in (1, 2)]
+    assert {tuple(check["input_shape"]) for check in checks} == {
+        (1, 3, 240, 320), (2, 3, 240, 320), (1, 3, 256, 256), (2, 3, 256, 256), (1, 3, 184, 280), (2, 3, 184, 280)}
+    assert all(check["logits_shape"] == check["input_shape"][:1] + [2] + check["input_shape"][2:] for check in checks)
+    assert all(check["max_abs_logit_diff"] < 1e-3 for check in checks)
+    assert "at the size fed to the graph" in " ".join(settings["steps"])
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    for shape in ((1, 3, 37, 53), (2, 3, 17, 90)):  # sizes off the patch grid: the graph pads inside, as the model
+        pixels = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            expected = model(pixel_values=pixels).logits.numpy()
+        got = session.run(None, {"pixel_values": pixels.numpy()})[0]
+        assert got.shape == expected.shape == (shape[0], 2, *shape[2:])
+        assert np.abs(got - expected).max() < 1e-3 and np.abs(expected).max() > 0.1
+
+
+def test_check_runs_the_small_target_graph(exported_small_target, tmp_path, capsys):
+    """Issue 20 item 4: `--check` runs a small-target graph on a SIRST image; its prediction is PyTorch's."""
+    model, model_dir, out, images = exported_small_target
+    assert main(["export", "onnx", "--check", str(out), images[2], "--out", str(tmp_path / "o.png")]) == 0
+    assert "pixel shares: background" in capsys.readouterr().out
+    result = check_onnx(str(out), images[2], out=str(tmp_path / "again.png"))
+    width, height = Image.open(images[2]).size
+    processor = UnipImageProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        outputs = model(**processor(images[2], return_tensors="pt"))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0].numpy()
+    assert result.prediction.shape == (height, width)
+    assert (result.prediction == expected).mean() > 0.999
+    assert 0 < result.shares["target"] < 1  # the comparison is not between two constant maps
+
+
+def test_static_export_is_the_opt_out_and_logs_no_torchvision_notice(tmp_path):
+    """Issue 20 item 4: `--static` gives the old fixed 1x3xHxW graph (and settings that resize to it). Issue 22 item 6:
+    the export logs none of torch's four "torchvision is not installed" warnings (the old code did, every export)."""
+    needs_onnx()
+    import onnxruntime
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    registry_logger = logging.getLogger(REGISTRY_LOGGER)
+    registry_logger.addHandler(handler)
+    try:
+        save_tiny_model(tmp_path / "model")
+        assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "static.onnx"), "--static"]) == 0
+    finally:
+        registry_logger.removeHandler(handler)
+    assert not [record for record in records if "torchvision" in record.getMessage()]
+    session = onnxruntime.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+    settings = json.loads(settings_path(tmp_path / "static.onnx").read_text())
+    assert settings["input"]["dynamic"] is False and settings["input"]["fixed_size"] == [32, 32]
+
+
+def test_torchvision_filter_drops_only_that_notice():
+    """Issue 22 item 6: the filter is precise: other records of torch's ONNX registry still pass."""
+    def record(message, name=REGISTRY_LOGGER):
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, message, ("torchvision::nms",), None)
+
+    notice = _NoTorchvisionNotice()
+    assert not notice.filter(record("torchvision is not installed. Skipping %s"))
+    assert notice.filter(record("Failed to register %s"))
+    assert notice.filter(record("torchvision is not installed. Skipping %s", name="somebody.else"))
+
+
+@pytest.mark.parametrize("opset", ["3", "17", "24", "x"])
+def test_unsupported_opset_is_a_usage_error(opset, capsys):
+    """Issue 24 item 17: `--opset 3` (and any opset torch's exporter does not write as asked) is an argument error
+    at start naming --opset, exit status 2, no traceback (the old code accepted it and failed with a traceback; an
+    opset from 7 to 17 silently became an opset-18 graph)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "onnx", "no-such-model", "out.onnx", "--opset", opset])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --opset" in err and "18 to 23" in err and "Traceback" not in err
+    for accepted in ("18", "23"):
+        assert build_parser().parse_args(["export", "onnx", "m", "o.onnx", "--opset", accepted]).opset == int(accepted)
+    with pytest.raises(ValueError, match="opset must be 18 to 23"):
+        export_onnx("no-such-model", "out.onnx", opset=7)
+
+
+def test_rounded_ratio_is_python_round():
+    """The integer rounding that lets the small-target model export with symbolic sizes equals `round(a / b)`,
+    ties to even included."""
+    assert [_rounded_ratio(a, 2) for a in (1, 3, 5, 7)] == [0, 2, 2, 4]
+    assert all(_rounded_ratio(a, b) == round(a / b) for a in range(0, 400) for b in range(1, 60))
 
 
 def test_torchscript_fallback_when_dynamo_fails(tmp_path, monkeypatch):
@@ -198,7 +397,7 @@ def test_torchscript_fallback_when_dynamo_fails(tmp_path, monkeypatch):
         return real_export(*args, dynamo=False, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", no_dynamo)
-    result = export_onnx(str(tmp_path / "model"), str(tmp_path / "ts.onnx"), opset=17, dynamic=True)
+    result = export_onnx(str(tmp_path / "model"), str(tmp_path / "ts.onnx"), opset=18, dynamic=True)
     assert result.exporter == "torchscript" and result.max_abs_diff < 1e-3
     assert len(result.checks) == 4  # two synthetic scenes of different sizes, batch 1 and 2
 
@@ -217,7 +416,8 @@ def test_backbone_checkpoint_is_refused(tmp_path):
 
     UnipViTModel(UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                             patch_size=8, image_size=32)).save_pretrained(tmp_path / "backbone")
-    with pytest.raises(ValueError, match="holds a UnipViTModel, not a UnipForSemanticSegmentation"):
+    with pytest.raises(ValueError, match="holds a UnipViTModel, not a UnipForSemanticSegmentation or "
+                                         "UnipForSmallTargetSegmentation"):
         export_onnx(str(tmp_path / "backbone"), str(tmp_path / "x.onnx"))
     (tmp_path / "file.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="is a file"):
@@ -243,5 +443,6 @@ def test_missing_extra_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     with pytest.raises(ImportError, match=r"onnxruntime.*pip install 'unip-hf\[onnx\]'"):
         export_onnx(str(tmp_path), str(tmp_path / "x.onnx"))
-    with pytest.raises(ImportError, match=r"pip install 'unip-hf\[onnx\]'"):
+    with pytest.raises(SystemExit) as exit_info:  # from the command: one error line, exit status 2
         main(["export", "onnx", "--check", str(tmp_path / "x.onnx"), "image.png"])
+    assert exit_info.value.code == 2

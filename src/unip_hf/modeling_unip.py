@@ -1109,6 +1109,14 @@ class UnipSmallTargetOutput(SemanticSegmenterOutput):
     decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def _rounded_ratio(numerator: int, denominator: int) -> int:
+    """`round(numerator / denominator)` (ties to even, as Python's `round`) in integer arithmetic only, so that
+    `torch.export` traces it with symbolic sizes (no float, no branch) and the exported graph keeps any input size."""
+    quotient = (2 * numerator + denominator) // (2 * denominator)
+    tie = 1 - torch.sym_min((2 * numerator - denominator) % (2 * denominator), 1)
+    return quotient - tie * (quotient % 2)
+
+
 class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
     """Infrared small-target segmentation: a UNIP ViT backbone for context plus a light full-resolution detail path,
     fused U-Net style, with logits at the input resolution.
@@ -1215,8 +1223,8 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
             skips.append(x)
         # the context map covers the padded input: resize it to the padded extent of the coarsest stage, then crop
         coarse_h, coarse_w = x.shape[-2:]
-        extent = (max(coarse_h, round(padded.shape[-2] * coarse_h / height)),
-                  max(coarse_w, round(padded.shape[-1] * coarse_w / width)))
+        extent = (torch.sym_max(coarse_h, _rounded_ratio(padded.shape[-2] * coarse_h, height)),
+                  torch.sym_max(coarse_w, _rounded_ratio(padded.shape[-1] * coarse_w, width)))
         context = self.context_projection(context)
         context = F.interpolate(context, size=extent, mode="bilinear", align_corners=False)[..., :coarse_h, :coarse_w]
         x = self.fusion(torch.cat([x, context], dim=1))

@@ -1,5 +1,6 @@
 """`unip export onnx`: a UNIP segmentation model (Zhang et al., "UNIP", ICLR 2025; `UnipForSemanticSegmentation`,
-LL-FPN / multi-level FPN + UPerNet, or the linear probe) as an ONNX graph for onnxruntime and edge runtimes.
+LL-FPN / multi-level FPN + UPerNet, or the linear probe; `UnipForSmallTargetSegmentation`, the full-resolution
+small-target model) as an ONNX graph for onnxruntime and edge runtimes.
 
 The export goes through `torch.onnx.export(..., dynamo=True)` (the TorchScript exporter only when that fails), with
 the adaptive average pooling of UPerNet's pyramid pooling written as two averaging matrices built from the input size,
@@ -7,7 +8,9 @@ so that one graph serves every input size (torch's own decomposition of that poo
 example size into the graph, which silently gives wrong numbers at other sizes). The graph is checked against PyTorch
 with onnxruntime on images preprocessed by the model's saved `UnipImageProcessor`, and the processor settings are
 written next to it (`OUT.preprocessor.json`, with the steps in plain words) so that the graph can be fed without
-Python. `unip export onnx --check OUT.onnx IMAGE` runs one image through onnxruntime and draws the overlay.
+Python. Both files are written under temporary names and moved into place together only once the check passes.
+Batch, height and width are dynamic by default: the saved processor keeps each image's aspect ratio. `unip export onnx
+--check OUT.onnx IMAGE` runs one image through onnxruntime and draws the overlay.
 
 onnx, onnxruntime and onnxscript are the optional extra `pip install 'unip-hf[onnx]'`; they are imported only here,
 when a command needs them.
@@ -16,9 +19,12 @@ when a command needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +33,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import AutoConfig
 
-from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT
-from .configuration_unip import UnipConfig
+from . import register_auto_classes
+from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
 from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
-from .modeling_unip import UnipForSemanticSegmentation
+from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from .segmentation_saving import make_processor
 
 __all__ = ["check_onnx", "export_onnx"]  # the README documents these; the rest stays importable
 
 SETTINGS_FORMAT = "unip-onnx-preprocessor"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+#: The model classes `export_onnx` exports, by the name `config.architectures` gives them.
+EXPORTABLE_MODELS = {cls.__name__: cls for cls in (UnipForSemanticSegmentation, UnipForSmallTargetSegmentation)}
+#: `config.model_type` -> class, for a config saved without `architectures`.
+_MODEL_TYPES = {"unip": UnipForSemanticSegmentation, "unip_small_target": UnipForSmallTargetSegmentation}
 
 
 def require_onnx(exporter: bool = False) -> dict[str, Any]:
@@ -131,8 +143,45 @@ def exportable(model: nn.Module) -> nn.Module:
     return _LogitsOnly(clone).eval()
 
 
+#: The logger of torch's ONNX operator registry, which warns "torchvision is not installed. Skipping torchvision::nms"
+#: (and roi_align, roi_pool, deform_conv2d) on every export: UNIP models use no torchvision operator.
+REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops exactly the registry's "torchvision is not installed. Skipping torchvision::..." records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == REGISTRY_LOGGER and isinstance(record.msg, str)
+                    and record.msg.startswith("torchvision is not installed"))
+
+
+@contextlib.contextmanager
+def _quiet_torchvision_notice():
+    """Silence the registry's four "torchvision is not installed" warnings for the duration (other records pass)."""
+    logger, notice = logging.getLogger(REGISTRY_LOGGER), _NoTorchvisionNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
+def graph_opset(path: str | os.PathLike) -> int | None:
+    """The default-domain opset a saved ONNX graph imports (`None` when it names none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
 def _export_graph(wrapper: nn.Module, example: torch.Tensor, output: Path, opset: int, dynamic: bool) -> str:
     """Write the ONNX graph; returns the exporter used (`"dynamo"`, or `"torchscript"` when dynamo failed)."""
+    with _quiet_torchvision_notice():
+        return _export_graph_quietly(wrapper, example, output, opset, dynamic)
+
+
+def _export_graph_quietly(wrapper: nn.Module, example: torch.Tensor, output: Path, opset: int, dynamic: bool) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -204,13 +253,22 @@ def describe_preprocessing(processor: Any, dynamic: bool, patch_size: int, logit
     if processor.size_divisor:
         steps.append(f"Pad at the bottom and right with 0 (after normalisation) to multiples of "
                      f"{processor.size_divisor} pixels in height and width.")
-    steps.append(f"Feed float32 NCHW as '{INPUT_NAME}' (batch, {channels}, height, width)"
-                 + (f"; any batch and any height and width that are multiples of {patch_size}" if dynamic
-                    else "; the fixed size above, batch 1") + ".")
-    steps.append(f"Output '{OUTPUT_NAME}' (batch, classes, height / {logits_stride:g}, width / {logits_stride:g}): resize "
-                 "it bilinearly (half-pixel centres, no corner alignment) to the input size fed to the graph, crop "
-                 "any padding, resize bilinearly to the original image size, and take the argmax over classes (names "
-                 "in 'id2label').")
+    if not dynamic:
+        sizes = "; the fixed size above, batch 1"
+    elif patch_size > 1:
+        sizes = f"; any batch and any height and width that are multiples of {patch_size}"
+    else:
+        sizes = "; any batch, height and width"
+    steps.append(f"Feed float32 NCHW as '{INPUT_NAME}' (batch, {channels}, height, width){sizes}.")
+    if logits_stride == 1:
+        steps.append(f"Output '{OUTPUT_NAME}' (batch, classes, height, width), at the size fed to the graph: crop any "
+                     "padding, resize bilinearly (half-pixel centres, no corner alignment) to the original image size, "
+                     "and take the argmax over classes (names in 'id2label').")
+    else:
+        steps.append(f"Output '{OUTPUT_NAME}' (batch, classes, height / {logits_stride:g}, width / {logits_stride:g}): "
+                     "resize it bilinearly (half-pixel centres, no corner alignment) to the input size fed to the "
+                     "graph, crop any padding, resize bilinearly to the original image size, and take the argmax over "
+                     "classes (names in 'id2label').")
     return steps
 
 
@@ -273,50 +331,84 @@ def _static_size(processor: Any, config: Any) -> tuple[int, int]:
     return (side, side) if isinstance(side, int) else tuple(side)
 
 
-def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic: bool = False,
+def load_exportable(model_dir: str) -> tuple[nn.Module, Any]:
+    """The segmentation model saved in `model_dir` (eval mode) and its processor (the saved one, else the protocol of
+    its config).
+
+    Raises:
+        ValueError: `model_dir` is a file, or holds another kind of model (a backbone, ...): the message names the
+            kinds that export.
+    """
+    if os.path.isfile(model_dir):
+        raise ValueError(f"MODEL_DIR {model_dir} is a file; give the folder of a saved segmentation model")
+    register_auto_classes()
+    config = AutoConfig.from_pretrained(model_dir)
+    architectures = list(getattr(config, "architectures", None) or [])
+    found = [EXPORTABLE_MODELS[name] for name in architectures if name in EXPORTABLE_MODELS]
+    model_class = found[0] if found else (None if architectures else _MODEL_TYPES.get(config.model_type))
+    if model_class is None:
+        held = ", ".join(architectures) or f"model of type {config.model_type!r}"
+        raise ValueError(f"MODEL_DIR {model_dir} holds a {held}, not a {' or '.join(EXPORTABLE_MODELS)}; export a "
+                         "fine-tuned segmentation model (recipes/finetune.py or `unip demo` write one)")
+    model = model_class.from_pretrained(model_dir).eval()
+    try:
+        processor = UnipImageProcessor.from_pretrained(model_dir)
+    except OSError:
+        print(f"{model_dir} has no preprocessor_config.json: using the evaluation protocol of its config")
+        processor = make_processor(model.config)
+    return model, processor
+
+
+def _refused_path(output: Path) -> Path:
+    """Where a graph that failed its check is kept for inspection: `model.onnx` -> `model.refused.onnx`."""
+    stem = output.name[: -len(".onnx")] if output.name.lower().endswith(".onnx") else output.name
+    return output.with_name(stem + ".refused.onnx")
+
+
+def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic: bool = True,
                 images: list[str] | None = None, tolerance: float = DEFAULT_TOLERANCE) -> OnnxExportResult:
-    """Export `UnipForSemanticSegmentation` from `model_dir` to `output`, check it with onnxruntime and write the
-    preprocessing settings next to it.
+    """Export the segmentation model in `model_dir` (`UnipForSemanticSegmentation` or
+    `UnipForSmallTargetSegmentation`) to `output`, check it with onnxruntime and write the preprocessing settings
+    next to it.
+
+    The graph and the settings are written under temporary names in the output folder and moved to `output` and
+    `output`'s `.preprocessor.json` only once every check passed: a graph that fails replaces nothing (it is kept as
+    `<name>.refused.onnx` for inspection) and never pairs with another export's settings.
 
     Args:
         model_dir (`str`): a saved segmentation model (local folder or Hub id), with its processor.
         output (`str`): the `.onnx` file to write (weights inside the file).
-        opset (`int`, *optional*, defaults to `DEFAULT_OPSET`): ONNX opset.
-        dynamic (`bool`, *optional*, defaults to `False`): dynamic batch, height and width (multiples of the patch
-            size); otherwise batch 1 at one fixed size (the processor's fixed size, else the config's `image_size`),
-            and the settings file resizes to it.
+        opset (`int`, *optional*, defaults to `DEFAULT_OPSET`): ONNX opset, `MIN_OPSET` to `MAX_OPSET`.
+        dynamic (`bool`, *optional*, defaults to `True`): dynamic batch, height and width (multiples of the patch
+            size for `UnipForSemanticSegmentation`, any for the small-target model), as the saved processor, which
+            keeps each image's aspect ratio, needs. `False`: batch 1 at one fixed size (the processor's fixed size,
+            else the config's `image_size`), and the settings file resizes every image to it.
         images (`list[str]`, *optional*): image files to check the graph on (two synthetic scenes when absent).
         tolerance (`float`, *optional*, defaults to 1e-3): largest accepted max-abs logit difference.
 
     Raises:
         ImportError: the `[onnx]` extra is missing.
-        RuntimeError: onnxruntime's logits differ from PyTorch's by more than `tolerance` on some image (the graph is
-            left at `output` for inspection; no settings file is written).
+        ValueError: an opset outside `MIN_OPSET`..`MAX_OPSET`, or `model_dir` is no exportable model.
+        RuntimeError: onnxruntime's logits differ from PyTorch's by more than `tolerance` on some image, or the
+            graph does not carry the opset asked for (nothing is replaced; see above).
     """
     modules = require_onnx(exporter=True)
     ort = modules["onnxruntime"]
 
-    if opset < 7:
-        raise ValueError(f"--opset must be at least 7 (18 or more recommended), got {opset}")
-    if os.path.isfile(model_dir):
-        raise ValueError(f"MODEL_DIR {model_dir} is a file; give the folder of a saved UnipForSemanticSegmentation")
-    config = UnipConfig.from_pretrained(model_dir)
-    architectures = config.architectures or []
-    if architectures and "UnipForSemanticSegmentation" not in architectures:
-        raise ValueError(f"MODEL_DIR {model_dir} holds a {', '.join(architectures)}, not a UnipForSemanticSegmentation; "
-                         "export a fine-tuned segmentation model (recipes/finetune.py or `unip demo` write one)")
-    model = UnipForSemanticSegmentation.from_pretrained(model_dir).eval()
-    try:
-        processor = UnipImageProcessor.from_pretrained(model_dir)
-    except OSError:
-        print(f"{model_dir} has no preprocessor_config.json: using UnipImageProcessor.from_model_config(config)")
-        processor = UnipImageProcessor.from_model_config(config)
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be {MIN_OPSET} to {MAX_OPSET} (the opsets torch's exporter writes as asked), "
+                         f"got {opset!r}")
+    model, processor = load_exportable(model_dir)
+    config = model.config
+    small_target = isinstance(model, UnipForSmallTargetSegmentation)
     patch = config.patch_size
+    multiple_of = 1 if small_target else patch  # the small-target model pads to the patch size inside the graph
     if dynamic:
         # example size off the configured grid (so no branch of the position embeddings is taken for it) and batch 2
         grid = config.image_size // patch if isinstance(config.image_size, int) else config.image_size[0] // patch
         example = torch.randn(2, config.num_channels, (grid + 1) * patch, (grid + 2) * patch)
-        if processor.size_divisor is None and (processor.img_scale is not None or not processor.do_resize):
+        if (multiple_of > 1 and processor.size_divisor is None
+                and (processor.img_scale is not None or not processor.do_resize)):
             # sizes that vary per image must reach the graph as multiples of the patch size
             processor.size_divisor = patch
             print(f"the processor does not pad: the settings pad to multiples of the patch size {patch}")
@@ -327,12 +419,67 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
         example = torch.randn(1, config.num_channels, height, width)
 
     output_path = Path(output)
+    written = settings_path(output_path)
+    if output_path.is_dir() or written.is_dir():
+        folder = output_path if output_path.is_dir() else written
+        raise ValueError(f"{folder} is a folder; give the .onnx file to write")
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    exporter = _export_graph(exportable(model), example, output_path, opset, dynamic)
-    print(f"wrote {output_path} ({output_path.stat().st_size / 2**20:.1f} MiB, {exporter} exporter, opset {opset}, "
-          f"{'dynamic batch, height and width' if dynamic else 'static shape ' + 'x'.join(map(str, example.shape))})")
+    # temporary names in the output folder (the final moves stay on one file system), unique to this process
+    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
+    partial_settings = written.with_name(f".{written.name}.{os.getpid()}.partial")
+    try:
+        exporter = _export_graph(exportable(model), example, partial, opset, dynamic)
+        shape = "dynamic batch, height and width" if dynamic else "static shape " + "x".join(map(str, example.shape))
+        print(f"exported {model.__class__.__name__} ({partial.stat().st_size / 2**20:.1f} MiB, {exporter} exporter, "
+              f"opset {opset}, {shape}); checking it against PyTorch before writing {output_path}")
+        written_opset = graph_opset(partial)
+        if written_opset != opset:
+            raise RuntimeError(f"the exporter wrote opset {written_opset}, not the --opset {opset} asked for; export "
+                               f"with --opset {written_opset} or another opset from {MIN_OPSET} to {MAX_OPSET}")
+        checks = _check_against_pytorch(ort, model, processor, partial, output_path, images, dynamic, tolerance)
+        worst = max(check["max_abs_logit_diff"] for check in checks)
+        stride = checks[0]["input_shape"][-1] / checks[0]["logits_shape"][-1]  # input pixels per logit
+        settings = {
+            "format": SETTINGS_FORMAT,
+            "version": 1,
+            "model": str(model_dir),
+            "model_class": model.__class__.__name__,
+            "onnx_file": output_path.name,
+            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "channels": config.num_channels,
+                      "dynamic": dynamic, "multiple_of": multiple_of,
+                      "fixed_size": None if dynamic else [int(example.shape[-2]), int(example.shape[-1])]},
+            "output": {"name": OUTPUT_NAME, "layout": "NCHW", "meaning": "class scores before softmax",
+                       "classes": int(config.num_labels)},
+            "id2label": {str(k): v for k, v in config.id2label.items()},
+            "steps": describe_preprocessing(processor, dynamic, multiple_of, stride),
+            "processor": processor.to_dict(),
+            "export": {"exporter": exporter, "opset": opset, "torch": torch.__version__,
+                       "onnxruntime": ort.__version__, "max_abs_logit_diff": worst, "checks": checks},
+        }
+        partial_settings.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    except RuntimeError:
+        if partial.is_file():
+            os.replace(partial, _refused_path(output_path))
+            print(f"the refused graph is kept for inspection as {_refused_path(output_path)}; {output_path} and "
+                  f"{written} are unchanged")
+        partial_settings.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        partial_settings.unlink(missing_ok=True)
+        raise
+    os.replace(partial, output_path)
+    os.replace(partial_settings, written)
+    print(f"max |logit difference| over {len(checks)} check(s): {worst:.2e} (tolerance {tolerance:g}); wrote "
+          f"{output_path} ({output_path.stat().st_size / 2**20:.1f} MiB) and its preprocessing settings {written}")
+    return OnnxExportResult(str(output_path), str(written), exporter, opset, dynamic, worst, checks)
 
-    session = ort.InferenceSession(str(output_path), providers=["CPUExecutionProvider"])
+
+def _check_against_pytorch(ort: Any, model: nn.Module, processor: Any, graph: Path, output_path: Path,
+                           images: list[str] | None, dynamic: bool, tolerance: float) -> list[dict[str, Any]]:
+    """Logits of the graph at `graph` (onnxruntime) against the model's (PyTorch) on each validation image, batch 1
+    (and 2 when `dynamic`); raises `RuntimeError` above `tolerance` or on a shape mismatch."""
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     checks = []
     for name, image in _validation_images(images):
         pixels = processor(image, return_tensors="pt")["pixel_values"]
@@ -345,7 +492,7 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
             got = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
             if got.shape != expected.shape:
                 raise RuntimeError(f"{output_path}: onnxruntime gives logits of shape {got.shape} on {name}, PyTorch "
-                                   f"{expected.shape}")
+                                   f"{expected.shape}; the graph is not trustworthy (nothing written)")
             diff = float(np.abs(got - expected).max())
             checks.append({"image": name, "input_shape": list(batch.shape), "logits_shape": list(got.shape),
                            "max_abs_logit_diff": diff})
@@ -353,29 +500,8 @@ def export_onnx(model_dir: str, output: str, opset: int = DEFAULT_OPSET, dynamic
             if not diff < tolerance:
                 raise RuntimeError(f"{output_path}: onnxruntime's logits differ from PyTorch's by {diff:.3g} (max abs) "
                                    f"on {name} at input {tuple(batch.shape)}, above the tolerance {tolerance:g}; the "
-                                   "graph is not trustworthy (no settings file written)")
-    worst = max(check["max_abs_logit_diff"] for check in checks)
-    stride = checks[0]["input_shape"][-1] / checks[0]["logits_shape"][-1]  # input pixels per logit
-    settings = {
-        "format": SETTINGS_FORMAT,
-        "version": 1,
-        "model": str(model_dir),
-        "onnx_file": output_path.name,
-        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "channels": config.num_channels,
-                  "dynamic": dynamic, "multiple_of": patch,
-                  "fixed_size": None if dynamic else [int(example.shape[-2]), int(example.shape[-1])]},
-        "output": {"name": OUTPUT_NAME, "layout": "NCHW", "meaning": "class scores before softmax"},
-        "id2label": {str(k): v for k, v in config.id2label.items()},
-        "steps": describe_preprocessing(processor, dynamic, patch, stride),
-        "processor": processor.to_dict(),
-        "export": {"exporter": exporter, "opset": opset, "torch": torch.__version__,
-                   "onnxruntime": ort.__version__, "max_abs_logit_diff": worst, "checks": checks},
-    }
-    written = settings_path(output_path)
-    written.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    print(f"max |logit difference| over {len(checks)} check(s): {worst:.2e} (tolerance {tolerance:g}); "
-          f"preprocessing settings written to {written}")
-    return OnnxExportResult(str(output_path), str(written), exporter, opset, dynamic, worst, checks)
+                                   "graph is not trustworthy (nothing written)")
+    return checks
 
 
 # ----------------------------------------------------------------------------------------------------- check
@@ -386,6 +512,20 @@ class OnnxCheckResult:
     prediction: np.ndarray
     overlay_path: str
     shares: dict[str, float]
+
+
+def _settings_classes(data: dict[str, Any]) -> int | None:
+    """The class count a settings file describes (`output.classes`, else the size of `id2label`; `None`: neither)."""
+    classes = (data.get("output") or {}).get("classes") if isinstance(data.get("output"), dict) else None
+    if isinstance(classes, int):
+        return classes
+    return len(data["id2label"]) if isinstance(data.get("id2label"), dict) and data["id2label"] else None
+
+
+def _class_mismatch(onnx_path: str | os.PathLike, graph_classes: int, settings: str | os.PathLike, classes: int) -> str:
+    return (f"{onnx_path} gives {graph_classes} classes but its settings {settings} describe {classes}; the settings "
+            "file belongs to another export: export the model again (it writes both files) or pass the matching "
+            "--settings")
 
 
 def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str | None = None) -> OnnxCheckResult:
@@ -411,7 +551,13 @@ def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str
     if isinstance(expected[1], int) and expected[1] != pixels.shape[1]:
         raise ValueError(f"{onnx_path} expects {expected[1]} channel(s) but its settings give {pixels.shape[1]}; the "
                          "settings file belongs to another export")
+    classes = _settings_classes(data)
+    graph_classes = session.get_outputs()[0].shape[1] if len(session.get_outputs()[0].shape) == 4 else None
+    if isinstance(graph_classes, int) and classes is not None and graph_classes != classes:
+        raise ValueError(_class_mismatch(onnx_path, graph_classes, settings or settings_path(onnx_path), classes))
     logits = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    if classes is not None and logits.shape[1] != classes:
+        raise ValueError(_class_mismatch(onnx_path, logits.shape[1], settings or settings_path(onnx_path), classes))
     prediction = processor.post_process_semantic_segmentation({"logits": torch.from_numpy(logits)},
                                                                target_sizes=[(height, width)])[0].numpy()
     id2label = {int(k): v for k, v in data.get("id2label", {}).items()} or {
@@ -429,13 +575,26 @@ def check_onnx(onnx_path: str, image: str, out: str | None = None, settings: str
 
 # ----------------------------------------------------------------------------------------------------- command
 def command_export_onnx(args: argparse.Namespace) -> int:
-    if args.check:
-        check_onnx(args.source, args.target, out=args.out, settings=args.settings)
-    else:
+    """`unip export onnx`: user errors (missing files, wrong model kind, mismatched settings, missing extra) end the
+    command with one "error:" line and exit status 2; a graph that fails its check, with the reason and status 1."""
+    parser = getattr(args, "command_parser", None)
+
+    def fail(message: str, status: int) -> int:
+        if parser is not None and status == 2:
+            parser.error(message)  # usage and "error: ...", exit 2
+        print(f"unip export onnx: error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        if args.check:
+            check_onnx(args.source, args.target, out=args.out, settings=args.settings)
+            return 0
         if args.out or args.settings:
-            raise SystemExit("unip export onnx: --out and --settings go with --check")
-        export_onnx(args.source, args.target, opset=args.opset, dynamic=args.dynamic, images=args.images,
+            return fail("--out and --settings go with --check", 2)
+        export_onnx(args.source, args.target, opset=args.opset, dynamic=not args.static, images=args.images,
                     tolerance=args.tolerance)
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        return fail(str(err), 2)
+    except RuntimeError as err:  # the graph failed its check: nothing was replaced
+        return fail(str(err), 1)
     return 0
-
-

@@ -1,17 +1,37 @@
-"""`unip export onnx`: a dynamic-shape ONNX graph of a UNIP segmentation model, checked against PyTorch (the work is
-in `unip_hf.onnx_export`, imported when the command runs; it needs the [onnx] extra)."""
+"""`unip export onnx`: a dynamic-shape ONNX graph of a UNIP segmentation model (`UnipForSemanticSegmentation` or
+`UnipForSmallTargetSegmentation`), checked against PyTorch (the work is in `unip_hf.onnx_export`, imported when the
+command runs; it needs the [onnx] extra)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import positive_float, positive_int
+from ..argument_checks import positive_float
 from . import add_command, load
 
 DEFAULT_OPSET = 20
+#: Opsets that torch's exporter writes as asked (torch 2.13: below 18 it silently writes 18; above 23 it has no
+#: translations); the TorchScript fallback stops at 20.
+MIN_OPSET, MAX_OPSET = 18, 23
 #: Largest max-abs logit difference between onnxruntime and PyTorch (fp32) that an export accepts.
 DEFAULT_TOLERANCE = 1e-3
 INSTALL_HINT = "pip install 'unip-hf[onnx]'"
+
+
+def opset_version(text: str) -> int:
+    """argparse `type=` for `--opset`: an integer in [MIN_OPSET, MAX_OPSET] (argparse names the option, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {text!r}") from None
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(
+            f"ONNX opset {value} is not supported: give {MIN_OPSET} to {MAX_OPSET} (torch's exporter writes opset "
+            f"{MIN_OPSET} for anything lower; default {DEFAULT_OPSET})")
+    return value
+
+
+opset_version.__name__ = "ONNX opset"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,19 +44,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          description="Export a UNIP model for deployment.")
     formats = export.add_subparsers(dest="export_command", metavar="ACTION", required=True)
     parser = add_command(
-        formats, "onnx", help="UnipForSemanticSegmentation as ONNX, checked with onnxruntime (needs the [onnx] extra)",
-        description="unip export onnx MODEL_DIR OUT.onnx [--opset N] [--dynamic] [--images IMG...]: export, check "
-                    "the logits against PyTorch with onnxruntime (max abs difference < --tolerance) and write "
-                    "OUT.preprocessor.json. unip export onnx --check OUT.onnx IMAGE [--out overlay.png]: run one "
-                    f"image through onnxruntime and draw the overlay. Needs {INSTALL_HINT}.",
+        formats, "onnx",
+        help="a UNIP segmentation model (UnipForSemanticSegmentation or UnipForSmallTargetSegmentation) as ONNX, "
+             "checked with onnxruntime (needs the [onnx] extra)",
+        description="unip export onnx MODEL_DIR OUT.onnx [--opset N] [--static] [--images IMG...]: export (dynamic "
+                    "batch, height and width unless --static), check the logits against PyTorch with onnxruntime "
+                    "(max abs difference < --tolerance), then write OUT.onnx and OUT.preprocessor.json together (a "
+                    "graph that fails the check replaces nothing). unip export onnx --check OUT.onnx IMAGE "
+                    "[--out overlay.png]: run one image through onnxruntime and draw the overlay. Needs "
+                    f"{INSTALL_HINT}.",
     )
     parser.add_argument("source", metavar="MODEL_DIR|OUT.onnx",
                         help="the saved model (export), or the .onnx file (with --check)")
     parser.add_argument("target", metavar="OUT.onnx|IMAGE", help="the .onnx file to write, or the image (with --check)")
     parser.add_argument("--check", action="store_true", help="run IMAGE through OUT.onnx and write the overlay")
-    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic batch, height and width (default: batch 1 at one fixed size)")
+    parser.add_argument("--opset", type=opset_version, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--static", action="store_true",
+                       help="batch 1 at one fixed size (the settings then resize every image to it, ignoring its "
+                            "aspect ratio); default: dynamic batch, height and width, as the saved processor needs")
+    shape.add_argument("--dynamic", action="store_true", help=argparse.SUPPRESS)  # the default; old command lines
     parser.add_argument("--images", nargs="+", default=None, metavar="IMG",
                         help="images to check the export on (default: two synthetic thermal scenes)")
     parser.add_argument("--tolerance", type=positive_float, default=DEFAULT_TOLERANCE,
@@ -44,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="with --check: the overlay PNG (default: IMAGE.onnx_overlay.png)")
     parser.add_argument("--settings", default=None,
                         help="with --check: the settings file (default: OUT.preprocessor.json next to OUT.onnx)")
-    parser.set_defaults(func=_run_export_onnx)
+    parser.set_defaults(func=_run_export_onnx, command_parser=parser)
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
