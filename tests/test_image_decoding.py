@@ -1,6 +1,6 @@
 """One decoding path for UNIP (Zhang et al., ICLR 2025) inputs: the segmentation builders, the training and evaluation
 transforms, the image processor and the attention analysis read every file through
-`image_processing_unip.decode_intensity` / `load_infrared_image`, so a float TIFF, an EXIF-rotated photo, a NaN
+`infrared_decoding.decode_intensity` / `load_infrared_image`, so a float TIFF, an EXIF-rotated photo, a NaN
 image, a truncated file or an oversized image is treated the same way everywhere."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from unip_hf import UnipImageProcessor
-from unip_hf import image_processing_unip as ipu
+from unip_hf import infrared_decoding as ipu
 from unip_hf.data import load_segmentation_dataset, segmentation_metadata
 from unip_hf.data.transforms import (
     IndexedTransformDataset,
@@ -23,14 +23,8 @@ from unip_hf.data.transforms import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
 )
-from unip_hf.image_processing_unip import (
-    INFRARED_MEAN,
-    INFRARED_STD,
-    MAX_IMAGE_PIXELS,
-    InfraredImageError,
-    decode_intensity,
-    load_infrared_image,
-)
+from unip_hf.image_processing_unip import INFRARED_MEAN, INFRARED_STD
+from unip_hf.infrared_decoding import MAX_IMAGE_PIXELS, InfraredImageError, decode_intensity, load_infrared_image
 
 
 def _folder_set(root, images: dict, size=None) -> None:

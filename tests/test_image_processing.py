@@ -550,7 +550,7 @@ def test_img_scale_keeps_the_ratio_pads_to_the_divisor_and_post_processing_inver
 
 
 def test_gray_stored_as_rgb_decodes_exactly_like_l():
-    from unip_hf.image_processing_unip import decode_intensity
+    from unip_hf.infrared_decoding import decode_intensity
 
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(decode_intensity(np.stack([gray] * 3, -1)), decode_intensity(gray))

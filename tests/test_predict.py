@@ -316,7 +316,7 @@ def test_label_maps_keep_class_ids_above_255(images, tmp_path):
 def test_radiometric_celsius_predicts_on_the_temperatures(binary_model, tmp_path, capsys):
     """Issue 24 item 12 on a real FLIR radiometric JPEG: `--radiometric celsius` clipped every temperature to 1.0 (a
     constant image, rc 0); it is now refused without `--intensity_range`, and with it the model sees the scene."""
-    pytest.importorskip("flyr")
+    pytest.importorskip("flyr", reason="FLIR radiometric reading needs the [radiometric] extra (flyr)")
     jpeg = data_path("flir-radiometric", "flir_example.jpg")
     with pytest.raises(SystemExit) as caught:
         main(["predict", str(binary_model), str(jpeg), "--radiometric", "celsius", "--out", str(tmp_path / "o"),

@@ -303,7 +303,7 @@ def test_app_refuses_a_huge_image_from_its_header_and_answers_errors_readably(tm
     The app now refuses an image above its pixel limit (`space_config.json` `max_pixels`, default 2 megapixels) from
     the header, before decoding a pixel, and every error reaches the user as a message naming the file (`answer`
     raises `gr.Error`, not gradio's bare "Error")."""
-    gr = pytest.importorskip("gradio")
+    gr = pytest.importorskip("gradio", reason="the Space app needs the [space] extra (gradio)")
     space = create_space(str(tiny_model), tmp_path / "space")
     assert json.loads((space / "space_config.json").read_text())["max_pixels"] == 2_000_000
     app = _load_app(space)

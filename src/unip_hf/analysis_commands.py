@@ -18,7 +18,7 @@ from .argument_checks import check_model_source
 from .attention_analysis import analyze_attention, query_attention_maps
 from .attention_plots import default_map_layers, default_queries, plot_attention_maps, plot_layer_curves
 from .files import find_images
-from .image_processing_unip import InfraredImageError, load_infrared_image
+from .infrared_decoding import InfraredImageError, load_infrared_image
 from .vit_family import load_vision_backbone
 
 __all__: list[str] = []  # the command is registered by unip_hf.commands

@@ -29,7 +29,8 @@ from .attention_plots import plot_layer_curves
 from .files import find_images
 from .image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from .image_processing_unip import INFRARED_STD as UNIP_STD
-from .image_processing_unip import UnipImageProcessor, decode_intensity, load_infrared_image
+from .image_processing_unip import UnipImageProcessor
+from .infrared_decoding import decode_intensity, load_infrared_image
 from .vit_family import eager_attention, model_attentions, vision_config
 
 logger = logging.getLogger(__name__)

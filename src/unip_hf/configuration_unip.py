@@ -25,7 +25,7 @@ UNIP_PRESETS: dict[str, dict[str, Any]] = {
 
 # The remote code of a checkpoint: these files travel with every saved model and processor, and `auto_map` names
 # the Auto classes they provide.
-REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py", "losses.py")
+REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py", "infrared_decoding.py", "losses.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_unip.UnipConfig",
     "AutoModel": "modeling_unip.UnipViTModel",

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from transformers import pipeline
 
 from .data import segmentation_metadata, write_synthetic_dataset
-from .image_processing_unip import decode_intensity, load_infrared_image
+from .infrared_decoding import decode_intensity, load_infrared_image
 
 __all__: list[str] = []  # the command is registered by unip_hf.commands
 

@@ -35,7 +35,7 @@ from .finetuning_data import (
     resolve_eval_split,
 )
 from .hub import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval_results
-from .image_processing_unip import load_infrared_image
+from .infrared_decoding import load_infrared_image
 from .inference import EVAL_MODES, predict_logits
 from .metrics import (
     MAIN_METRIC,

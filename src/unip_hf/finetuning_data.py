@@ -16,13 +16,8 @@ from torch.utils.data import Dataset
 
 from .data import IndexedTransformDataset, load_segmentation_dataset
 from .data.segmentation import available_splits
-from .image_processing_unip import (
-    INFRARED_MEAN,
-    INFRARED_STD,
-    UnipImageProcessor,
-    keep_ratio_size,
-    load_infrared_image,
-)
+from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor, keep_ratio_size
+from .infrared_decoding import load_infrared_image
 
 
 #: Data sets evaluated with the small-target metrics (IoU, nIoU, Pd, Fa).

@@ -39,7 +39,8 @@ from . import register_auto_classes
 from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
-from .image_processing_unip import LUMA_WEIGHTS, UnipImageProcessor, load_infrared_image
+from .image_processing_unip import UnipImageProcessor
+from .infrared_decoding import LUMA_WEIGHTS, load_infrared_image
 from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
 from .segmentation_saving import make_processor
 

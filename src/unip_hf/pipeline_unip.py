@@ -33,7 +33,8 @@ from transformers.models.auto.modeling_auto import (
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, ImageSegmentationPipeline, Pipeline
 
-from .image_processing_unip import UnipImageProcessor, load_infrared_image
+from .image_processing_unip import UnipImageProcessor
+from .infrared_decoding import load_infrared_image
 
 INFRARED_SEGMENTATION_TASK = "infrared-image-segmentation"
 

@@ -1,7 +1,7 @@
 """`unip predict`: a UNIP segmentation model (Zhang et al., "UNIP", ICLR 2025) on your own images.
 
 Images come from files, folders (recursive, through `unip_hf.files.find_images`) or glob patterns, in any depth or
-mode (decoded by `image_processing_unip.load_infrared_image`, the one decoder); each is run through the model's
+mode (decoded by `infrared_decoding.load_infrared_image`, the one decoder); each is run through the model's
 saved processor (its evaluation protocol: resize, normalise, pad; `resize_logits` back to the image size), and gets
 `<name>_mask.png` (class ids) and `<name>_overlay.png` (input and prediction side by side, with a legend, drawn by
 `demo.overlay_panels`). For a binary model (two classes, as every small-target model is) the target class is the
@@ -37,7 +37,7 @@ from transformers import AutoImageProcessor
 
 from .demo import _palette, overlay_panels
 from .files import IMAGE_EXTENSIONS, find_images
-from .image_processing_unip import InfraredImageError, load_infrared_image
+from .infrared_decoding import InfraredImageError, load_infrared_image
 from .segmentation_saving import MissingTaskHeadError, load_segmentation_model, make_processor, task_head_problem
 
 TARGETS_NAME = "targets.csv"

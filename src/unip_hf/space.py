@@ -28,7 +28,7 @@ from transformers import AutoConfig
 
 from .demo import _palette
 from .hub import list_upload_files, missing_remote_code, push_to_hub
-from .image_processing_unip import load_infrared_image
+from .infrared_decoding import load_infrared_image
 from .segmentation_saving import task_head_problem
 
 __all__: list[str] = []  # the command is registered by unip_hf.commands

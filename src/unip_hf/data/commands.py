@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..image_processing_unip import decode_intensity
+from ..infrared_decoding import decode_intensity
 from .export import export_parquet, push_to_hub
 from .infmix import InfMix, format_report_table
 from .segmentation import SEGMENTATION_BUILDERS, load_segmentation_dataset, segmentation_metadata

@@ -2,7 +2,7 @@
 
 Many infrared sources plus grayscale-converted RGB images, with configurable composition. Files are found by
 the package's one walker (`unip_hf.files`) and decoded by its one decoding path
-(`image_processing_unip.load_infrared_image` / `to_intensity_image`: EXIF orientation, pixel limit, NaN refused);
+(`infrared_decoding.load_infrared_image` / `to_intensity_image`: EXIF orientation, pixel limit, NaN refused);
 PyYAML, a dependency of `datasets` itself, is imported lazily for YAML manifests.
 
 Usage (datasets 5 refuses loading scripts, so use the class directly)::
@@ -29,7 +29,7 @@ import datasets
 import yaml
 
 from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
-from ..image_processing_unip import load_infrared_image, to_intensity_image
+from ..infrared_decoding import load_infrared_image, to_intensity_image
 
 __all__ = ["InfMix", "format_report_table"]
 

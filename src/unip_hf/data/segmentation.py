@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
-from ..image_processing_unip import InfraredImageError, load_infrared_image, to_intensity_image
+from ..infrared_decoding import InfraredImageError, load_infrared_image, to_intensity_image
 
 __all__ = ["load_segmentation_dataset", "segmentation_metadata"]
 
@@ -185,7 +185,7 @@ class SegmentationBuilder(datasets.GeneratorBasedBuilder):
     """Base of the segmentation builders: yields ``image`` (PNG bytes, TIFF for float images), ``label`` (PNG of ids)
     and ``id``.
 
-    Images are decoded by `image_processing_unip.to_intensity_image` (the processor's decoding: EXIF orientation,
+    Images are decoded by `infrared_decoding.to_intensity_image` (the processor's decoding: EXIF orientation,
     `MAX_IMAGE_PIXELS`, raw values kept, NaN refused), masks by `load_infrared_image`. A pair whose image or mask
     cannot be decoded (`InfraredImageError`: truncated, corrupt, missing, too large, NaN) is skipped with a warning
     naming the file, and listed in ``builder.skipped`` and in the metadata (``segmentation_metadata(ds)["skipped"]``,
@@ -635,7 +635,7 @@ def load_segmentation_dataset(
         skip_missing: skip ids listed in a split file whose files are absent (subsets of a data set)
             instead of raising `FileNotFoundError`.
         radiometric: what FLIR radiometric JPEG images give (``"raw"`` 16-bit counts, ``"celsius"`` temperatures
-            stored as float TIFF, ``"preview"``; see `image_processing_unip.load_infrared_image`); needs ``flyr``.
+            stored as float TIFF, ``"preview"``; see `infrared_decoding.load_infrared_image`); needs ``flyr``.
 
     Raises:
         ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..image_processing_unip import INFRARED_MEAN as UNIP_MEAN
 from ..image_processing_unip import INFRARED_STD as UNIP_STD
-from ..image_processing_unip import decode_intensity, load_infrared_image
+from ..infrared_decoding import decode_intensity, load_infrared_image
 
 __all__ = ["PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform", "IndexedTransformDataset"]
 
