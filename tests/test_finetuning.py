@@ -370,6 +370,7 @@ def test_push_to_hub_commits_model_processor_code_card_and_results(scenes, tmp_p
         "eval_log.json",
         "eval_results.json",
         "image_processing_unip.py",
+        "infrared_decoding.py",
         "losses.py",
         "model.safetensors",
         "modeling_unip.py",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unip_hf.evaluation import SegmentationEvaluator
-from unip_hf.hub import BenchmarkResult
+from unip_hf.hub_results import BenchmarkResult
 from unip_hf.metrics import pd_fa_curve, save_pd_fa_plot
 from unip_hf.segmentation_saving import PD_FA_PLOT_NAME, write_pd_fa_plot
 

@@ -174,7 +174,7 @@ def test_push_to_hub_patched(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, **kw: calls.setdefault("create", kw))
 
     def fake_upload(self, **kw):
-        from unip_hf.hub import list_upload_files
+        from unip_hf.hub_upload import list_upload_files
 
         calls["upload"] = kw
         calls["files"] = list_upload_files(kw["folder_path"], kw.get("allow_patterns"), kw.get("ignore_patterns"))

@@ -39,7 +39,8 @@ from unip_hf.convert_mmseg import convert_mmseg_state_dict, is_mmseg_checkpoint,
 
 from .commands.convert import SOURCES, unsupported_family
 from .configuration_unip import UnipConfig
-from .hub import make_model_card, push_to_hub
+from .hub import make_model_card
+from .hub_upload import push_to_hub
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .segmentation_saving import make_processor

@@ -34,7 +34,7 @@ from .finetuning_data import (
     parse_img_scale,
     resolve_eval_split,
 )
-from .hub import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval_results
+from .hub_results import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval_results
 from .infrared_decoding import load_infrared_image
 from .inference import EVAL_MODES, predict_logits
 from .metrics import (

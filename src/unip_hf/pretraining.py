@@ -27,7 +27,9 @@ from .distillation import (
     feature_distillation_loss,
     nmi_had_loss,
 )
-from .hub import PretrainingSummary, make_model_card, push_to_hub
+from .hub import make_model_card
+from .hub_upload import push_to_hub
+from .hub_results import PretrainingSummary
 from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .pretraining_data import PretrainImageDataset, load_training_sources

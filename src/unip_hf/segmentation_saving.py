@@ -17,14 +17,9 @@ from transformers import AutoModelForSemanticSegmentation
 
 from .finetuning_data import _protocol_processor
 from .metrics.irstd.pd_fa_curve import save_pd_fa_plot
-from .hub import (
-    DEFAULT_PUSH_IGNORE_PATTERNS,
-    RESULTS_NOTE,
-    BenchmarkResult,
-    make_model_card,
-    push_to_hub,
-    write_eval_results,
-)
+from .hub import RESULTS_NOTE, make_model_card
+from .hub_upload import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
+from .hub_results import BenchmarkResult, write_eval_results
 
 
 BEST_MODEL_DIR = "best_model"
@@ -101,7 +96,7 @@ def make_processor(config, img_scale: tuple[int, int] | None = None):
 
 def benchmark_result(dataset: str, split: str, task: str, metrics: dict[str, Any], mode: str, eval_mode: str,
                      crop_size: int, stride: int | None, hub_dataset_id: str | None = None):
-    """A `unip_hf.hub.BenchmarkResult` for one evaluation (the notes record the protocol)."""
+    """A `unip_hf.hub_results.BenchmarkResult` for one evaluation (the notes record the protocol)."""
     if eval_mode == "slide":
         protocol = f"slide {crop_size}/{stride or max(1, crop_size * 2 // 3)}, single scale"
     else:

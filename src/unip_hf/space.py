@@ -27,7 +27,7 @@ from huggingface_hub import SpaceCard, SpaceCardData
 from transformers import AutoConfig
 
 from .demo import _palette
-from .hub import list_upload_files, missing_remote_code, push_to_hub
+from .hub_upload import list_upload_files, missing_remote_code, push_to_hub
 from .infrared_decoding import load_infrared_image
 from .segmentation_saving import task_head_problem
 
