@@ -282,6 +282,7 @@ def check_evaluation_args(args: EvaluationArguments) -> None:
         raise ValueError("--data_dir is required")
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data_dir {args.data_dir!r} is not a folder")
+    resolve_eval_split(args.dataset, args.data_dir, args.split, argument="split")  # before the model is loaded
 
 
 def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
@@ -300,7 +301,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path,
                                                              trust_remote_code=args.trust_remote_code)
     model.to(accelerator.device).eval()
-    split = resolve_eval_split(args.dataset, args.data_dir, args.split)
+    split = resolve_eval_split(args.dataset, args.data_dir, args.split, argument="split")
     with accelerator.main_process_first():
         dataset = load_split(args.dataset, args.data_dir, split, args.cache_dir, args.max_eval_samples)
     meta = segmentation_metadata(dataset)

@@ -638,7 +638,7 @@ def load_segmentation_dataset(
 
     Raises:
         ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);
-            a split in which no pair could be decoded.
+            a split in which no pair could be decoded; a split the layout does not provide, or one without pairs.
         FileNotFoundError: a listed image or mask is absent (names the id and the split file).
 
     Returns:
@@ -648,12 +648,19 @@ def load_segmentation_dataset(
     """
     builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing,
                        radiometric=radiometric)
+    splits = builder._splits(builder._root())
+    if splits and split not in splits:  # named before anything is built (datasets would say only 'Unknown split')
+        raise ValueError(f"the {name} data in {data_dir} has no split {split!r}; available: {', '.join(splits)}")
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
         if isinstance(err.__cause__, (ValueError, FileNotFoundError, ImportError)):  # surface the error naming the file
             raise err.__cause__ from None
         raise
+    if not builder.info.splits[split].num_examples:  # else 'Instruction "<split>" corresponds to no data!'
+        raise ValueError(f"split {split!r} of the {name} data in {data_dir} holds no image pair (an empty split file "
+                         f"or images folder{', or every listed id missing' if skip_missing else ''}); add pairs or "
+                         "choose another split")
     return builder.as_dataset(split=split)
 
 
