@@ -143,7 +143,10 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
 def command_data_inspect(args: argparse.Namespace) -> int:
     """Run `unip data inspect` (prints, and writes `summary.json` and `contact_sheet.png` under `--out`); returns the
     exit status."""
-    ds = _load_for_inspect(args)
+    try:
+        ds = _load_for_inspect(args)
+    except (ValueError, FileNotFoundError) as err:  # an unknown or empty split, a bad mask: named, no traceback
+        return _usage_error("unip data inspect", err)
     try:
         meta = segmentation_metadata(ds)
     except ValueError:
