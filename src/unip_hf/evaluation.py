@@ -29,6 +29,7 @@ from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
     EvalSegmentationDataset,
+    check_split,
     dataset_task,
     load_split,
     parse_img_scale,
@@ -282,7 +283,8 @@ def check_evaluation_args(args: EvaluationArguments) -> None:
         raise ValueError("--data_dir is required")
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data_dir {args.data_dir!r} is not a folder")
-    resolve_eval_split(args.dataset, args.data_dir, args.split, argument="split")  # before the model is loaded
+    if args.split:  # an unknown split is named before the model is loaded
+        check_split(args.dataset, args.data_dir, args.split, "split")
 
 
 def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:

@@ -31,9 +31,10 @@ from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_ta
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
+    check_split,
+    dataset_splits,
     dataset_task,
     load_split,
-    check_split,
     parse_img_scale,
     resolve_eval_split,
 )
@@ -149,8 +150,10 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
         raise ValueError(f"--metric_for_best_model must be one of {', '.join(ranked)} for the {task} task of "
                          f"--dataset {data_args.dataset}; got {training_args.metric_for_best_model!r}")
     # the splits, and what the model's layers need of the views: checked before any data is built
-    check_split(data_args.dataset, data_args.data_dir, data_args.train_split, "train_split")
-    resolve_eval_split(data_args.dataset, data_args.data_dir, data_args.eval_split)
+    splits = dataset_splits(data_args.dataset, data_args.data_dir)
+    if splits:  # (a folder without any split is named by the build)
+        check_split(data_args.dataset, data_args.data_dir, data_args.train_split, "train_split", splits)
+        resolve_eval_split(data_args.dataset, data_args.data_dir, data_args.eval_split)
     if resolve_architecture(model_args, task) == "semantic":
         planned = _planned_model_config(model_args)
         patch = int(getattr(planned, "patch_size", 1))
