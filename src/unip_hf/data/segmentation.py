@@ -671,7 +671,8 @@ def available_splits(name: str, data_dir: str) -> list[str]:
         name: a name of `SEGMENTATION_BUILDERS` (as for `load_segmentation_dataset`).
         data_dir: the data set's root folder.
     """
-    return list(_builder(name, data_dir)._splits(os.path.abspath(data_dir)))
+    # a fixed `hash`: listing the splits needs no fingerprint of every file (a stat of each; argument checks call this)
+    return list(_builder(name, data_dir, hash="available-splits")._splits(os.path.abspath(data_dir)))
 
 
 def _builder(name: str, data_dir: str, spec: Optional[SegmentationSpec] = None, **kwargs: Any) -> SegmentationBuilder:
