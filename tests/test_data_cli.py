@@ -130,3 +130,36 @@ def test_data_inspect_sirst_shows_targets_and_original_modes(tmp_path, capsys):
         cell[top:top + th, left:left + tw] = True
         assert coloured[near & cell].any(), f"{i}: no coloured pixel where its mask is"
         assert not coloured[cell & ~near].any(), f"{i}: coloured pixels away from its targets"
+
+
+def test_infmix_build_bad_manifest_is_one_error_line(root, tmp_path, capsys):
+    """Guards issue 24 items 13 and 17: `unip infmix build` on a manifest with `every: 0`, invalid YAML or a path that
+    matches nothing used to print a traceback (or build with "every" meaning "all"); it now prints one `error:` line
+    naming the manifest and exits 2."""
+    cases = {"every.yaml": f"sources:\n  - {{name: ir1, paths: [{root}/infrared/ir1], every: 0}}\n",
+             "syntax.yaml": "sources:\n  - name: ir1\n    paths: [x/\n  every: 2\n",
+             "typo.yaml": "sources:\n  - {name: ir1, paths: [nowhere/*.png]}\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        code = _run(["infmix", "build", str(tmp_path / name), "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert len(err.splitlines()) == 1 and err.startswith("unip infmix build: error: manifest "), err
+        assert str(tmp_path / name) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_inspect_unknown_or_empty_split_is_one_error_line(tmp_path, capsys):
+    """Guards issue 24 item 17: `unip data inspect --split` of a split the folder lacks, or of an empty one, ended in a
+    `datasets` traceback ('Unknown split', 'Instruction "val" corresponds to no data!'); one `error:` line, exit 2."""
+    syn = tmp_path / "syn"
+    write_synthetic_dataset(str(syn), num_train=2, num_val=1, height=16, width=16, return_dataset=False)
+    for name in os.listdir(syn / "images" / "val"):
+        os.remove(syn / "images" / "val" / name)
+    for split, message in (("nosuch", "has no split 'nosuch'; available: train, val"),
+                           ("val", "split 'val' of the folder data in")):
+        code = _run(["data", "inspect", "folder", "--data_dir", str(syn), "--split", split,
+                     "--out", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "c")])
+        err = capsys.readouterr().err.strip()  # (the build's progress bars come before the error line)
+        assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err, err
+        assert err.splitlines()[-1].startswith("unip data inspect: error: ")

@@ -183,3 +183,89 @@ def test_scale_build_memory_flat(tmp_path):
     print(f"\nInfMix scale build: {kept} files, peak RSS {peak_mib} MiB")
     assert kept == n
     assert peak_mib < 1500  # loose: the build streams to arrow in batches
+
+
+# ------------------------------------------------------------------------------------ manifest errors (issue 24)
+def _manifest(tmp_path, text, name="mix.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("max: -1", "max: -1; max must be an integer >= 0"),
+    ("every: 0", "every: 0; every must be an integer >= 1"),
+    ("every: -2", "every: -2; every must be an integer >= 1"),
+    ("every: 1.5", "every: 1.5; every must be"),
+    ("max: many", "max: 'many'; max must be"),
+])
+def test_manifest_sampling_values_are_refused_by_name(root, tmp_path, entry, message):
+    """Guards issue 24 item 13: `max: -1` used to drop the last file (`files[:-1]`) and `every: 0` meant "all";
+    both are refused now, naming the manifest, the source and the value."""
+    path = _manifest(tmp_path, f"""\
+        sources:
+          - name: alpha
+            paths: [root/infrared/alpha]
+            {entry}
+        """)
+    with pytest.raises(ValueError, match=message) as caught:
+        discover_sources(str(path))
+    assert str(path) in str(caught.value) and "'alpha'" in str(caught.value)
+
+
+def test_manifest_max_zero_and_every_mean_what_they_say(root, tmp_path):
+    """`max: 0` keeps no file and `every`/`max` apply in that order to the sorted files."""
+    path = _manifest(tmp_path, """\
+        sources:
+          - {name: alpha, paths: [root/infrared/alpha], every: 2, max: 2}
+          - {name: beta, paths: [root/infrared/beta], max: 0}
+        """)
+    counts = {s["name"]: len(s["files"]) for s in discover_sources(str(path))}
+    assert counts == {"alpha": 2, "beta": 0}
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("bad.yaml", "sources:\n  - name: a\n    paths: [a/\n  every: 2\n", "line 4, column 8"),
+    ("bad.json", '{"sources": [{"name": "a", "paths": ["a/"],}]}', "line 1, column 44"),
+])
+def test_manifest_syntax_error_names_the_file_and_line(tmp_path, name, text, where):
+    """Guards issue 24 item 17: an invalid JSON manifest used to surface as `DatasetGenerationError` ("An error occurred
+    while generating the dataset") and an invalid YAML one as a bare yaml error about "<unicode string>"; the build now
+    raises a ValueError naming the manifest and the line."""
+    path = tmp_path / name
+    path.write_text(text)
+    builder = InfMix(config_name="full", data_dir=str(path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=f"manifest {path} is not valid {name[4:].upper()}: .* at {where}"):
+        builder.download_and_prepare()
+
+
+def test_manifest_path_matching_nothing_is_named(root, tmp_path):
+    """Guards issue 24 item 17: a path or pattern that matches no file used to build nothing and end in `datasets`'
+    'Instruction "train" corresponds to no data!'; it is refused naming the source and the path."""
+    path = _manifest(tmp_path, """\
+        sources:
+          - {name: alpha, paths: [root/infrared/alpha]}
+          - {name: typo, paths: ["root/infrared/alhpa/*.png"]}
+        """)
+    with pytest.raises(ValueError, match=r"source 'typo' path 'root/infrared/alhpa/\*\.png' .* matches no file"):
+        discover_sources(str(path))
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("x")
+    path = _manifest(tmp_path, "sources:\n  - {name: empty, paths: [no_images]}\n")
+    builder = InfMix(config_name="full", data_dir=str(path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="source 'empty' path 'no_images' .* an image folder without images"):
+        builder.download_and_prepare()
+
+
+def test_a_build_that_keeps_nothing_is_named(tmp_path):
+    """Guards issue 24 item 17: sources without images, or whose every file is unreadable, used to end in
+    'Instruction "train" corresponds to no data!'; the build now names the configuration and the files."""
+    (tmp_path / "r1" / "infrared" / "a").mkdir(parents=True)
+    builder = InfMix(config_name="full", data_dir=str(tmp_path / "r1"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"has no image file in its sources \(infrared/a\)"):
+        builder.download_and_prepare()
+    (tmp_path / "r2" / "infrared" / "a").mkdir(parents=True)
+    (tmp_path / "r2" / "infrared" / "a" / "b.png").write_bytes(b"not a png")
+    builder = InfMix(config_name="full", data_dir=str(tmp_path / "r2"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"kept no image: 1 file\(s\), 1 unreadable.*b\.png"):
+        builder.download_and_prepare()

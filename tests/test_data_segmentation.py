@@ -263,3 +263,23 @@ def test_cache_rebuilt_after_mask_edit_or_image_deletion(tmp_path):
     Image.fromarray(m).save(root / "masks" / "0.png")
     ds = _load("folder", root, "train", tmp_path)
     assert int(np.asarray(ds[[e for e in ds["id"]].index("0")]["label"]).max()) == 2  # the edited mask
+
+
+def test_unknown_and_empty_splits_are_named(tmp_path):
+    """Guards issue 24 item 17: a split the layout does not provide used to end in `datasets`' 'Unknown split', and
+    a split without pairs (an empty split file, an empty images folder) in 'Instruction "val" corresponds to no
+    data!'; both are ValueErrors naming the split and the folder now (the unknown one before anything is built)."""
+    root = tmp_path / "scut"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(2):
+        Image.fromarray(_rng_img(8, 8, seed=i)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "labels" / f"{i}.png")
+    (root / "train.txt").write_text("0\n1\n")
+    (root / "val.txt").write_text("\n")  # an empty split file
+    with pytest.raises(ValueError, match=rf"no split 'nosuch'; available: train, val") as caught:
+        _load("scut-seg", root, "nosuch", tmp_path)
+    assert str(root) in str(caught.value) and not list((tmp_path / "cache").rglob("*.arrow"))  # nothing built
+    with pytest.raises(ValueError, match=rf"split 'val' of the scut-seg data in {root} holds no image pair"):
+        _load("scut-seg", root, "val", tmp_path)
+    assert len(_load("scut-seg", root, "train", tmp_path)) == 2

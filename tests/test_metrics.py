@@ -164,6 +164,29 @@ def test_mean_iou_settings_cannot_change_mid_stream():
         metric.add_batch(predictions=[np.zeros((2, 2), int)], references=[np.zeros((2, 2), int)], reduce_labels=True)
 
 
+def test_mean_iou_refuses_reference_labels_outside_its_classes():
+    """Guards the issue 24 pattern (mean_iou accepted labels outside its classes): a reference id >= num_labels (or
+    negative) that is not the ignore index used to count as a wrong "other" class and lower the score silently; it
+    is a ValueError naming the value now, in the plain function, the streaming module and a late num_labels.
+    Predicted ids outside the classes still count as wrong."""
+    prediction, reference = np.array([[0, 1], [1, 1]]), np.array([[0, 1], [7, 255]])
+    with pytest.raises(ValueError, match=r"reference label\(s\) 7 outside the 2 classes \(0..1\) and not the ignore "
+                                         r"index 255 \(1 pixel\(s\)\)"):
+        compute_mean_iou([prediction], [reference], num_labels=2)
+    with pytest.raises(ValueError, match=r"reference label\(s\) -1, 2 outside the 2 classes"):
+        confusion_matrix(np.zeros((1, 3), int), np.array([[-1, 2, 2]]), num_labels=2)
+    metric = load_metric("mean_iou", num_labels=2)
+    with pytest.raises(ValueError, match=r"reference label\(s\) 7 outside"):
+        metric.add_batch(predictions=[prediction], references=[reference])
+    metric = load_metric("mean_iou")  # num_labels inferred (3 here), then given as 2 at compute
+    metric.add_batch(predictions=[prediction], references=[np.array([[0, 1], [2, 255]])])
+    with pytest.raises(ValueError, match=r"reference label\(s\) 2 are outside the 2 classes"):
+        metric.compute(num_labels=2)
+    # the ignore index and out-of-range predictions are still fine
+    results = compute_mean_iou([np.array([[0, 9]])], [np.array([[0, 255]])], num_labels=2)
+    assert results["overall_accuracy"] == pytest.approx(1.0)
+
+
 def test_to_builtin_is_strict_json():
     results = compute_mean_iou([np.array([[0, 0]])], [np.array([[0, 0]])], num_labels=3)
     plain = to_builtin(results)

@@ -136,3 +136,82 @@ def test_a_bad_value_is_a_usage_error_naming_the_argument(tmp_path, capsys):
     assert caught.value.code == 2
     assert "layer_decay" in capsys.readouterr().err
     assert FinetuningArguments().max_steps == 2000
+
+
+# ------------------------------------------------------------------------------ checks before the data build (issue 24)
+TINY_HEADS = ('{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16, '
+              '"auxiliary_channels": 8, "out_indices": [0, 1, 1, 1]}')
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from unip_hf.data import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("scenes")
+    write_synthetic_dataset(str(root), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    return str(root)
+
+
+def _finetune_argv(scenes, tmp_path, *extra):
+    return ["finetune", "--model_name_or_path", "none", "--preset", "unip-tiny", "--patch_size", "8",
+            "--config_overrides", TINY_HEADS, "--dataset", "folder", "--data_dir", scenes, "--img_scale", "48x40",
+            "--max_steps", "1", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--crop_size", "30"], "--crop_size 30 must be a multiple of the model's patch size 8 (a training crop is cut "
+                            "into whole patches); use 24 or 32"),
+    (["--crop_size", "32", "--per_device_train_batch_size", "1"],
+     "--per_device_train_batch_size must be >= 2 for the UPerNet head, got 1: BatchNorm needs more than one value"),
+    (["--crop_size", "32", "--train_split", "trian"],
+     "--train_split 'trian': the folder data in {scenes} has no such split; available: train, val"),
+    (["--crop_size", "32", "--eval_split", "nosuch"],
+     "--eval_split 'nosuch': the folder data in {scenes} has no such split; available: train, val"),
+], ids=["crop-not-multiple-of-patch", "batch-1-with-batchnorm", "train-split", "eval-split"])
+def test_finetune_refuses_before_the_data_build(scenes, tmp_path, capsys, extra, message):
+    """Guards issue 24 item 17: a crop that is not a multiple of the patch size failed at the first training step
+    ("Input size 30x30 is not a multiple of the patch size 8"), a batch of 1 per device with the UPerNet head's
+    BatchNorm at its first step ("Expected more than 1 value per channel when training", with one process or
+    several), an unknown split after the build ('Unknown split'); each is now an argparse-style error (exit 2)
+    naming the argument, before any data set is built or model made."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main(_finetune_argv(scenes, tmp_path, *extra))
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert message.format(scenes=scenes) in err
+    assert not list((tmp_path / "cache").rglob("*.arrow")) and not (tmp_path / "out").exists()
+
+
+def test_crop_is_checked_against_a_checkpoint_patch_size(scenes, tmp_path):
+    """The patch size of a checkpoint comes from its config.json (no weights loaded); a small-target model, which
+    pads its input, and a batch of 1 for it, are not refused."""
+    from unip_hf import UnipConfig, UnipViTModel
+    from unip_hf.finetuning import check_finetuning_args
+    from unip_hf.recipe_arguments import DataArguments, ModelArguments
+
+    UnipViTModel(UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=40,
+                            patch_size=10)).save_pretrained(tmp_path / "backbone")
+    model = ModelArguments(model_name_or_path=str(tmp_path / "backbone"))
+    train = FinetuningArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1)
+    with pytest.raises(ValueError, match="--crop_size 32 must be a multiple of the model's patch size 10"):
+        check_finetuning_args(model, DataArguments(data_dir=scenes, crop_size=32), train)
+    with pytest.raises(ValueError, match="--per_device_train_batch_size must be >= 2"):
+        check_finetuning_args(model, DataArguments(data_dir=scenes, crop_size=40), train)
+    model.architecture = "small_target"
+    check_finetuning_args(model, DataArguments(data_dir=scenes, crop_size=32), train)
+    model.architecture, model.mode = "semantic", "linear_probe"  # a 1x1 convolution: no BatchNorm
+    check_finetuning_args(model, DataArguments(data_dir=scenes, crop_size=40), train)
+
+
+def test_evaluate_unknown_split_is_named_before_the_model_loads(scenes, tmp_path, capsys):
+    """Guards issue 24 item 17: `unip evaluate --split nosuch` loaded the model, built the data set and then failed in
+    `datasets` ('Unknown split'); it is refused first, naming the split and the available ones (the "model" here
+    is an empty folder, which loading would reject with another error)."""
+    (tmp_path / "model").mkdir()
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["evaluate", "--model_name_or_path", str(tmp_path / "model"), "--dataset", "folder",
+                  "--data_dir", scenes, "--split", "nosuch", "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert f"--split 'nosuch': the folder data in {scenes} has no such split; available: train, val" in err
+    assert not list((tmp_path / "cache").rglob("*.arrow"))

@@ -126,3 +126,12 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def check_multiple_of(argument: str, value: int, divisor: int, what: str) -> None:
+    """Raise `ValueError` unless `value` is a multiple of `divisor`, naming the `--argument`, `what` the divisor is,
+    and the nearest valid values below and above (e.g. a crop size and the model's patch size)."""
+    if divisor and value % divisor:
+        below, above = value // divisor * divisor, (value // divisor + 1) * divisor
+        nearest = f"{below} or {above}" if below else f"{above}"
+        raise ValueError(f"{_flag(argument)} {value} must be a multiple of {what}; use {nearest}")

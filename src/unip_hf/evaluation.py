@@ -29,6 +29,7 @@ from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
     EvalSegmentationDataset,
+    check_split,
     dataset_task,
     load_split,
     parse_img_scale,
@@ -294,6 +295,8 @@ def check_evaluation_args(args: EvaluationArguments) -> None:
     problem = task_head_problem(args.model_name_or_path)
     if problem:
         raise ValueError(f"--model_name_or_path {problem}")
+    if args.split:  # an unknown split is named before the model is loaded
+        check_split(args.dataset, args.data_dir, args.split, "split")
 
 
 def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
@@ -311,7 +314,7 @@ def run_evaluation(args: EvaluationArguments) -> dict[str, Any]:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     model = load_segmentation_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model.to(accelerator.device).eval()
-    split = resolve_eval_split(args.dataset, args.data_dir, args.split)
+    split = resolve_eval_split(args.dataset, args.data_dir, args.split, argument="split")
     with accelerator.main_process_first():
         dataset = load_split(args.dataset, args.data_dir, split, args.cache_dir, args.max_eval_samples)
     meta = segmentation_metadata(dataset)

@@ -24,13 +24,15 @@ from typing import Any
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from .argument_checks import check_choice, check_range
+from .argument_checks import check_choice, check_multiple_of, check_range
 from .configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
 from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
+    check_split,
+    dataset_splits,
     dataset_task,
     load_split,
     parse_img_scale,
@@ -132,7 +134,9 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
                           training_args: FinetuningArguments) -> None:
     """Checks across the fine-tuning dataclasses, before any model or data is loaded (`ValueError` naming the
     argument): each dataclass's own checks again (a caller may have changed a field since), the data folder exists
-    (`FileNotFoundError`) and `--metric_for_best_model` is a metric of the data set's task."""
+    (`FileNotFoundError`), `--metric_for_best_model` is a metric of the data set's task, `--train_split` and
+    `--eval_split` are splits of the data set, and for the semantic model `--crop_size` is a multiple of its patch
+    size and, with the UPerNet head, `--per_device_train_batch_size` is at least 2 (its BatchNorm)."""
     for part in (model_args, data_args, training_args):
         part.__post_init__()
     check_output_dir(training_args)
@@ -145,6 +149,40 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
     if training_args.metric_for_best_model is not None and training_args.metric_for_best_model not in ranked:
         raise ValueError(f"--metric_for_best_model must be one of {', '.join(ranked)} for the {task} task of "
                          f"--dataset {data_args.dataset}; got {training_args.metric_for_best_model!r}")
+    # the splits, and what the model's layers need of the views: checked before any data is built
+    splits = dataset_splits(data_args.dataset, data_args.data_dir)
+    if splits:  # (a folder without any split is named by the build)
+        check_split(data_args.dataset, data_args.data_dir, data_args.train_split, "train_split", splits)
+        resolve_eval_split(data_args.dataset, data_args.data_dir, data_args.eval_split)
+    if resolve_architecture(model_args, task) == "semantic":
+        planned = _planned_model_config(model_args)
+        patch = int(getattr(planned, "patch_size", 1))
+        check_multiple_of("crop_size", data_args.crop_size, patch,
+                          f"the model's patch size {patch} (a training crop is cut into whole patches)")
+        batch = training_args.per_device_train_batch_size
+        if model_args.mode == "finetune" and 1 in getattr(planned, "pool_scales", ()) and batch < 2:
+            raise ValueError(
+                f"--per_device_train_batch_size must be >= 2 for the UPerNet head, got {batch}: BatchNorm needs more "
+                "than one value per channel in training, and the head's 1x1 pyramid-pooling cell holds one per sample "
+                "on each process (with one process or several under DDP; gradient accumulation does not help). Use "
+                "2 or more per device, or --mode linear_probe")
+
+
+def _planned_model_config(model_args: ModelArguments) -> UnipConfig:
+    """The configuration `build_model` will give the semantic model's backbone and head (patch size, pool scales), read
+    from `--preset` / `--patch_size` / `--config_overrides` or the checkpoint's `config.json`: no weights loaded."""
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    if model_args.model_name_or_path in (None, "", "none"):
+        if model_args.patch_size:
+            overrides["patch_size"] = model_args.patch_size
+        patch = overrides.get("patch_size", UnipConfig.from_preset(model_args.preset).patch_size)
+        overrides.setdefault("image_size", patch)  # build_model sizes it from the crop; any multiple will do here
+        return UnipConfig.from_preset(model_args.preset, **overrides)
+    saved = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    for key in ("patch_size", "pool_scales"):
+        if key in overrides:
+            setattr(saved, key, overrides[key])
+    return saved
 
 
 @dataclass

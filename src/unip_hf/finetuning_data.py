@@ -59,20 +59,37 @@ def rescale_size(width: int, height: int, img_scale: tuple[int, int]) -> tuple[i
     return keep_ratio_size(height, width, img_scale)
 
 
-def resolve_eval_split(name: str, data_dir: str, split: str | None) -> str:
-    """The evaluation split: `split` if given, else `val` when the data set has one, else `test`."""
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
+def resolve_eval_split(name: str, data_dir: str, split: str | None, argument: str = "eval_split") -> str:
+    """The evaluation split: `split` if given (it must be one of the data set's splits: a `ValueError` naming
+    `--argument` and the available splits), else `val` when the data set has one, else `test`."""
+    splits = dataset_splits(name, data_dir)
     if split:
-        return split
-    try:
-        splits = available_splits(name, data_dir)
-    except ValueError as err:
-        raise ValueError(f"--dataset {name!r}: {err}") from None
+        return check_split(name, data_dir, split, argument, splits)
     for candidate in ("val", "test"):
         if candidate in splits:
             return candidate
-    raise ValueError(f"{data_dir} has no val or test split (found {splits}); pass --eval_split")
+    raise ValueError(f"{data_dir} has no val or test split (found {splits}); pass --{argument}")
+
+
+def dataset_splits(name: str, data_dir: str) -> list[str]:
+    """The splits the `name` layout finds in `data_dir` (nothing built); errors name `--data_dir` / `--dataset`."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir!r} is not a folder")
+    try:
+        return available_splits(name, data_dir)
+    except ValueError as err:
+        raise ValueError(f"--dataset {name!r}: {err}") from None
+
+
+def check_split(name: str, data_dir: str, split: str, argument: str, splits: list[str] | None = None) -> str:
+    """`split` itself when the `name` data set in `data_dir` provides it, else a `ValueError` naming `--argument`, the
+    split and the available ones (read from the layout, nothing is built: checked before a model is loaded). A folder
+    whose layout shows no split at all passes here: the build names it ("no split found under ...")."""
+    splits = dataset_splits(name, data_dir) if splits is None else splits
+    if splits and split not in splits:
+        raise ValueError(f"--{argument} {split!r}: the {name} data in {data_dir} has no such split; available: "
+                         f"{', '.join(splits)}")
+    return split
 
 
 def load_split(name: str, data_dir: str, split: str, cache_dir: str | None = None, max_samples: int | None = None):

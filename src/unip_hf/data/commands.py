@@ -10,6 +10,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -31,9 +32,13 @@ def command_infmix_build(args: argparse.Namespace) -> int:
     tmp = None if args.cache_dir else tempfile.TemporaryDirectory(prefix="infmix-cache-")
     cache = args.cache_dir or tmp.name
     try:
-        builder = InfMix(config_name=args.config, data_dir=os.path.abspath(args.root_or_manifest), cache_dir=cache,
-                         include_sources=split_list(args.include_sources), exclude_sources=split_list(args.exclude_sources))
-        builder.download_and_prepare()
+        try:
+            builder = InfMix(config_name=args.config, data_dir=os.path.abspath(args.root_or_manifest),
+                             cache_dir=cache, include_sources=split_list(args.include_sources),
+                             exclude_sources=split_list(args.exclude_sources))
+            builder.download_and_prepare()
+        except (ValueError, FileNotFoundError) as err:  # a bad manifest, path or selection: named, no traceback
+            return _usage_error("unip infmix build", err)
         report = builder.load_report() or {}
         ds = builder.as_dataset(split="train")
         name = builder.config.name
@@ -63,6 +68,12 @@ def command_infmix_build(args: argparse.Namespace) -> int:
         if tmp is not None:
             tmp.cleanup()
     return 0
+
+
+def _usage_error(command: str, err: Exception) -> int:
+    """Print `err` as one `error:` line on stderr (argparse's form) and return its exit status, 2."""
+    print(f"{command}: error: {err}", file=sys.stderr)
+    return 2
 
 
 def _load_for_inspect(args: argparse.Namespace):
@@ -132,7 +143,10 @@ def contact_sheet(images: list, masks: list, palette: list, tile: int = 160, col
 def command_data_inspect(args: argparse.Namespace) -> int:
     """Run `unip data inspect` (prints, and writes `summary.json` and `contact_sheet.png` under `--out`); returns the
     exit status."""
-    ds = _load_for_inspect(args)
+    try:
+        ds = _load_for_inspect(args)
+    except (ValueError, FileNotFoundError) as err:  # an unknown or empty split, a bad mask: named, no traceback
+        return _usage_error("unip data inspect", err)
     try:
         meta = segmentation_metadata(ds)
     except ValueError:

@@ -112,13 +112,32 @@ def _glob_root(pattern: str) -> str:
 
 
 def _load_manifest(path: str) -> dict:
+    """The parsed manifest; a syntax error is a `ValueError` naming the file, the line and the problem."""
     text = read_text(path, "manifest")
     if path.lower().endswith(".json"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"manifest {path} is not valid JSON: {err}") from None
-    return yaml.safe_load(text)
+            raise ValueError(f"manifest {path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
+                             "fix that line (JSON allows no trailing commas or comments)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"manifest {path} is not valid YAML: {problem}{where}; fix that line") from None
+
+
+def _sampling_value(manifest: str, source: str, entry: dict, key: str, low: int, meaning: str) -> Optional[int]:
+    """A source's ``every`` / ``max`` as an integer >= `low` (`None` when absent), else a `ValueError` naming it."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"manifest {manifest}: source {source!r} has {key}: {value!r}; {key} must be an integer "
+                         f">= {low} ({meaning}), or left out")
+    return value
 
 
 def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
@@ -131,8 +150,8 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
           - name: hit-uav              # required
             modality: infrared         # infrared | rgb
             paths: [hit-uav/, "more/*.png"]  # folders (recursive) or globs, relative to the manifest
-            every: 5                   # optional: every k-th file of the sorted list
-            max: 1000                  # optional: at most n files (after `every`)
+            every: 5                   # optional: every k-th file of the sorted list (an integer >= 1)
+            max: 1000                  # optional: at most n files (after `every`; an integer >= 0)
 
     A manifest reads what it names: relative paths may leave its folder (``../other``) and absolute paths are
     allowed, so build only manifests you trust. A source's ``root`` is the deepest folder holding all its paths
@@ -147,6 +166,11 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
         One dict per source: ``name``, ``modality``, ``root`` (for relative file names), ``files``
         (sorted absolute paths after sampling) and ``skipped`` (`unip_hf.files.SkippedFile` items), ordered by
         modality then name.
+
+    Raises:
+        ValueError: naming the manifest, for invalid YAML/JSON (with the line), a source without ``name`` or
+            ``paths``, an unknown modality, a ``every`` that is not an integer >= 1 or a ``max`` not >= 0, and a path
+            that matches no file (a typo never shrinks the mix silently).
     """
     if not os.path.exists(root_or_manifest):
         raise FileNotFoundError(f"InfMix root or manifest not found: {root_or_manifest}")
@@ -172,10 +196,13 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
     manifest = _load_manifest(root_or_manifest) or {}
     base = os.path.dirname(os.path.abspath(root_or_manifest))
     entries = manifest.get("sources") if isinstance(manifest, dict) else None
-    if not entries:
+    if not entries or not isinstance(entries, list):
         raise ValueError(f"manifest {root_or_manifest} has no 'sources' list")
     seen = set()
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"manifest {root_or_manifest}: source #{i} is {entry!r}, not a mapping with 'name' and "
+                             "'paths'")
         name, modality = entry.get("name"), entry.get("modality", "infrared")
         if not name:
             raise ValueError(f"manifest {root_or_manifest}: source #{i} has no 'name'")
@@ -188,10 +215,13 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
         paths = [paths] if isinstance(paths, str) else list(paths or [])
         if not paths:
             raise ValueError(f"manifest {root_or_manifest}: source {name!r} has no 'paths'")
+        every = _sampling_value(root_or_manifest, name, entry, "every", 1, "1 keeps every file, k every k-th")
+        limit = _sampling_value(root_or_manifest, name, entry, "max", 0, "the most files kept after `every`")
         scan, roots = FileScan(), []
-        for p in paths:
-            p = os.path.expanduser(p)
+        for given in paths:
+            p = os.path.expanduser(given)
             p = os.path.abspath(p if os.path.isabs(p) else os.path.join(base, p))
+            before = (len(scan.files), len(scan.skipped))
             if os.path.isdir(p):
                 roots.append(p)
                 _walk_images(p, scan)
@@ -200,11 +230,13 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
                 for f in sorted(glob.glob(p, recursive=True)):
                     if not os.path.isdir(f):
                         scan.add_file(os.path.abspath(f))
-        files = sorted(scan.files)
-        every, limit = int(entry.get("every", 1) or 1), entry.get("max")
-        files = files[::every]
+            if (len(scan.files), len(scan.skipped)) == before:  # a typo in a path never shrinks a mix silently
+                what = "an image folder without images" if os.path.isdir(p) else "matches no file"
+                raise ValueError(f"manifest {root_or_manifest}: source {name!r} path {given!r} ({p}) {what}; "
+                                 "fix the path (relative paths start at the manifest's folder) or remove it")
+        files = sorted(scan.files)[:: every or 1]
         if limit is not None:
-            files = files[: int(limit)]
+            files = files[:limit]
         root = os.path.commonpath(roots) if roots else base
         root = root if os.path.isdir(root) else os.path.dirname(root)
         sources.append({"name": name, "modality": modality, "root": root, "files": files, "skipped": scan.skipped})
@@ -352,8 +384,25 @@ class InfMix(datasets.GeneratorBasedBuilder):
         return chosen
 
     def _split_generators(self, dl_manager):
+        # The sources are checked here, outside the generation that `datasets` wraps in DatasetGenerationError, so a
+        # bad manifest or an empty selection reaches the caller as the ValueError naming the file.
+        chosen = self._selected_sources()
+        if not any(s["files"] for s in chosen):
+            names = ", ".join(f"{s['modality']}/{s['name']}" for s in chosen)
+            raise ValueError(f"configuration {self.config.name!r} under {self.config.data_dir} has no image file in "
+                             f"its sources ({names}); add images or choose other sources")
         # No lists in gen_kwargs: the sources must be read by one generator for cross-source de-duplication.
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"split": "train"})]
+
+    def download_and_prepare(self, *args, **kwargs):
+        """`datasets.DatasetBuilder.download_and_prepare`, with the build's own errors (a `ValueError` naming the
+        manifest, the sources or the unreadable files) raised as such rather than inside `DatasetGenerationError`."""
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as err:
+            if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+                raise err.__cause__ from None
+            raise
 
     def _encode(self, data: bytes, modality: str, path: str = "<image bytes>") -> tuple[bytes, str, tuple[int, int]]:
         # full decode with the training-time checks: unreadable, truncated, too large or non-finite files raise here
@@ -415,6 +464,12 @@ class InfMix(datasets.GeneratorBasedBuilder):
             "skipped": skipped,
         }
         logger.info("InfMix %s per-source counts:\n%s", self.config.name, format_report_table(self.report))
+        if not self.report["total_kept"]:  # else `datasets` says only 'Instruction "train" corresponds to no data!'
+            reasons = "; ".join(f"{item['file']}: {item['error']}" for item in unreadable[:3])
+            raise ValueError(
+                f"configuration {self.config.name!r} under {self.config.data_dir} kept no image: "
+                f"{sum(r['files'] for r in rows)} file(s), {len(unreadable)} unreadable, "
+                f"{self.report['total_duplicates']} duplicate(s)" + (f" ({reasons})" if reasons else ""))
         self.info.description = f"{_DESCRIPTION}\n\n{REPORT_MARKER}\n{json.dumps(self.report, indent=1)}"
 
     def load_report(self) -> Optional[dict]:

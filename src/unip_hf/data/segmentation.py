@@ -639,7 +639,7 @@ def load_segmentation_dataset(
 
     Raises:
         ValueError: a mask whose size differs from its image, or with values outside the classes (names the file);
-            a split in which no pair could be decoded.
+            a split in which no pair could be decoded; a split the layout does not provide, or one without pairs.
         FileNotFoundError: a listed image or mask is absent (names the id and the split file).
 
     Returns:
@@ -649,12 +649,19 @@ def load_segmentation_dataset(
     """
     builder = _builder(name, data_dir, cache_dir=cache_dir, spec=spec, skip_missing=skip_missing,
                        radiometric=radiometric)
+    splits = builder._splits(builder._root())
+    if splits and split not in splits:  # named before anything is built (datasets would say only 'Unknown split')
+        raise ValueError(f"the {name} data in {data_dir} has no split {split!r}; available: {', '.join(splits)}")
     try:
         builder.download_and_prepare()
     except datasets.exceptions.DatasetGenerationError as err:
         if isinstance(err.__cause__, (ValueError, FileNotFoundError, ImportError)):  # surface the error naming the file
             raise err.__cause__ from None
         raise
+    if not builder.info.splits[split].num_examples:  # else 'Instruction "<split>" corresponds to no data!'
+        raise ValueError(f"split {split!r} of the {name} data in {data_dir} holds no image pair (an empty split file "
+                         f"or images folder{', or every listed id missing' if skip_missing else ''}); add pairs or "
+                         "choose another split")
     return builder.as_dataset(split=split)
 
 
@@ -665,7 +672,8 @@ def available_splits(name: str, data_dir: str) -> list[str]:
         name: a name of `SEGMENTATION_BUILDERS` (as for `load_segmentation_dataset`).
         data_dir: the data set's root folder.
     """
-    return list(_builder(name, data_dir)._splits(os.path.abspath(data_dir)))
+    # a fixed `hash`: listing the splits needs no fingerprint of every file (a stat of each; argument checks call this)
+    return list(_builder(name, data_dir, hash="available-splits")._splits(os.path.abspath(data_dir)))
 
 
 def _builder(name: str, data_dir: str, spec: Optional[SegmentationSpec] = None, **kwargs: Any) -> SegmentationBuilder:

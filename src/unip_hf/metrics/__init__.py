@@ -95,6 +95,10 @@ def compute_mean_iou(
     Returns:
         `dict` with `mean_iou`, `mean_accuracy`, `overall_accuracy`, `per_category_iou`,
         `per_category_accuracy`.
+
+    Raises:
+        ValueError: a reference id outside `[0, num_labels)` that is not `ignore_index` (named); predicted ids outside
+            the classes count as wrong.
     """
     total = np.zeros((num_labels + 1, num_labels + 1), dtype=np.int64)
     for prediction, reference in zip(predictions, references, strict=True):

@@ -17,8 +17,10 @@ of all images (pixels whose label is `ignore_index` are skipped). mIoU is the me
 whose union is not empty; every class counts, background (id 0) included. Accuracy of class c is
 the recall |pred == c and label == c| / |label == c|; overall accuracy is correct pixels over
 valid pixels. The numbers match the Hub's stock `mean_iou` metric, but `add_batch` folds each
-batch into a `(num_labels + 1) x (num_labels + 1)` confusion matrix (the last row/column counts
-ids outside `[0, num_labels)`), so memory does not depend on how many images are evaluated.
+batch into a `(num_labels + 1) x (num_labels + 1)` confusion matrix (the last column counts
+predicted ids outside `[0, num_labels)`), so memory does not depend on how many images are
+evaluated. A reference id outside `[0, num_labels)` that is not `ignore_index` is a `ValueError`
+naming it (a wrong class list would otherwise pass as a lower score).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -28,8 +30,9 @@ Args:
     references (same layout as `predictions`):
         Ground-truth class ids; `ignore_index` marks pixels to skip.
     num_labels (`int`, *optional*):
-        Number of classes, background included. Ids outside `[0, num_labels)` count as a wrong
-        "other" class. When not given anywhere, it is the largest reference id seen + 1 (classes
+        Number of classes, background included. Predicted ids outside `[0, num_labels)` count as a
+        wrong "other" class; reference ids outside it (other than `ignore_index`) are refused with a
+        `ValueError` naming them. When not given anywhere, it is the largest reference id seen + 1 (classes
         that are only ever predicted are then not reported): pass it whenever it is known.
     ignore_index (`int`, *optional*, defaults to 255):
         Label id whose pixels are skipped.
@@ -108,10 +111,17 @@ def _prepare_labels(label, ignore_index=255, reduce_labels=False, label_map=None
     return label
 
 
+def _refuse_label_rows(rows, old, num_labels):
+    names = ", ".join(str(i) if i < old else f"outside [0, {old})" for i in rows)
+    raise ValueError(f"reference label(s) {names} are outside the {num_labels} classes (0..{num_labels - 1}); pass "
+                     "the right num_labels")
+
+
 def resize_confusion_matrix(matrix, num_labels):
     """Resize a `(K + 1) x (K + 1)` confusion matrix (last index = out-of-range ids) to `num_labels`.
 
-    Classes beyond the new size are folded into the out-of-range slot; new classes get zero counts.
+    Predictions of classes beyond the new size are folded into the out-of-range slot; new classes get zero
+    counts. Labelled pixels of a class beyond the new size (or in the out-of-range row) are a `ValueError`.
 
     Args:
         matrix (`np.ndarray`): Square int64 matrix, rows = labels, columns = predictions.
@@ -123,6 +133,10 @@ def resize_confusion_matrix(matrix, num_labels):
     old = matrix.shape[0] - 1
     if old == num_labels:
         return matrix
+    labelled = np.flatnonzero(matrix.sum(axis=1))
+    lost = [int(i) for i in labelled if i >= min(old, num_labels)]
+    if lost:  # labelled pixels of classes the result does not have: refused, as `confusion_matrix` does
+        _refuse_label_rows(lost, old, num_labels)
     # Map every old index to its new index; classes >= num_labels and the old overflow go to overflow.
     index = np.arange(old + 1)
     index = np.where(index < min(old, num_labels), index, num_labels)
@@ -152,7 +166,15 @@ def confusion_matrix(prediction, reference, num_labels, ignore_index=255, reduce
     valid = label != ignore_index
     label = label[valid]
     prediction = prediction[valid]
-    label = np.where((label >= 0) & (label < num_labels), label, num_labels)
+    outside = (label < 0) | (label >= num_labels)
+    if outside.any():  # a wrong class list or label map: refused, never scored as a wrong "other" class
+        values = np.unique(label[outside])
+        shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if values.size > 8 else "")
+        raise ValueError(
+            f"reference label(s) {shown} outside the {num_labels} classes (0..{num_labels - 1}) and not the ignore "
+            f"index {ignore_index} ({int(outside.sum())} pixel(s)); pass the right num_labels, map them with "
+            "label_map, or set them to the ignore index"
+        )
     prediction = np.where((prediction >= 0) & (prediction < num_labels), prediction, num_labels)
     size = num_labels + 1
     counts = np.bincount(label * size + prediction, minlength=size * size)
@@ -175,6 +197,8 @@ def mean_iou_from_confusion_matrix(matrix, num_labels=None, nan_to_num=None):
     if num_labels is not None:
         matrix = resize_confusion_matrix(matrix, int(num_labels))
     k = matrix.shape[0] - 1
+    if matrix[k].any():
+        _refuse_label_rows([k], k, k)
     intersect = np.diag(matrix)[:k].astype(np.float64)
     area_label = matrix.sum(axis=1)[:k].astype(np.float64)
     area_pred = matrix.sum(axis=0)[:k].astype(np.float64)
