@@ -22,6 +22,7 @@ from unip_hf.training import (
     TrainingInterrupted,
     create_optimizer,
     create_scheduler,
+    file_sha256,
     list_checkpoints,
     train_loop,
 )
@@ -134,6 +135,7 @@ def test_resume_refuses_a_non_finite_checkpoint(tmp_path):
     save_file(tensors, str(model_file))
     state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
     state["files"]["model.safetensors"] = model_file.stat().st_size
+    state["sha256"]["model.safetensors"] = file_sha256(str(model_file))  # consistent: only the NaN guard can see it
     (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="non-finite model parameters"):
         tiny_run(tmp_path, 4, resume="latest")

@@ -62,6 +62,7 @@ from .training import (
     create_accelerator,
     create_optimizer,
     create_scheduler,
+    finish_run,
     parse_recipe_args,
     num_warmup_steps,
     run_recipe,
@@ -298,6 +299,20 @@ def _gather_training_table(model_args, data_args, train, total_batch, max_steps,
     }
 
 
+def _run_settings(model, data_args: DataArguments, id2label: dict[int, str]) -> dict[str, Any]:
+    """What a checkpoint records about what it trains, compared on resume (`train_loop`'s `run_settings`): the data
+    set, its labels (a change is refused) and the architecture."""
+    config = model.config
+    head = getattr(config, "decode_head", None)
+    return {
+        "dataset": f"{data_args.dataset} ({data_args.train_split}) in {os.path.abspath(data_args.data_dir)}",
+        "labels": {str(int(k)): v for k, v in id2label.items()},
+        "architecture": (f"{type(model).__name__} ({(head + ', ') if head else ''}hidden {config.hidden_size}, "
+                         f"{config.num_hidden_layers} blocks, {config.num_attention_heads} heads, patch "
+                         f"{config.patch_size}, {config.num_channels} channel(s))"),
+    }
+
+
 def run_finetuning(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -491,7 +506,7 @@ def run_finetuning(
     result = train_loop(
         accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
         **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
-        on_resume=on_resume,
+        on_resume=on_resume, run_settings=_run_settings(model, data, id2label),
     )
     final = next((entry["metrics"] for entry in history if entry["step"] == result.global_step), None)
     if final is None:
@@ -524,7 +539,8 @@ def run_finetuning(
     if train.push_to_hub and accelerator.is_main_process:
         push_saved_model(train.output_dir, train.hub_model_id, results, private=train.hub_private_repo,
                          message=f"UNIP {model_args.mode} on {data.dataset}: {max_steps} steps")
-    accelerator.end_training()
+    prepared = None  # the DDP wrapper is freed in finish_run, by every process at once, not as this returns
+    finish_run(accelerator, train.output_dir)
     return FinetuningResult(train.output_dir, result.global_step, result.final_loss, kept_metrics, kept_step,
                             main_metric, task, list(history), result.resumed_from)
 
