@@ -451,3 +451,163 @@ def test_finetuning_resume_never_keeps_a_best_model_of_a_later_step(tmp_path, ca
             torch.testing.assert_close(kept[key], expected[key], msg=key)
     else:  # the step-1 model is gone: the last one is kept, and said so
         assert result.best_step == 4 and "overwritten by an interrupted run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 6
+class Stop(RuntimeError):
+    """A kill in the middle of a run (no Ctrl-C handling, nothing saved)."""
+
+
+def stop_at(step):
+    def callback(done, logs):
+        if done == step:
+            raise Stop(f"killed after step {step}")
+    return callback
+
+
+def test_latest_follows_the_newest_lineage_after_a_rewind(tmp_path, caplog):
+    """Guards issue 24 item 6: a run to step 4, then rewound (`--resume_from_checkpoint checkpoint-2`) and killed at
+    step 3. Before, `latest` picked the abandoned branch's checkpoint-4 and the run was "done" with the original
+    model; now it resumes from checkpoint-2 (the rewound run's lineage) and names checkpoint-4 as ignored."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    first = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert first["lineage"] == [{"run_id": first["run_id"], "from_step": 0}] and first["resumed_from"] is None
+    with pytest.raises(Stop):
+        tiny_run(tmp_path, 4, checkpointing_steps=2, resume=str(tmp_path / "checkpoint-2"), on_step_end=stop_at(3))
+    runs = json.loads((tmp_path / "run_lineage.json").read_text())["runs"]
+    assert [len(run["lineage"]) for run in runs] == [1, 2] and runs[1]["lineage"][1]["from_step"] == 2
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        result, resumed = tiny_run(tmp_path, 4, checkpointing_steps=2, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-2") and result.global_step == 4
+    assert "ignored 1 checkpoint(s) of a branch it abandoned: checkpoint-4" in caplog.text
+    assert "which resumed from checkpoint-2" in caplog.text
+    saved = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert saved["resumed_from"] == "checkpoint-2" and saved["lineage"][0]["run_id"] == first["run_id"]
+    assert saved["run_id"] != first["run_id"]
+    _, straight = tiny_run(tmp_path / "straight", 4)
+    assert_same(resumed, straight)  # the rewound branch, resumed, is the uninterrupted run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):  # the new checkpoint-4 is on the lineage
+        assert CheckpointManager(None, str(tmp_path)).resolve("latest").endswith("checkpoint-4")
+    assert "abandoned" not in caplog.text
+
+
+def test_rotation_never_removes_the_checkpoints_of_the_current_lineage_for_an_abandoned_one(tmp_path):
+    """Guards issue 24 item 6 (rotation): with a keep-2 limit, a run rewound to checkpoint-2 that saves checkpoint-3
+    keeps checkpoint-2 and -3 (its own lineage); the abandoned checkpoint-4 is neither counted nor deleted."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2, total_limit=2)
+    tiny_run(tmp_path, 3, checkpointing_steps=1, total_limit=2, resume=str(tmp_path / "checkpoint-2"))
+    assert names(tmp_path) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 7
+DATA_A = {"dataset": "udder (train)", "labels": {"0": "background", "1": "udder"}, "architecture": "Tiny"}
+
+
+def test_resume_onto_other_labels_is_refused_and_data_set_changes_are_reported(tmp_path, capsys):
+    """Guards issue 24 item 7: before, a resume onto another data set reported only `max_steps 2 -> 3` and trained
+    the old classes under the new names; now a change of labels is refused (a `CheckpointError`, exit 2 with one
+    `error:` line through `run_recipe`), and a change of data set or architecture is in the change report."""
+    from unip_hf.training import run_recipe
+
+    tiny_run(tmp_path, 2, checkpointing_steps=2, run_settings=DATA_A)
+    state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
+    assert state["settings"]["labels"] == DATA_A["labels"] and state["settings"]["dataset"] == "udder (train)"
+    other = {**DATA_A, "dataset": "sirst (train)", "labels": {"0": "background", "1": "target"}}
+    with pytest.raises(CheckpointError, match=r"other labels \(0: background, 1: udder\).*\(0: background, 1: target"):
+        tiny_run(tmp_path, 3, resume="latest", run_settings=other)
+    capsys.readouterr()
+    code, _ = run_recipe(lambda: tiny_run(tmp_path, 3, resume="latest", run_settings=other), ())
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --resume_from_checkpoint") and "Traceback" not in err
+    tiny_run(tmp_path, 3, resume="latest", run_settings={**DATA_A, "dataset": "udder-v2 (train)",
+                                                         "architecture": "Tiny (dropout 0.3)"})
+    out = capsys.readouterr().out
+    assert "data set udder (train) -> udder-v2 (train)" in out and "architecture Tiny -> Tiny (dropout 0.3)" in out
+    assert "max_steps 2 -> 3" in out
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 8
+def test_overwritten_bytes_in_a_checkpoint_are_detected_by_hash(tmp_path, caplog):
+    """Guards issue 24 item 8: completeness was checked by size only, so 4000 overwritten bytes resumed silently.
+    Every file's sha256 is recorded and verified on resume: a named checkpoint is refused naming the file, and
+    `latest` skips it (naming it) for the previous complete checkpoint."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    state = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert set(state["sha256"]) == set(state["files"]) and "model.safetensors" in state["sha256"]
+    victim = tmp_path / "checkpoint-4" / "rng_state_0.safetensors"
+    data = bytearray(victim.read_bytes())
+    assert len(data) > 4500
+    data[-4000:] = os.urandom(4000)
+    victim.write_bytes(bytes(data))  # same size: the size check passes
+    with pytest.raises(CheckpointError, match="corrupted rng_state_0.safetensors"):
+        tiny_run(tmp_path, 6, resume=str(tmp_path / "checkpoint-4"))
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        result, _ = tiny_run(tmp_path, 6, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-2") and "corrupted rng_state_0.safetensors" in caplog.text
+    weights = tmp_path / "checkpoint-2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted model.safetensors"):
+        CheckpointManager(None, str(tmp_path)).load(str(tmp_path / "checkpoint-2"))
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 10
+def test_ctrl_c_during_rotation_leaves_nothing_half_deleted(tmp_path, monkeypatch):
+    """Guards issue 24 item 10: Ctrl-C while rotation deleted checkpoint-2 left a half-deleted `checkpoint-2/` (its
+    weights gone, its `training_state.json` still there) that no later rotation removed. Rotation now renames a
+    folder to `.trash-checkpoint-2` before deleting it, and removes such leftovers at the next start and rotation."""
+    import shutil
+
+    from unip_hf.training import checkpoint_problem
+
+    real = shutil.rmtree
+    fired = []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        path = str(path)
+        if not fired and path.endswith("checkpoint-2") and os.path.isdir(path):
+            fired.append(path)
+            os.remove(os.path.join(path, "model.safetensors"))
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(TrainingInterrupted):
+        tiny_run(tmp_path, 6, checkpointing_steps=2, total_limit=2)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    assert fired
+    assert not (tmp_path / "checkpoint-2").exists()  # never a half-deleted checkpoint under its real name
+    result, _ = tiny_run(tmp_path, 8, checkpointing_steps=2, total_limit=2, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-6")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-6", "checkpoint-8", "run_lineage.json", "trainer_state.json"]
+    assert all(checkpoint_problem(path) is None for path in list_checkpoints(str(tmp_path)))
+
+
+def test_rotation_removes_an_older_half_deleted_checkpoint(tmp_path):
+    """Guards issue 24 item 10 (leftovers of older versions): a `checkpoint-N/` that lost files is never resumed
+    (`latest` skips it) and the next rotation removes it when it is older than the checkpoint just saved."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    os.remove(tmp_path / "checkpoint-2" / "optimizer.safetensors")
+    tiny_run(tmp_path, 6, checkpointing_steps=2, total_limit=2, resume="latest")
+    assert names(tmp_path) == ["checkpoint-4", "checkpoint-6"]
+
+
+# ------------------------------------------------------------------------------------------------- issue 22 item 4
+def test_resume_with_other_max_steps_uses_the_new_schedule_from_the_first_resumed_step(tmp_path, capsys):
+    """Guards issue 22 item 4 (the loop): the optimizer restored from a checkpoint held the learning rate the old
+    schedule had set for the next step, so the first resumed step ran on the old schedule. With a scheduler built
+    for 8 steps instead of 4, the first resumed step (3) now logs the new schedule's value."""
+    from unip_hf.training import schedule_factor
+
+    def sched(max_steps):
+        return lambda step: schedule_factor(step, "linear", 1, max_steps)
+
+    tiny_run(tmp_path, 4, sgd=True, lr=0.1, lr_lambda=sched(4), checkpointing_steps=2)
+    capsys.readouterr()
+    result, _ = tiny_run(tmp_path, 8, sgd=True, lr=0.1, lr_lambda=sched(8), resume=str(tmp_path / "checkpoint-2"))
+    lrs = {entry["step"]: entry["learning_rate"] for entry in result.step_log.history}
+    assert lrs[3] == pytest.approx(0.1 * schedule_factor(2, "linear", 1, 8))  # old schedule: 0.1 * 2/3
+    assert lrs[4] == pytest.approx(0.1 * schedule_factor(3, "linear", 1, 8))
+    assert "learning rate of step 3 0.06667 -> 0.08571 (this run's schedule)" in capsys.readouterr().out
