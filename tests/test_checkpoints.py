@@ -611,3 +611,163 @@ def test_resume_with_other_max_steps_uses_the_new_schedule_from_the_first_resume
     assert lrs[3] == pytest.approx(0.1 * schedule_factor(2, "linear", 1, 8))  # old schedule: 0.1 * 2/3
     assert lrs[4] == pytest.approx(0.1 * schedule_factor(3, "linear", 1, 8))
     assert "learning rate of step 3 0.06667 -> 0.08571 (this run's schedule)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- recipes
+def _scenes(tmp_path):
+    from unip_hf.data import write_synthetic_dataset
+
+    scenes = tmp_path / "scenes"
+    write_synthetic_dataset(str(scenes), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    return scenes
+
+
+def test_overwrite_output_dir_leaves_nothing_of_the_earlier_run(tmp_path):
+    """Guards issue 24 item 5: `--overwrite_output_dir` deleted the checkpoints and the step log only; after an
+    overwrite and a resume, `eval_log.json` and `best_model/` of the earlier run came back (its mIoU in the card, its
+    evaluations in the new run's log). Now everything the earlier run wrote is deleted before the new run starts."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=3, eval_steps=1, checkpointing_steps=1))
+    earlier = set(os.listdir(out))
+    assert {"eval_log.json", "best_model", "README.md", ".eval_results", "model.safetensors"} <= earlier
+    log = json.loads((out / "eval_log.json").read_text())
+    for entry in log["history"]:  # unbeatable: carried into the new run, they would be kept as its best
+        entry["metrics"]["mean_iou"] = 2.0
+    (out / "eval_log.json").write_text(json.dumps(log))
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=2, checkpointing_steps=1,
+                                   overwrite_output_dir=True)
+    reset_accelerate()
+    with pytest.raises(Stop):
+        finetuning.run_finetuning(model, data, train, on_step_end=stop_at(1))
+    assert set(os.listdir(out)) <= {"checkpoint-1", "run_lineage.json", ".unip-run.lock"}, sorted(os.listdir(out))
+    train.overwrite_output_dir, train.resume_from_checkpoint = False, "latest"
+    reset_accelerate()
+    result = finetuning.run_finetuning(model, data, train)
+    assert result.resumed_from.endswith("checkpoint-1")
+    assert [entry["step"] for entry in result.eval_history] == [2, 4] and result.metrics["mean_iou"] <= 1.0
+    best = json.loads((out / "eval_log.json").read_text())
+    assert best["best_value"] <= 1.0 and [entry["step"] for entry in best["history"]] == [2, 4]
+
+
+def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_path, capsys):
+    """Guards issue 24 item 9: two runs started into one `--output_dir` within a second both passed the earlier-run
+    check and the second crashed on the first's temporary files. A run now holds `.unip-run.lock` for its lifetime;
+    another run is refused naming the lock file and the owner's pid (exit 2, one line); a lock whose process is gone
+    is replaced."""
+    import socket
+    import subprocess
+    import sys
+
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.recipe_arguments import TrainingLoopArguments
+    from unip_hf.training import LOCK_NAME, OutputDirError, create_accelerator, finish_run, run_recipe
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    lock = out / LOCK_NAME
+    seen = []
+
+    def check_lock(step, logs):
+        seen.append(json.loads(lock.read_text())["pid"])
+
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=2), on_step_end=check_lock)
+    assert seen == [os.getpid()] * 2 and not lock.exists()  # held while it ran, released at the end
+
+    other = tmp_path / "other"
+    other.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (other / LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(),
+                                                   "started": "2026-12-07 21:00:00"}))
+        train = TrainingLoopArguments(output_dir=str(other))
+        reset_accelerate()
+        with pytest.raises(OutputDirError, match=rf"in use by another run \(pid {owner.pid}.*lock file .*{LOCK_NAME}"):
+            create_accelerator(train)
+        capsys.readouterr()
+        reset_accelerate()
+        code, _ = run_recipe(create_accelerator, (train,))
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: --output_dir {other} is in use") and "Traceback" not in err
+    finally:
+        owner.kill()
+        owner.wait()
+    reset_accelerate()
+    accelerator, _ = create_accelerator(train)  # the owner is gone: its stale lock is replaced
+    assert json.loads((other / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finish_run(accelerator, str(other))
+    assert not (other / LOCK_NAME).exists()
+
+
+def test_finetuning_resumed_with_other_max_steps_runs_its_first_step_on_the_new_schedule(tmp_path):
+    """Guards issue 22 item 4 (fine-tuning): a run of 4 steps resumed from checkpoint-2 with --max_steps 3 ran step 3
+    at the learning rate of the 4-step schedule; it now logs the 3-step schedule's value."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.training import num_warmup_steps, schedule_factor
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=4, checkpointing_steps=2))
+    model, data, train = arguments(str(scenes), str(out), max_steps=3, resume_from_checkpoint=str(out / "checkpoint-2"))
+    reset_accelerate()
+    finetuning.run_finetuning(model, data, train)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = next(entry["learning_rate"] for entry in history if entry["step"] == 3)
+
+    def lr(max_steps):
+        return train.learning_rate * schedule_factor(2, train.lr_scheduler_type,
+                                                     num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps),
+                                                     max_steps, train.poly_power, train.min_lr_ratio)
+
+    assert lr(3) != pytest.approx(lr(4))
+    assert logged == pytest.approx(lr(3))
+
+
+def test_pretraining_resumed_with_more_steps_runs_its_first_step_on_the_new_schedule(tmp_path):
+    """Guards issue 22 item 4 (pre-training): 4 steps, then resumed from checkpoint-4 with --max_steps 6. The old
+    cosine schedule had ended at 0, and step 5 ran at lr 0.0; it now runs at the 6-step schedule's value."""
+    import numpy as np
+    import transformers as T
+    from PIL import Image
+
+    from test_finetuning import reset_accelerate
+    from unip_hf.pretraining import run_pretraining
+    from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
+    from unip_hf.training import schedule_factor
+
+    torch.manual_seed(0)
+    T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "student.json").write_text(json.dumps({
+        "model_type": "unip", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "last_layer_num_attention_heads": 4, "intermediate_size": 64, "image_size": 32, "patch_size": 8}))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(images / f"im{i}.png")
+
+    def args(max_steps, resume=None):
+        return (DistillationArguments(teacher_name_or_path=str(tmp_path / "teacher"), teacher_layer="1",
+                                      student_config=str(tmp_path / "student.json"), drop_path_rate=0.0),
+                PretrainDataArguments(train_data=[str(images)], image_size=32),
+                PretrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                     max_steps=max_steps, learning_rate=1e-3, warmup_steps=1, checkpointing_steps=2,
+                                     seed=0, resume_from_checkpoint=resume))
+
+    reset_accelerate()
+    first = run_pretraining(*args(4))
+    reset_accelerate()
+    run_pretraining(*args(6, str(tmp_path / "out" / "checkpoint-4")))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    logged = {entry["step"]: entry["learning_rate"] for entry in history}
+    assert first.global_step == 4 and schedule_factor(4, "cosine", 1, 4) == 0.0
+    assert logged[5] == pytest.approx(1e-3 * schedule_factor(4, "cosine", 1, 6)) and logged[5] > 0

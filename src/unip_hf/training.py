@@ -269,7 +269,8 @@ def check_output_dir(train: TrainingLoopArguments) -> None:
 
 #: What a run writes into `--output_dir` (names, or `fnmatch` patterns): checkpoints and their leftovers, the step
 #: log, the run lineage, the evaluation log, `best_model/`, the saved model with its processor, remote code, card and
-#: evaluation results, plots, summaries and the trackers' folders (accelerate names them after the project).
+#: evaluation results, plots, summaries and the trackers' folders (accelerate names them after the project); with
+#: the remote-code files of `configuration_unip.REMOTE_CODE_FILES`.
 #: `--overwrite_output_dir` deletes these; a recipe that writes a new kind of file into `--output_dir` adds it here.
 RUN_OUTPUTS = (
     "checkpoint-*", ".tmp-checkpoint-*", ".old-checkpoint-*", ".trash-checkpoint-*",
@@ -292,12 +293,15 @@ def clear_output_dir(output_dir: str) -> list[str]:
 
     if not os.path.isdir(output_dir):
         return []
+    from .configuration_unip import REMOTE_CODE_FILES  # the code files a saved model carries
+
+    outputs = (*RUN_OUTPUTS, *REMOTE_CODE_FILES)
     removed, kept = [], []
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
         if name == LOCK_NAME:
             continue
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_OUTPUTS):
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in outputs):
             kept.append(name)
             continue
         if os.path.isdir(path) and not os.path.islink(path):
