@@ -40,8 +40,13 @@ documents, so it is empty here):
   with `accelerator.skip_first_batches`, a report of the settings that differ from the checkpoint's, Ctrl-C saves).
   Returns a `TrainLoopResult`.
 - `check_output_dir(train)`: a new run into an `--output_dir` holding checkpoints of an earlier one is refused,
-  naming `--resume_from_checkpoint latest` and `--overwrite_output_dir`; `create_accelerator` clears the earlier
-  checkpoints and step log when `--overwrite_output_dir` is given (`clear_output_dir`).
+  naming `--resume_from_checkpoint latest` and `--overwrite_output_dir`; `create_accelerator` locks the folder for the
+  run (`lock_output_dir`, `.unip-run.lock`: a second run is refused with `OutputDirError`) and deletes everything an
+  earlier run wrote when `--overwrite_output_dir` is given (`clear_output_dir`, `RUN_OUTPUTS`); `finish_run` ends a
+  recipe (the DDP wrapper freed between barriers, `end_training()`, the lock released).
+- Checkpoints record sha256 hashes of their files (verified on resume) and their lineage (`run_id`, the checkpoint
+  they resumed from; `run_lineage.json` lists the runs), which `"latest"` follows after a rewind; rotation deletes
+  through a `.trash-checkpoint-N` rename.
 """
 
 from __future__ import annotations
