@@ -654,6 +654,35 @@ def test_overwrite_output_dir_leaves_nothing_of_the_earlier_run(tmp_path):
     assert best["best_value"] <= 1.0 and [entry["step"] for entry in best["history"]] == [2, 4]
 
 
+def test_a_resume_ignores_the_evaluations_of_an_unrelated_earlier_run(tmp_path, capsys):
+    """Guards issue 24 item 5, next to it: an earlier run without checkpoints leaves `eval_log.json` and
+    `best_model/` (a new run is allowed there); the new run, killed before its first evaluation and resumed, read
+    that log as its own (its evaluations in the history, its best kept). Evaluations now carry the run id, and a
+    resume keeps only those of its lineage."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=2, eval_steps=1))
+    log = json.loads((out / "eval_log.json").read_text())
+    for entry in log["history"]:
+        entry["metrics"]["mean_iou"] = 2.0
+    (out / "eval_log.json").write_text(json.dumps(log))
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=2, checkpointing_steps=1)
+    reset_accelerate()
+    with pytest.raises(Stop):
+        finetuning.run_finetuning(model, data, train, on_step_end=stop_at(1))
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    capsys.readouterr()
+    result = finetuning.run_finetuning(model, data, train)
+    assert "ignored 1 evaluation(s) of another run" in capsys.readouterr().out
+    assert [entry["step"] for entry in result.eval_history] == [2, 4] and result.metrics["mean_iou"] <= 1.0
+    assert json.loads((out / "eval_log.json").read_text())["best_value"] <= 1.0
+
+
 def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_path, capsys):
     """Guards issue 24 item 9: two runs started into one `--output_dir` within a second both passed the earlier-run
     check and the second crashed on the first's temporary files. A run now holds `.unip-run.lock` for its lifetime;

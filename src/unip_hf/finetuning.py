@@ -65,6 +65,8 @@ from .training import (
     finish_run,
     parse_recipe_args,
     num_warmup_steps,
+    on_lineage,
+    read_run_lineage,
     run_recipe,
     train_loop,
     write_json_atomic,
@@ -432,7 +434,7 @@ def run_finetuning(
         if value is None:
             raise KeyError(f"--metric_for_best_model {main_metric!r} is not among the metrics {sorted(metrics)}")
         history[:] = [entry for entry in history if entry["step"] < step]
-        history.append({"step": step, "metrics": metrics})
+        history.append({"step": step, "metrics": metrics, "run_id": this_run().get("run_id")})
         improved = best["value"] is None or value > best["value"]
         if improved:
             best.update(value=value, step=step)
@@ -458,6 +460,10 @@ def run_finetuning(
                                     train.hub_model_id, img_scale=eval_scale)
         best["on_disk"] = True
 
+    def this_run() -> dict[str, Any]:  # this run's record (run id, lineage), written by train_loop as it starts
+        runs = read_run_lineage(train.output_dir)
+        return runs[-1] if runs else {}
+
     def evaluation_due(step: int) -> bool:
         return bool(train.eval_steps) and step % train.eval_steps == 0 and step < max_steps
 
@@ -471,7 +477,15 @@ def run_finetuning(
         # the evaluations of the steps up to the checkpoint; one that was due at the checkpoint's own step but did
         # not complete (the run stopped during it) is done again before training continues
         logged, logged_best_step = read_eval_log(eval_log_path)
-        history[:] = [entry for entry in logged if entry["step"] <= step]
+        # only the evaluations of this run's lineage: not those of a branch it abandoned, nor of an unrelated earlier
+        # run whose eval_log.json is still in --output_dir (entries without a run id, of older versions, are kept)
+        lineage = this_run().get("lineage")
+        history[:] = [entry for entry in logged if entry["step"] <= step and (
+            not lineage or not entry.get("run_id")
+            or on_lineage({"lineage": [{"run_id": entry["run_id"]}], "global_step": entry["step"]}, lineage))]
+        if len(history) < sum(entry["step"] <= step for entry in logged):
+            accelerator.print(f"{EVAL_LOG_NAME}: ignored {sum(e['step'] <= step for e in logged) - len(history)} "
+                              "evaluation(s) of another run (not on this run's lineage)")
         best.update(value=None, step=None)
         for entry in history:
             value = entry["metrics"].get(main_metric)

@@ -1288,7 +1288,8 @@ def train_loop(
             `on_step_end(step, logs)`.
         description (`str`, *optional*): progress bar label.
         on_resume (`Callable`, *optional*): called on every process as `on_resume(step)` once a checkpoint is
-            restored, before training continues (e.g. to redo an evaluation that the interrupted run did not finish).
+            restored, before training continues (e.g. to redo an evaluation that the interrupted run did not finish);
+            `read_run_lineage(output_dir)[-1]` is then this run, with its lineage.
         checkpoint_format (`str`, *optional*, defaults to `"safetensors"`): `"safetensors"` (pickle-free) or
             `"accelerate"` (accelerate's `save_state`, pickles; for FSDP / DeepSpeed).
         run_settings (`dict`, *optional*): what the recipe trains, recorded in every checkpoint and compared on
@@ -1344,10 +1345,12 @@ def train_loop(
             accelerator.print(line)
             logger.warning(line)
         checkpoints.start(resumed_from, state)
+        accelerator.wait_for_everyone()  # run_lineage.json names this run before anyone reads it
         if on_resume is not None:
             on_resume(global_step)
     else:
         checkpoints.start()
+        accelerator.wait_for_everyone()
 
     def count(batch: Any) -> int:
         if batch_size_fn is not None:
