@@ -654,6 +654,31 @@ def test_overwrite_output_dir_leaves_nothing_of_the_earlier_run(tmp_path):
     assert best["best_value"] <= 1.0 and [entry["step"] for entry in best["history"]] == [2, 4]
 
 
+def test_overwrite_output_dir_never_deletes_what_the_run_reads(tmp_path):
+    """Guards issue 24 item 5 (its risk): with everything an earlier run wrote now deleted, `--overwrite_output_dir`
+    into the folder the run fine-tunes from (`--model_name_or_path OUT --output_dir OUT`) would delete the source
+    model before it loads. Refused, naming the argument; nothing is deleted. A data folder inside --output_dir that
+    is not a run output is kept and allowed."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.training import OutputDirError, run_output_holding
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=1))
+    before = sorted(os.listdir(out))
+    model, data, train = arguments(str(scenes), str(out), max_steps=1, overwrite_output_dir=True)
+    model.model_name_or_path, model.config_overrides, model.patch_size = str(out), None, None
+    reset_accelerate()
+    with pytest.raises(OutputDirError, match=rf"would delete --model_name_or_path {out}, which this run reads"):
+        finetuning.run_finetuning(model, data, train)
+    assert sorted(set(os.listdir(out)) - {".unip-run.lock"}) == before  # the lock: held until this process exits
+    assert run_output_holding(str(tmp_path), str(scenes)) is None
+    assert run_output_holding(str(tmp_path), str(out / "best_model")) is None  # "ft" is not a run output name
+    assert run_output_holding(str(out), str(out)).startswith("the folder itself")
+
+
 def test_a_resume_ignores_the_evaluations_of_an_unrelated_earlier_run(tmp_path, capsys):
     """Guards issue 24 item 5, next to it: an earlier run without checkpoints leaves `eval_log.json` and
     `best_model/` (a new run is allowed there); the new run, killed before its first evaluation and resumed, read

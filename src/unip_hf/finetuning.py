@@ -339,7 +339,9 @@ def run_finetuning(
 
     train, data = training_args, data_args
     check_finetuning_args(model_args, data_args, training_args)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--model_name_or_path": model_args.model_name_or_path,
+                                                       "--data_dir": data.data_dir,
+                                                       "--distill_from": model_args.distill_from})
 
     eval_split = resolve_eval_split(data.dataset, data.data_dir, data.eval_split)
     with accelerator.main_process_first():

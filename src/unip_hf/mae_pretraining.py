@@ -88,7 +88,7 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
     from .pretraining import build_pretraining_data, build_pretraining_optimization
 
     check_mae_pretraining_args(mae, data, train)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--train_data": list(data.train_data)})
     dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
     torch.manual_seed(train.seed)
     model = ViTMAEForPreTraining(mae_config(mae, data))

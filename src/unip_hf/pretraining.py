@@ -180,7 +180,9 @@ def run_pretraining(
     """
     args, data, train = distill_args, data_args, training_args
     check_pretraining_args(args, data, train)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--teacher_name_or_path": args.teacher_name_or_path,
+                                                       "--train_data": list(data.train_data),
+                                                       "--student_config": args.student_config})
 
     dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
 

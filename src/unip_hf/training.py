@@ -100,13 +100,14 @@ NO_DECAY_NAME_PATTERNS = ("bias", "norm", "position_embedding", "pos_embed", "cl
 
 
 
-def create_accelerator(train: TrainingLoopArguments):
+def create_accelerator(train: TrainingLoopArguments, inputs: dict[str, Any] | None = None):
     """The recipes' `Accelerator` (mixed precision, trackers from `--report_to`, project dir), the seed set and the
     output directory made and locked for the run's lifetime (`lock_output_dir`; released by `finish_run` or at
     exit). Under the lock the earlier-run check (`check_output_dir`) is made again (a run that started after this
     one's argument checks may have written checkpoints since), then `--overwrite_output_dir` deletes what an earlier
-    run wrote (`clear_output_dir`). Returns `(accelerator, tracker names)`; an `OutputDirError` when the folder is in
-    use or holds an earlier run."""
+    run wrote (`clear_output_dir`), unless that would delete one of `inputs` (`{"--argument": path or paths}`, what
+    the run reads, e.g. `--model_name_or_path OUT`). Returns `(accelerator, tracker names)`; an `OutputDirError` when
+    the folder is in use, holds an earlier run, or holds an input the overwrite would delete."""
     trackers = resolve_report_to(train.report_to)
     accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
                               project_dir=train.output_dir)
@@ -120,6 +121,13 @@ def create_accelerator(train: TrainingLoopArguments):
             except ValueError as error:
                 raise OutputDirError(str(error)) from None
             if train.overwrite_output_dir and not train.resume_from_checkpoint:
+                for argument, paths in (inputs or {}).items():
+                    for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])):
+                        if run_output_holding(train.output_dir, path):
+                            raise OutputDirError(
+                                f"--overwrite_output_dir would delete {argument} {path}, which this run reads (it is "
+                                f"{run_output_holding(train.output_dir, path)} of --output_dir {train.output_dir}); "
+                                "choose another --output_dir, or move the input out of it")
                 clear_output_dir(train.output_dir)
         except OutputDirError as error:
             problem = str(error)
@@ -287,6 +295,28 @@ RUN_OUTPUTS = (
     "training_curves.png", "tmt_maps.png", "pd_fa_curve.png", "pretraining_summary.json",
     "unip-finetune", "unip-pretrain", "unip-pretrain-mae", "runs", "logs",
 )
+
+
+def run_output_holding(output_dir: str, path: str | None) -> str | None:
+    """The entry of `output_dir` that `clear_output_dir` would delete and that is or holds `path` (None when the
+    overwrite leaves `path` alone; `path` equal to `output_dir` itself counts when it holds run outputs, e.g. a model
+    saved there)."""
+    import fnmatch
+
+    from .configuration_unip import REMOTE_CODE_FILES
+
+    if not path or not os.path.exists(path) or not os.path.isdir(output_dir):
+        return None
+    root, target = os.path.realpath(output_dir), os.path.realpath(path)
+    outputs = (*RUN_OUTPUTS, *REMOTE_CODE_FILES)
+    if target == root:
+        held = [name for name in sorted(os.listdir(root))
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in outputs)]
+        return f"the folder itself, holding {', '.join(held[:4])}" if held else None
+    if not target.startswith(root + os.sep):
+        return None
+    first = os.path.relpath(target, root).split(os.sep)[0]
+    return first if any(fnmatch.fnmatchcase(first, pattern) for pattern in outputs) else None
 
 
 def clear_output_dir(output_dir: str) -> list[str]:
