@@ -777,9 +777,9 @@ def test_finetuning_resumed_with_other_max_steps_runs_its_first_step_on_the_new_
     logged = next(entry["learning_rate"] for entry in history if entry["step"] == 3)
 
     def lr(max_steps):
-        return train.learning_rate * schedule_factor(2, train.lr_scheduler_type,
-                                                     num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps),
-                                                     max_steps, train.poly_power, train.min_lr_ratio)
+        warmup = num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps)
+        return train.learning_rate * schedule_factor(2, train.lr_scheduler_type, warmup, max_steps,
+                                                     train.poly_power, train.min_lr_ratio)
 
     assert lr(3) != pytest.approx(lr(4))
     assert logged == pytest.approx(lr(3))

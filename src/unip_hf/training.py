@@ -208,8 +208,9 @@ def lock_output_dir(output_dir: str) -> str:
                 except OSError:
                     continue  # removed meanwhile: try again
                 if age < 10:  # being written by a run that is starting now
-                    raise OutputDirError(f"--output_dir {output_dir} is in use by another run that is starting (lock "
-                                         f"file {path}); wait for it to finish or choose another --output_dir") from None
+                    raise OutputDirError(
+                        f"--output_dir {output_dir} is in use by another run that is starting (lock file {path}); "
+                        "wait for it to finish or choose another --output_dir") from None
                 pid, owner_host = None, host
             if pid == os.getpid() and owner_host == host:
                 with open(path, "w", encoding="utf-8") as mine:
@@ -218,8 +219,8 @@ def lock_output_dir(output_dir: str) -> str:
             if pid is not None and (owner_host != host or _process_alive(pid)):
                 where = f"pid {pid}" + (f" on {owner_host}" if owner_host != host else "")
                 raise OutputDirError(
-                    f"--output_dir {output_dir} is in use by another run ({where}, started {owner.get('started', '?')}; "
-                    f"lock file {path}). Wait for it to finish or choose another --output_dir; if no such run is alive "
+                    f"--output_dir {output_dir} is in use by another run ({where}, started "
+                    f"{owner.get('started', '?')}; lock file {path}). Wait for it to finish or choose another --output_dir; if no such run is alive "
                     f"(e.g. on another machine sharing the folder), delete {path}")
             stale = f"{path}.stale-{os.getpid()}"
             try:
