@@ -305,7 +305,7 @@ def _run_settings(model, data_args: DataArguments, id2label: dict[int, str]) -> 
     """What a checkpoint records about what it trains, compared on resume (`train_loop`'s `run_settings`): the data
     set, its labels (a change is refused) and the architecture."""
     config = model.config
-    head = getattr(config, "decode_head", None)
+    head = None if isinstance(model, UnipForSmallTargetSegmentation) else getattr(config, "decode_head", None)
     return {
         "dataset": f"{data_args.dataset} ({data_args.train_split}) in {os.path.abspath(data_args.data_dir)}",
         "labels": {str(int(k)): v for k, v in id2label.items()},
