@@ -22,6 +22,7 @@ from unip_hf.training import (
     TrainingInterrupted,
     create_optimizer,
     create_scheduler,
+    file_sha256,
     list_checkpoints,
     train_loop,
 )
@@ -134,6 +135,7 @@ def test_resume_refuses_a_non_finite_checkpoint(tmp_path):
     save_file(tensors, str(model_file))
     state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
     state["files"]["model.safetensors"] = model_file.stat().st_size
+    state["sha256"]["model.safetensors"] = file_sha256(str(model_file))  # consistent: only the NaN guard can see it
     (tmp_path / "checkpoint-2" / "training_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="non-finite model parameters"):
         tiny_run(tmp_path, 4, resume="latest")
@@ -449,3 +451,377 @@ def test_finetuning_resume_never_keeps_a_best_model_of_a_later_step(tmp_path, ca
             torch.testing.assert_close(kept[key], expected[key], msg=key)
     else:  # the step-1 model is gone: the last one is kept, and said so
         assert result.best_step == 4 and "overwritten by an interrupted run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 6
+class Stop(RuntimeError):
+    """A kill in the middle of a run (no Ctrl-C handling, nothing saved)."""
+
+
+def stop_at(step):
+    def callback(done, logs):
+        if done == step:
+            raise Stop(f"killed after step {step}")
+    return callback
+
+
+def test_latest_follows_the_newest_lineage_after_a_rewind(tmp_path, caplog):
+    """Guards issue 24 item 6: a run to step 4, then rewound (`--resume_from_checkpoint checkpoint-2`) and killed at
+    step 3. Before, `latest` picked the abandoned branch's checkpoint-4 and the run was "done" with the original
+    model; now it resumes from checkpoint-2 (the rewound run's lineage) and names checkpoint-4 as ignored."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    first = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert first["lineage"] == [{"run_id": first["run_id"], "from_step": 0}] and first["resumed_from"] is None
+    with pytest.raises(Stop):
+        tiny_run(tmp_path, 4, checkpointing_steps=2, resume=str(tmp_path / "checkpoint-2"), on_step_end=stop_at(3))
+    runs = json.loads((tmp_path / "run_lineage.json").read_text())["runs"]
+    assert [len(run["lineage"]) for run in runs] == [1, 2] and runs[1]["lineage"][1]["from_step"] == 2
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        result, resumed = tiny_run(tmp_path, 4, checkpointing_steps=2, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-2") and result.global_step == 4
+    assert "ignored 1 checkpoint(s) of a branch it abandoned: checkpoint-4" in caplog.text
+    assert "which resumed from checkpoint-2" in caplog.text
+    saved = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert saved["resumed_from"] == "checkpoint-2" and saved["lineage"][0]["run_id"] == first["run_id"]
+    assert saved["run_id"] != first["run_id"]
+    _, straight = tiny_run(tmp_path / "straight", 4)
+    assert_same(resumed, straight)  # the rewound branch, resumed, is the uninterrupted run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):  # the new checkpoint-4 is on the lineage
+        assert CheckpointManager(None, str(tmp_path)).resolve("latest").endswith("checkpoint-4")
+    assert "abandoned" not in caplog.text
+
+
+def test_rotation_never_removes_the_checkpoints_of_the_current_lineage_for_an_abandoned_one(tmp_path):
+    """Guards issue 24 item 6 (rotation): with a keep-2 limit, a run rewound to checkpoint-2 that saves checkpoint-3
+    keeps checkpoint-2 and -3 (its own lineage); the abandoned checkpoint-4 is neither counted nor deleted."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2, total_limit=2)
+    tiny_run(tmp_path, 3, checkpointing_steps=1, total_limit=2, resume=str(tmp_path / "checkpoint-2"))
+    assert names(tmp_path) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 7
+DATA_A = {"dataset": "udder (train)", "labels": {"0": "background", "1": "udder"}, "architecture": "Tiny"}
+
+
+def test_resume_onto_other_labels_is_refused_and_data_set_changes_are_reported(tmp_path, capsys):
+    """Guards issue 24 item 7: before, a resume onto another data set reported only `max_steps 2 -> 3` and trained
+    the old classes under the new names; now a change of labels is refused (a `CheckpointError`, exit 2 with one
+    `error:` line through `run_recipe`), and a change of data set or architecture is in the change report."""
+    from unip_hf.training import run_recipe
+
+    tiny_run(tmp_path, 2, checkpointing_steps=2, run_settings=DATA_A)
+    state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
+    assert state["settings"]["labels"] == DATA_A["labels"] and state["settings"]["dataset"] == "udder (train)"
+    other = {**DATA_A, "dataset": "sirst (train)", "labels": {"0": "background", "1": "target"}}
+    with pytest.raises(CheckpointError, match=r"other labels \(0: background, 1: udder\).*\(0: background, 1: target"):
+        tiny_run(tmp_path, 3, resume="latest", run_settings=other)
+    capsys.readouterr()
+    code, _ = run_recipe(lambda: tiny_run(tmp_path, 3, resume="latest", run_settings=other), ())
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --resume_from_checkpoint") and "Traceback" not in err
+    tiny_run(tmp_path, 3, resume="latest", run_settings={**DATA_A, "dataset": "udder-v2 (train)",
+                                                         "architecture": "Tiny (dropout 0.3)"})
+    out = capsys.readouterr().out
+    assert "data set udder (train) -> udder-v2 (train)" in out and "architecture Tiny -> Tiny (dropout 0.3)" in out
+    assert "max_steps 2 -> 3" in out
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 8
+def test_overwritten_bytes_in_a_checkpoint_are_detected_by_hash(tmp_path, caplog):
+    """Guards issue 24 item 8: completeness was checked by size only, so 4000 overwritten bytes resumed silently.
+    Every file's sha256 is recorded and verified on resume: a named checkpoint is refused naming the file, and
+    `latest` skips it (naming it) for the previous complete checkpoint."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    state = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
+    assert set(state["sha256"]) == set(state["files"]) and "model.safetensors" in state["sha256"]
+    victim = tmp_path / "checkpoint-4" / "rng_state_0.safetensors"
+    data = bytearray(victim.read_bytes())
+    assert len(data) > 4500
+    data[-4000:] = os.urandom(4000)
+    victim.write_bytes(bytes(data))  # same size: the size check passes
+    with pytest.raises(CheckpointError, match="corrupted rng_state_0.safetensors"):
+        tiny_run(tmp_path, 6, resume=str(tmp_path / "checkpoint-4"))
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+        result, _ = tiny_run(tmp_path, 6, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-2") and "corrupted rng_state_0.safetensors" in caplog.text
+    weights = tmp_path / "checkpoint-2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted model.safetensors"):
+        CheckpointManager(None, str(tmp_path)).load(str(tmp_path / "checkpoint-2"))
+
+
+# ------------------------------------------------------------------------------------------------- issue 24 item 10
+def test_ctrl_c_during_rotation_leaves_nothing_half_deleted(tmp_path, monkeypatch):
+    """Guards issue 24 item 10: Ctrl-C while rotation deleted checkpoint-2 left a half-deleted `checkpoint-2/` (its
+    weights gone, its `training_state.json` still there) that no later rotation removed. Rotation now renames a
+    folder to `.trash-checkpoint-2` before deleting it, and removes such leftovers at the next start and rotation."""
+    import shutil
+
+    from unip_hf.training import checkpoint_problem
+
+    real = shutil.rmtree
+    fired = []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        path = str(path)
+        if not fired and path.endswith("checkpoint-2") and os.path.isdir(path):
+            fired.append(path)
+            os.remove(os.path.join(path, "model.safetensors"))
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(TrainingInterrupted):
+        tiny_run(tmp_path, 6, checkpointing_steps=2, total_limit=2)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    assert fired
+    assert not (tmp_path / "checkpoint-2").exists()  # never a half-deleted checkpoint under its real name
+    result, _ = tiny_run(tmp_path, 8, checkpointing_steps=2, total_limit=2, resume="latest")
+    assert result.resumed_from.endswith("checkpoint-6")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-6", "checkpoint-8", "run_lineage.json", "trainer_state.json"]
+    assert all(checkpoint_problem(path) is None for path in list_checkpoints(str(tmp_path)))
+
+
+def test_rotation_removes_an_older_half_deleted_checkpoint(tmp_path):
+    """Guards issue 24 item 10 (leftovers of older versions): a `checkpoint-N/` that lost files is never resumed
+    (`latest` skips it) and the next rotation removes it when it is older than the checkpoint just saved."""
+    tiny_run(tmp_path, 4, checkpointing_steps=2)
+    os.remove(tmp_path / "checkpoint-2" / "optimizer.safetensors")
+    tiny_run(tmp_path, 6, checkpointing_steps=2, total_limit=2, resume="latest")
+    assert names(tmp_path) == ["checkpoint-4", "checkpoint-6"]
+
+
+# ------------------------------------------------------------------------------------------------- issue 22 item 4
+def test_resume_with_other_max_steps_uses_the_new_schedule_from_the_first_resumed_step(tmp_path, capsys):
+    """Guards issue 22 item 4 (the loop): the optimizer restored from a checkpoint held the learning rate the old
+    schedule had set for the next step, so the first resumed step ran on the old schedule. With a scheduler built
+    for 8 steps instead of 4, the first resumed step (3) now logs the new schedule's value."""
+    from unip_hf.training import schedule_factor
+
+    def sched(max_steps):
+        return lambda step: schedule_factor(step, "linear", 1, max_steps)
+
+    tiny_run(tmp_path, 4, sgd=True, lr=0.1, lr_lambda=sched(4), checkpointing_steps=2)
+    capsys.readouterr()
+    result, _ = tiny_run(tmp_path, 8, sgd=True, lr=0.1, lr_lambda=sched(8), resume=str(tmp_path / "checkpoint-2"))
+    lrs = {entry["step"]: entry["learning_rate"] for entry in result.step_log.history}
+    assert lrs[3] == pytest.approx(0.1 * schedule_factor(2, "linear", 1, 8))  # old schedule: 0.1 * 2/3
+    assert lrs[4] == pytest.approx(0.1 * schedule_factor(3, "linear", 1, 8))
+    assert "learning rate of step 3 0.06667 -> 0.08571 (this run's schedule)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- recipes
+def _scenes(tmp_path):
+    from unip_hf.data import write_synthetic_dataset
+
+    scenes = tmp_path / "scenes"
+    write_synthetic_dataset(str(scenes), num_train=4, num_val=2, height=40, width=48, return_dataset=False)
+    return scenes
+
+
+def test_overwrite_output_dir_leaves_nothing_of_the_earlier_run(tmp_path):
+    """Guards issue 24 item 5: `--overwrite_output_dir` deleted the checkpoints and the step log only; after an
+    overwrite and a resume, `eval_log.json` and `best_model/` of the earlier run came back (its mIoU in the card, its
+    evaluations in the new run's log). Now everything the earlier run wrote is deleted before the new run starts."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=3, eval_steps=1, checkpointing_steps=1))
+    earlier = set(os.listdir(out))
+    assert {"eval_log.json", "best_model", "README.md", ".eval_results", "model.safetensors"} <= earlier
+    log = json.loads((out / "eval_log.json").read_text())
+    for entry in log["history"]:  # unbeatable: carried into the new run, they would be kept as its best
+        entry["metrics"]["mean_iou"] = 2.0
+    (out / "eval_log.json").write_text(json.dumps(log))
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=2, checkpointing_steps=1,
+                                   overwrite_output_dir=True)
+    reset_accelerate()
+    with pytest.raises(Stop):
+        finetuning.run_finetuning(model, data, train, on_step_end=stop_at(1))
+    assert set(os.listdir(out)) <= {"checkpoint-1", "run_lineage.json", ".unip-run.lock"}, sorted(os.listdir(out))
+    train.overwrite_output_dir, train.resume_from_checkpoint = False, "latest"
+    reset_accelerate()
+    result = finetuning.run_finetuning(model, data, train)
+    assert result.resumed_from.endswith("checkpoint-1")
+    assert [entry["step"] for entry in result.eval_history] == [2, 4] and result.metrics["mean_iou"] <= 1.0
+    best = json.loads((out / "eval_log.json").read_text())
+    assert best["best_value"] <= 1.0 and [entry["step"] for entry in best["history"]] == [2, 4]
+
+
+def test_overwrite_output_dir_never_deletes_what_the_run_reads(tmp_path):
+    """Guards issue 24 item 5 (its risk): with everything an earlier run wrote now deleted, `--overwrite_output_dir`
+    into the folder the run fine-tunes from (`--model_name_or_path OUT --output_dir OUT`) would delete the source
+    model before it loads. Refused, naming the argument; nothing is deleted. A data folder inside --output_dir that
+    is not a run output is kept and allowed."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.training import OutputDirError, run_output_holding
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=1))
+    before = sorted(os.listdir(out))
+    model, data, train = arguments(str(scenes), str(out), max_steps=1, overwrite_output_dir=True)
+    model.model_name_or_path, model.config_overrides, model.patch_size = str(out), None, None
+    reset_accelerate()
+    with pytest.raises(OutputDirError, match=rf"would delete --model_name_or_path {out}, which this run reads"):
+        finetuning.run_finetuning(model, data, train)
+    assert sorted(set(os.listdir(out)) - {".unip-run.lock"}) == before  # the lock: held until this process exits
+    assert run_output_holding(str(tmp_path), str(scenes)) is None
+    assert run_output_holding(str(tmp_path), str(out / "best_model")) is None  # "ft" is not a run output name
+    assert run_output_holding(str(out), str(out)).startswith("the folder itself")
+
+
+def test_a_resume_ignores_the_evaluations_of_an_unrelated_earlier_run(tmp_path, capsys):
+    """Guards issue 24 item 5, next to it: an earlier run without checkpoints leaves `eval_log.json` and
+    `best_model/` (a new run is allowed there); the new run, killed before its first evaluation and resumed, read
+    that log as its own (its evaluations in the history, its best kept). Evaluations now carry the run id, and a
+    resume keeps only those of its lineage."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=2, eval_steps=1))
+    log = json.loads((out / "eval_log.json").read_text())
+    for entry in log["history"]:
+        entry["metrics"]["mean_iou"] = 2.0
+    (out / "eval_log.json").write_text(json.dumps(log))
+    model, data, train = arguments(str(scenes), str(out), max_steps=4, eval_steps=2, checkpointing_steps=1)
+    reset_accelerate()
+    with pytest.raises(Stop):
+        finetuning.run_finetuning(model, data, train, on_step_end=stop_at(1))
+    train.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    capsys.readouterr()
+    result = finetuning.run_finetuning(model, data, train)
+    assert "ignored 1 evaluation(s) of another run" in capsys.readouterr().out
+    assert [entry["step"] for entry in result.eval_history] == [2, 4] and result.metrics["mean_iou"] <= 1.0
+    assert json.loads((out / "eval_log.json").read_text())["best_value"] <= 1.0
+
+
+def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_path, capsys):
+    """Guards issue 24 item 9: two runs started into one `--output_dir` within a second both passed the earlier-run
+    check and the second crashed on the first's temporary files. A run now holds `.unip-run.lock` for its lifetime;
+    another run is refused naming the lock file and the owner's pid (exit 2, one line); a lock whose process is gone
+    is replaced."""
+    import socket
+    import subprocess
+    import sys
+
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.recipe_arguments import TrainingLoopArguments
+    from unip_hf.training import LOCK_NAME, OutputDirError, create_accelerator, finish_run, run_recipe
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    lock = out / LOCK_NAME
+    seen = []
+
+    def check_lock(step, logs):
+        seen.append(json.loads(lock.read_text())["pid"])
+
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=2), on_step_end=check_lock)
+    assert seen == [os.getpid()] * 2 and not lock.exists()  # held while it ran, released at the end
+
+    other = tmp_path / "other"
+    other.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (other / LOCK_NAME).write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(),
+                                                   "started": "2026-12-07 21:00:00"}))
+        train = TrainingLoopArguments(output_dir=str(other))
+        reset_accelerate()
+        with pytest.raises(OutputDirError, match=rf"in use by another run \(pid {owner.pid}.*lock file .*{LOCK_NAME}"):
+            create_accelerator(train)
+        capsys.readouterr()
+        reset_accelerate()
+        code, _ = run_recipe(create_accelerator, (train,))
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: --output_dir {other} is in use") and "Traceback" not in err
+    finally:
+        owner.kill()
+        owner.wait()
+    reset_accelerate()
+    accelerator, _ = create_accelerator(train)  # the owner is gone: its stale lock is replaced
+    assert json.loads((other / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finish_run(accelerator, str(other))
+    assert not (other / LOCK_NAME).exists()
+
+
+def test_finetuning_resumed_with_other_max_steps_runs_its_first_step_on_the_new_schedule(tmp_path):
+    """Guards issue 22 item 4 (fine-tuning): a run of 4 steps resumed from checkpoint-2 with --max_steps 3 ran step 3
+    at the learning rate of the 4-step schedule; it now logs the 3-step schedule's value."""
+    import unip_hf.finetuning as finetuning
+    from test_finetuning import arguments, reset_accelerate
+    from unip_hf.training import num_warmup_steps, schedule_factor
+
+    scenes = _scenes(tmp_path)
+    out = tmp_path / "ft"
+    reset_accelerate()
+    finetuning.run_finetuning(*arguments(str(scenes), str(out), max_steps=4, checkpointing_steps=2))
+    model, data, train = arguments(str(scenes), str(out), max_steps=3, resume_from_checkpoint=str(out / "checkpoint-2"))
+    reset_accelerate()
+    finetuning.run_finetuning(model, data, train)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = next(entry["learning_rate"] for entry in history if entry["step"] == 3)
+
+    def lr(max_steps):
+        warmup = num_warmup_steps(train.warmup_steps, train.warmup_ratio, max_steps)
+        return train.learning_rate * schedule_factor(2, train.lr_scheduler_type, warmup, max_steps,
+                                                     train.poly_power, train.min_lr_ratio)
+
+    assert lr(3) != pytest.approx(lr(4))
+    assert logged == pytest.approx(lr(3))
+
+
+def test_pretraining_resumed_with_more_steps_runs_its_first_step_on_the_new_schedule(tmp_path):
+    """Guards issue 22 item 4 (pre-training): 4 steps, then resumed from checkpoint-4 with --max_steps 6. The old
+    cosine schedule had ended at 0, and step 5 ran at lr 0.0; it now runs at the 6-step schedule's value."""
+    import numpy as np
+    import transformers as T
+    from PIL import Image
+
+    from test_finetuning import reset_accelerate
+    from unip_hf.pretraining import run_pretraining
+    from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
+    from unip_hf.training import schedule_factor
+
+    torch.manual_seed(0)
+    T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "student.json").write_text(json.dumps({
+        "model_type": "unip", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "last_layer_num_attention_heads": 4, "intermediate_size": 64, "image_size": 32, "patch_size": 8}))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(images / f"im{i}.png")
+
+    def args(max_steps, resume=None):
+        return (DistillationArguments(teacher_name_or_path=str(tmp_path / "teacher"), teacher_layer="1",
+                                      student_config=str(tmp_path / "student.json"), drop_path_rate=0.0),
+                PretrainDataArguments(train_data=[str(images)], image_size=32),
+                PretrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                     max_steps=max_steps, learning_rate=1e-3, warmup_steps=1, checkpointing_steps=2,
+                                     seed=0, resume_from_checkpoint=resume))
+
+    reset_accelerate()
+    first = run_pretraining(*args(4))
+    reset_accelerate()
+    run_pretraining(*args(6, str(tmp_path / "out" / "checkpoint-4")))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    logged = {entry["step"]: entry["learning_rate"] for entry in history}
+    assert first.global_step == 4 and schedule_factor(4, "cosine", 1, 4) == 0.0
+    assert logged[5] == pytest.approx(1e-3 * schedule_factor(4, "cosine", 1, 6)) and logged[5] > 0

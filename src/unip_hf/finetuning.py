@@ -64,8 +64,11 @@ from .training import (
     create_accelerator,
     create_optimizer,
     create_scheduler,
+    finish_run,
     parse_recipe_args,
     num_warmup_steps,
+    on_lineage,
+    read_run_lineage,
     run_recipe,
     train_loop,
     write_json_atomic,
@@ -336,6 +339,20 @@ def _gather_training_table(model_args, data_args, train, total_batch, max_steps,
     }
 
 
+def _run_settings(model, data_args: DataArguments, id2label: dict[int, str]) -> dict[str, Any]:
+    """What a checkpoint records about what it trains, compared on resume (`train_loop`'s `run_settings`): the data
+    set, its labels (a change is refused) and the architecture."""
+    config = model.config
+    head = None if isinstance(model, UnipForSmallTargetSegmentation) else getattr(config, "decode_head", None)
+    return {
+        "dataset": f"{data_args.dataset} ({data_args.train_split}) in {os.path.abspath(data_args.data_dir)}",
+        "labels": {str(int(k)): v for k, v in id2label.items()},
+        "architecture": (f"{type(model).__name__} ({(head + ', ') if head else ''}hidden {config.hidden_size}, "
+                         f"{config.num_hidden_layers} blocks, {config.num_attention_heads} heads, patch "
+                         f"{config.patch_size}, {config.num_channels} channel(s))"),
+    }
+
+
 def run_finetuning(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -360,7 +377,9 @@ def run_finetuning(
 
     train, data = training_args, data_args
     check_finetuning_args(model_args, data_args, training_args)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--model_name_or_path": model_args.model_name_or_path,
+                                                       "--data_dir": data.data_dir,
+                                                       "--distill_from": model_args.distill_from})
 
     eval_split = resolve_eval_split(data.dataset, data.data_dir, data.eval_split)
     with accelerator.main_process_first():
@@ -455,7 +474,7 @@ def run_finetuning(
         if value is None:
             raise KeyError(f"--metric_for_best_model {main_metric!r} is not among the metrics {sorted(metrics)}")
         history[:] = [entry for entry in history if entry["step"] < step]
-        history.append({"step": step, "metrics": metrics})
+        history.append({"step": step, "metrics": metrics, "run_id": this_run().get("run_id")})
         improved = best["value"] is None or value > best["value"]
         if improved:
             best.update(value=value, step=step)
@@ -481,6 +500,10 @@ def run_finetuning(
                                     train.hub_model_id, img_scale=eval_scale)
         best["on_disk"] = True
 
+    def this_run() -> dict[str, Any]:  # this run's record (run id, lineage), written by train_loop as it starts
+        runs = read_run_lineage(train.output_dir)
+        return runs[-1] if runs else {}
+
     def evaluation_due(step: int) -> bool:
         return bool(train.eval_steps) and step % train.eval_steps == 0 and step < max_steps
 
@@ -494,7 +517,15 @@ def run_finetuning(
         # the evaluations of the steps up to the checkpoint; one that was due at the checkpoint's own step but did
         # not complete (the run stopped during it) is done again before training continues
         logged, logged_best_step = read_eval_log(eval_log_path)
-        history[:] = [entry for entry in logged if entry["step"] <= step]
+        # only the evaluations of this run's lineage: not those of a branch it abandoned, nor of an unrelated earlier
+        # run whose eval_log.json is still in --output_dir (entries without a run id, of older versions, are kept)
+        lineage = this_run().get("lineage")
+        history[:] = [entry for entry in logged if entry["step"] <= step and (
+            not lineage or not entry.get("run_id")
+            or on_lineage({"lineage": [{"run_id": entry["run_id"]}], "global_step": entry["step"]}, lineage))]
+        if len(history) < sum(entry["step"] <= step for entry in logged):
+            accelerator.print(f"{EVAL_LOG_NAME}: ignored {sum(e['step'] <= step for e in logged) - len(history)} "
+                              "evaluation(s) of another run (not on this run's lineage)")
         best.update(value=None, step=None)
         for entry in history:
             value = entry["metrics"].get(main_metric)
@@ -529,7 +560,7 @@ def run_finetuning(
     result = train_loop(
         accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
         **train.loop_options(), on_step_end=step_callback, description=f"{model_args.mode} ({data.dataset})",
-        on_resume=on_resume,
+        on_resume=on_resume, run_settings=_run_settings(model, data, id2label),
     )
     final = next((entry["metrics"] for entry in history if entry["step"] == result.global_step), None)
     if final is None:
@@ -562,7 +593,8 @@ def run_finetuning(
     if train.push_to_hub and accelerator.is_main_process:
         push_saved_model(train.output_dir, train.hub_model_id, results, private=train.hub_private_repo,
                          message=f"UNIP {model_args.mode} on {data.dataset}: {max_steps} steps")
-    accelerator.end_training()
+    prepared = None  # the DDP wrapper is freed in finish_run, by every process at once, not as this returns
+    finish_run(accelerator, train.output_dir)
     return FinetuningResult(train.output_dir, result.global_step, result.final_loss, kept_metrics, kept_step,
                             main_metric, task, list(history), result.resumed_from)
 

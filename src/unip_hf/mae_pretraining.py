@@ -23,7 +23,14 @@ from typing import Callable
 import torch
 
 from .recipe_arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
-from .training import check_output_dir, create_accelerator, parse_recipe_args, run_recipe, train_loop
+from .training import (
+    check_output_dir,
+    create_accelerator,
+    finish_run,
+    parse_recipe_args,
+    run_recipe,
+    train_loop,
+)
 from .training_curves import write_training_curves
 
 logger = logging.getLogger(__name__)
@@ -81,7 +88,7 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
     from .pretraining import build_pretraining_data, build_pretraining_optimization
 
     check_mae_pretraining_args(mae, data, train)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--train_data": list(data.train_data)})
     dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
     torch.manual_seed(train.seed)
     model = ViTMAEForPreTraining(mae_config(mae, data))
@@ -100,7 +107,11 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
             return model(pixel_values=batch["pixel_values"]).loss
 
     result = train_loop(accelerator, model, optimizer, scheduler, loader, sampler, loss_fn, max_steps,
-                        train.output_dir, **train.loop_options(), on_step_end=on_step_end, description="ViT-MAE")
+                        train.output_dir, **train.loop_options(), on_step_end=on_step_end, description="ViT-MAE",
+                        run_settings={"dataset": ", ".join(str(source) for source in data.train_data),
+                                      "architecture": (f"ViTMAEForPreTraining (hidden {mae.hidden_size}, "
+                                                       f"{mae.num_hidden_layers} blocks, patch {mae.patch_size}, "
+                                                       f"{data.image_size} px, mask ratio {mae.mask_ratio})")})
     losses = result.step_log.losses()
     accelerator.wait_for_everyone()
     summary = {"objective": "mae", "train_data": list(data.train_data), "images": len(dataset),
@@ -116,8 +127,8 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
         with open(os.path.join(train.output_dir, "pretraining_summary.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         write_training_curves(train.output_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    model = None  # the DDP wrapper is freed in finish_run, by every process at once, not as this returns
+    finish_run(accelerator, train.output_dir)
     return MaePretrainingResult(train.output_dir, result.global_step, summary["first_loss"], summary["final_loss"],
                                 losses, len(dataset), summary["skipped_images"])
 

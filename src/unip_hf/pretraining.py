@@ -41,6 +41,7 @@ from .training import (
     create_accelerator,
     create_optimizer,
     create_scheduler,
+    finish_run,
     parse_recipe_args,
     num_warmup_steps,
     resolve_learning_rate,
@@ -181,7 +182,9 @@ def run_pretraining(
     """
     args, data, train = distill_args, data_args, training_args
     check_pretraining_args(args, data, train)
-    accelerator, trackers = create_accelerator(train)
+    accelerator, trackers = create_accelerator(train, {"--teacher_name_or_path": args.teacher_name_or_path,
+                                                       "--train_data": list(data.train_data),
+                                                       "--student_config": args.student_config})
 
     dataset, skipped, total_batch = build_pretraining_data(data, train, accelerator)
 
@@ -229,6 +232,13 @@ def run_pretraining(
         result = train_loop(
             accelerator, module, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
             **train.loop_options(), on_step_end=on_step_end, description=f"NMI-HAD ({args.distill_target})",
+            run_settings={
+                "dataset": ", ".join(str(source) for source in data.train_data),
+                "architecture": (f"UnipViTModel student (hidden {config.hidden_size}, {config.num_hidden_layers} "
+                                 f"blocks, {config.num_attention_heads} heads, patch {config.patch_size}), "
+                                 f"{args.distill_target} target from {args.teacher_name_or_path} block "
+                                 f"{teacher.teacher_layer}"),
+            },
         )
         losses = result.step_log.losses()
         first_loss = losses[0] if losses else None
@@ -256,7 +266,8 @@ def run_pretraining(
     accelerator.wait_for_everyone()
     if train.push_to_hub and accelerator.is_main_process:
         push_pretrained_student(train.output_dir, train.hub_model_id, summary, data, train)
-    accelerator.end_training()
+    module = None  # the DDP wrapper is freed in finish_run, by every process at once, not as this returns
+    finish_run(accelerator, train.output_dir)
     return PretrainingResult(train.output_dir, global_step, final_loss, first_loss, summary["teacher_layer"], losses,
                              len(dataset), summary["skipped_images"])
 

@@ -69,8 +69,9 @@ class TrainingLoopArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "Continue a run: a checkpoint-N folder, or 'latest' (the newest complete one in --output_dir)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start over in an --output_dir that holds checkpoints of an earlier run (they are deleted); without "
-                "it (or --resume_from_checkpoint) such a run is refused."})
+        "help": "Start over in an --output_dir that holds an earlier run (everything it wrote is deleted: "
+                "checkpoints, logs, eval_log.json, best_model/, the saved model and card); without it (or "
+                "--resume_from_checkpoint) such a run is refused."})
     checkpoint_format: str = field(default="safetensors", metadata={
         "help": "safetensors (pickle-free, default) or accelerate (accelerate's save_state: pickles, needed under "
                 "FSDP/DeepSpeed; resume only checkpoints you trust)."})

@@ -40,13 +40,19 @@ documents, so it is empty here):
   with `accelerator.skip_first_batches`, a report of the settings that differ from the checkpoint's, Ctrl-C saves).
   Returns a `TrainLoopResult`.
 - `check_output_dir(train)`: a new run into an `--output_dir` holding checkpoints of an earlier one is refused,
-  naming `--resume_from_checkpoint latest` and `--overwrite_output_dir`; `create_accelerator` clears the earlier
-  checkpoints and step log when `--overwrite_output_dir` is given (`clear_output_dir`).
+  naming `--resume_from_checkpoint latest` and `--overwrite_output_dir`; `create_accelerator` locks the folder for the
+  run (`lock_output_dir`, `.unip-run.lock`: a second run is refused with `OutputDirError`) and deletes everything an
+  earlier run wrote when `--overwrite_output_dir` is given (`clear_output_dir`, `RUN_OUTPUTS`); `finish_run` ends a
+  recipe (the DDP wrapper freed between barriers, `end_training()`, the lock released).
+- Checkpoints record sha256 hashes of their files (verified on resume) and their lineage (`run_id`, the checkpoint
+  they resumed from; `run_lineage.json` lists the runs), which `"latest"` follows after a rewind; rotation deletes
+  through a `.trash-checkpoint-N` rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -94,18 +100,170 @@ NO_DECAY_NAME_PATTERNS = ("bias", "norm", "position_embedding", "pos_embed", "cl
 
 
 
-def create_accelerator(train: TrainingLoopArguments):
+def create_accelerator(train: TrainingLoopArguments, inputs: dict[str, Any] | None = None):
     """The recipes' `Accelerator` (mixed precision, trackers from `--report_to`, project dir), the seed set and the
-    output directory made. Returns `(accelerator, tracker names)`."""
+    output directory made and locked for the run's lifetime (`lock_output_dir`; released by `finish_run` or at
+    exit). Under the lock the earlier-run check (`check_output_dir`) is made again (a run that started after this
+    one's argument checks may have written checkpoints since), then `--overwrite_output_dir` deletes what an earlier
+    run wrote (`clear_output_dir`), unless that would delete one of `inputs` (`{"--argument": path or paths}`, what
+    the run reads, e.g. `--model_name_or_path OUT`). Returns `(accelerator, tracker names)`; an `OutputDirError` when
+    the folder is in use, holds an earlier run, or holds an input the overwrite would delete."""
     trackers = resolve_report_to(train.report_to)
     accelerator = Accelerator(mixed_precision=train.mixed_precision, log_with=trackers or None,
                               project_dir=train.output_dir)
     set_seed(train.seed)
-    if train.overwrite_output_dir and not train.resume_from_checkpoint and accelerator.is_main_process:
-        clear_output_dir(train.output_dir)
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            lock_output_dir(train.output_dir)
+            try:
+                check_output_dir(train)
+            except ValueError as error:
+                raise OutputDirError(str(error)) from None
+            if train.overwrite_output_dir and not train.resume_from_checkpoint:
+                for argument, paths in (inputs or {}).items():
+                    for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])):
+                        if run_output_holding(train.output_dir, path):
+                            raise OutputDirError(
+                                f"--overwrite_output_dir would delete {argument} {path}, which this run reads (it is "
+                                f"{run_output_holding(train.output_dir, path)} of --output_dir {train.output_dir}); "
+                                "choose another --output_dir, or move the input out of it")
+                clear_output_dir(train.output_dir)
+        except OutputDirError as error:
+            problem = str(error)
+    if accelerator.num_processes > 1:  # every process stops, not only the one that found the problem
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise OutputDirError(problem)
     accelerator.wait_for_everyone()
     os.makedirs(train.output_dir, exist_ok=True)
     return accelerator, trackers
+
+
+def finish_run(accelerator, output_dir: str) -> None:
+    """End a recipe's run in a fixed order on every process: wait for all, drop accelerate's references to the
+    prepared (DDP-wrapped) model, optimizer and loaders and collect them while the process group is still alive and
+    every process is past its last collective, wait again, then `end_training()` (trackers closed, process group
+    destroyed where accelerate owns it) and release the `--output_dir` lock. The recipe drops its own references to
+    the prepared model first (`prepared = None`): a DDP wrapper freed later, at an arbitrary garbage collection as the
+    recipe returns, could deadlock its reducer against gloo's worker thread (2-process runs hanging at exit)."""
+    import gc
+
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        unlock_output_dir(output_dir)
+
+
+class OutputDirError(RuntimeError):
+    """An `--output_dir` a run cannot use: locked by another live run, or holding an earlier run's checkpoints."""
+
+
+LOCK_NAME = ".unip-run.lock"
+_HELD_LOCKS: dict[str, str] = {}  # absolute lock path -> its text, for the locks this process holds
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def lock_output_dir(output_dir: str) -> str:
+    """Take `output_dir/.unip-run.lock` (created exclusively; it holds the owner's pid, host, start time and command)
+    for the run's lifetime. A lock held by a live process is an `OutputDirError` naming the lock file and the owner's
+    pid; a lock left by a process that no longer runs (same host) is replaced, with a warning. A lock this process
+    already holds (an earlier run in the same process that stopped with an exception) is taken over. Returns the lock
+    path; `unlock_output_dir` (or the exit of the process) releases it."""
+    import atexit
+    import socket
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(output_dir, LOCK_NAME))
+    host = socket.gethostname()
+    text = json.dumps({"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "command": " ".join(sys.argv)})
+    for _ in range(3):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as existing:
+                    owner = json.load(existing)
+                pid, owner_host = int(owner["pid"]), owner.get("host")
+            except (OSError, ValueError, KeyError, TypeError):
+                try:
+                    age = time.time() - os.path.getmtime(path)
+                except OSError:
+                    continue  # removed meanwhile: try again
+                if age < 10:  # being written by a run that is starting now
+                    raise OutputDirError(
+                        f"--output_dir {output_dir} is in use by another run that is starting (lock file {path}); "
+                        "wait for it to finish or choose another --output_dir") from None
+                pid, owner_host = None, host
+            if pid == os.getpid() and owner_host == host:
+                with open(path, "w", encoding="utf-8") as mine:
+                    mine.write(text)
+                break
+            if pid is not None and (owner_host != host or _process_alive(pid)):
+                where = f"pid {pid}" + (f" on {owner_host}" if owner_host != host else "")
+                raise OutputDirError(
+                    f"--output_dir {output_dir} is in use by another run ({where}, started "
+                    f"{owner.get('started', '?')}; lock file {path}). Wait for it to finish or choose another --output_dir; if no such run is alive "
+                    f"(e.g. on another machine sharing the folder), delete {path}")
+            stale = f"{path}.stale-{os.getpid()}"
+            try:
+                os.replace(path, stale)  # only one of several starting runs gets the stale lock
+                os.remove(stale)
+            except OSError:
+                continue
+            logger.warning("--output_dir %s: removed the stale lock %s of %s, which no longer runs", output_dir, path,
+                           f"pid {pid}" if pid is not None else "a run that never wrote its pid")
+            continue
+        else:
+            with os.fdopen(handle, "w", encoding="utf-8") as mine:
+                mine.write(text)
+            break
+    else:
+        raise OutputDirError(f"--output_dir {output_dir}: could not take the lock file {path}; another run is starting "
+                             "there: choose another --output_dir")
+    if not _HELD_LOCKS:
+        atexit.register(_release_all_locks)
+    _HELD_LOCKS[path] = text
+    return path
+
+
+def unlock_output_dir(output_dir: str | None) -> None:
+    """Release the lock `lock_output_dir` took (only if this process still owns it)."""
+    if not output_dir:
+        return
+    path = os.path.abspath(os.path.join(output_dir, LOCK_NAME))
+    text = _HELD_LOCKS.pop(path, None)
+    if text is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() != text:
+                return
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _release_all_locks() -> None:
+    for path in list(_HELD_LOCKS):
+        unlock_output_dir(os.path.dirname(path))
 
 
 def check_output_dir(train: TrainingLoopArguments) -> None:
@@ -120,26 +278,77 @@ def check_output_dir(train: TrainingLoopArguments) -> None:
         raise ValueError(
             f"--output_dir {train.output_dir} already holds {len(found)} checkpoint(s) of an earlier run (newest: "
             f"{newest}). To continue that run add --resume_from_checkpoint latest; to start over add "
-            "--overwrite_output_dir (its checkpoints and step log are deleted); or choose another --output_dir")
+            "--overwrite_output_dir (everything the earlier run wrote is deleted); or choose another --output_dir")
+
+
+#: What a run writes into `--output_dir` (names, or `fnmatch` patterns): checkpoints and their leftovers, the step
+#: log, the run lineage, the evaluation log, `best_model/`, the saved model with its processor, remote code, card and
+#: evaluation results, plots, summaries and the trackers' folders (accelerate names them after the project); with
+#: the remote-code files of `configuration_unip.REMOTE_CODE_FILES`.
+#: `--overwrite_output_dir` deletes these; a recipe that writes a new kind of file into `--output_dir` adds it here.
+RUN_OUTPUTS = (
+    "checkpoint-*", ".tmp-checkpoint-*", ".old-checkpoint-*", ".trash-checkpoint-*",
+    "trainer_state.json", "trainer_state.json.tmp", "run_lineage.json", "run_lineage.json.tmp",
+    "eval_log.json", "eval_log.json.tmp", "best_model", "eval_results.json", ".eval_results", "README.md",
+    "config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+    "preprocessor_config.json", "processor_config.json", "generation_config.json",
+    "configuration_*.py", "modeling_*.py", "image_processing_*.py", "__pycache__",
+    "training_curves.png", "tmt_maps.png", "pd_fa_curve.png", "pretraining_summary.json",
+    "unip-finetune", "unip-pretrain", "unip-pretrain-mae", "runs", "logs",
+)
+
+
+def run_output_holding(output_dir: str, path: str | None) -> str | None:
+    """The entry of `output_dir` that `clear_output_dir` would delete and that is or holds `path` (None when the
+    overwrite leaves `path` alone; `path` equal to `output_dir` itself counts when it holds run outputs, e.g. a model
+    saved there)."""
+    import fnmatch
+
+    from .configuration_unip import REMOTE_CODE_FILES
+
+    if not path or not os.path.exists(path) or not os.path.isdir(output_dir):
+        return None
+    root, target = os.path.realpath(output_dir), os.path.realpath(path)
+    outputs = (*RUN_OUTPUTS, *REMOTE_CODE_FILES)
+    if target == root:
+        held = [name for name in sorted(os.listdir(root))
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in outputs)]
+        return f"the folder itself, holding {', '.join(held[:4])}" if held else None
+    if not target.startswith(root + os.sep):
+        return None
+    first = os.path.relpath(target, root).split(os.sep)[0]
+    return first if any(fnmatch.fnmatchcase(first, pattern) for pattern in outputs) else None
 
 
 def clear_output_dir(output_dir: str) -> list[str]:
-    """What `--overwrite_output_dir` deletes before a new run: the `checkpoint-N` folders (complete or not) and the
-    step log of the earlier run. Returns the deleted paths."""
+    """What `--overwrite_output_dir` deletes before a new run: everything an earlier run wrote (`RUN_OUTPUTS`: the
+    `checkpoint-N` folders complete or not and their leftovers, the step log and lineage, `eval_log.json`,
+    `best_model/`, the saved model, card, `.eval_results/`, plots, tracker logs), so that nothing of it is carried
+    into the new run or its resumes. Files it did not write are kept and named. Returns the deleted paths."""
+    import fnmatch
+
     if not os.path.isdir(output_dir):
         return []
-    removed = []
+    from .configuration_unip import REMOTE_CODE_FILES  # the code files a saved model carries
+
+    outputs = (*RUN_OUTPUTS, *REMOTE_CODE_FILES)
+    removed, kept = [], []
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
-        if re.fullmatch(rf"(\.tmp-)?{CHECKPOINT_PREFIX}\d+", name) and os.path.isdir(path):
+        if name == LOCK_NAME:
+            continue
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in outputs):
+            kept.append(name)
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
-            removed.append(path)
-        elif name == STEP_LOG_NAME:
+        else:
             os.remove(path)
-            removed.append(path)
+        removed.append(name)
     if removed:
-        logger.warning("--overwrite_output_dir: deleted %s", ", ".join(removed))
-    return removed
+        logger.warning("--overwrite_output_dir: deleted what the earlier run wrote in %s: %s%s", output_dir,
+                       ", ".join(removed), f" (kept, not written by a run: {', '.join(kept)})" if kept else "")
+    return [os.path.join(output_dir, name) for name in removed]
 
 
 def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
@@ -530,12 +739,23 @@ def read_training_state(path: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def checkpoint_problem(path: str, allow_pickle: bool = False) -> str | None:
+def file_sha256(path: str, chunk_size: int = 1 << 22) -> str:
+    """The sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(path: str, allow_pickle: bool = False, verify_hashes: bool = False) -> str | None:
     """Why the checkpoint folder `path` cannot be resumed, or None when it is complete.
 
     A checkpoint is complete when its `training_state.json` (written last, just before the folder is renamed into
-    place) exists and every file it lists has the recorded size. Folders written by accelerate's `save_state` (older
-    unip-hf versions, or `checkpoint_format="accelerate"`) hold pickles and are accepted only with `allow_pickle`.
+    place) exists and every file it lists has the recorded size; with `verify_hashes` every file's sha256 must also
+    be the one recorded when it was saved (a file changed in place, e.g. bytes overwritten, keeps its size). Folders
+    written by accelerate's `save_state` (older unip-hf versions, or `checkpoint_format="accelerate"`) hold pickles
+    and are accepted only with `allow_pickle`.
     """
     if not os.path.isdir(path):
         return "is not a directory"
@@ -558,6 +778,14 @@ def checkpoint_problem(path: str, allow_pickle: bool = False) -> str | None:
             return f"is missing {name}"
         if os.path.getsize(file) != size:
             return f"has a truncated {name} ({os.path.getsize(file)} bytes, {size} expected)"
+    if verify_hashes:
+        for name, expected in (state.get("sha256") or {}).items():
+            file = os.path.join(path, name)
+            if not os.path.isfile(file):
+                return f"is missing {name}"
+            if file_sha256(file) != expected:
+                return (f"has a corrupted {name}: its sha256 differs from the one recorded when the checkpoint was "
+                        f"saved (the file was changed after the save)")
     return None
 
 
@@ -577,6 +805,44 @@ def list_checkpoints(output_dir: str, complete_only: bool = False, allow_pickle:
     return paths
 
 
+LINEAGE_NAME = "run_lineage.json"
+TRASH_CHECKPOINT_PREFIX = f".trash-{CHECKPOINT_PREFIX}"
+LEFTOVER_PREFIXES = (TMP_CHECKPOINT_PREFIX, f".old-{CHECKPOINT_PREFIX}", TRASH_CHECKPOINT_PREFIX)
+
+
+def new_run_id() -> str:
+    """A short random id for one run (one call of `train_loop`; a resumed run gets a new one)."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def read_run_lineage(output_dir: str) -> list[dict[str, Any]]:
+    """The runs recorded in `output_dir/run_lineage.json`, oldest first (each `{"run_id", "lineage", "resumed_from",
+    "started"}`); `[]` when there is none or it is unreadable."""
+    try:
+        with open(os.path.join(output_dir, LINEAGE_NAME), encoding="utf-8") as handle:
+            runs = json.load(handle).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("lineage"), list)]
+
+
+def on_lineage(state: dict[str, Any], lineage: list[dict[str, Any]]) -> bool:
+    """Whether the checkpoint whose `training_state.json` is `state` lies on `lineage` (a list of `{"run_id",
+    "from_step"}` segments, root first): it was saved by a run of the lineage, at most at the step from which the next
+    run of the lineage resumed. Checkpoints that record no lineage (older versions) count as on it."""
+    recorded = state.get("lineage")
+    if not recorded:
+        return True
+    saved_by = recorded[-1].get("run_id")
+    step = int(state.get("global_step", 0))
+    for index, segment in enumerate(lineage):
+        if segment.get("run_id") == saved_by:
+            return index == len(lineage) - 1 or step <= int(lineage[index + 1].get("from_step", 0))
+    return False
+
+
 class CheckpointManager:
     """Atomic, pickle-free checkpoints with keep-last-K rotation and `latest` resolution.
 
@@ -584,9 +850,20 @@ class CheckpointManager:
     optimizer (`optimizer.safetensors` + `optimizer.json` for its structure and hyper-parameters), the scheduler
     (`scheduler.json`, its `state_dict`: step count and base learning rates; the schedule itself is rebuilt by the
     recipe), the fp16 grad scaler (`scaler.json`), one `rng_state_{process}.json/.safetensors` per process, the step
-    log, and last `training_state.json` (step, run settings, the file list with sizes: the completion mark); then it
-    renames the folder to `checkpoint-{step}`. A kill at any moment leaves either no `checkpoint-{step}` or a complete
-    one. Nothing non-finite is saved (`NonFiniteStateError`). Loading reads JSON and safetensors only.
+    log, and last `training_state.json` (step, run settings, the file list with sizes and sha256 hashes, the lineage:
+    the completion mark); then it renames the folder to `checkpoint-{step}`. A kill at any moment leaves either no
+    `checkpoint-{step}` or a complete one. Nothing non-finite is saved (`NonFiniteStateError`). Loading reads JSON and
+    safetensors only, after checking every file against its recorded hash.
+
+    Lineage: each run (each `train_loop` call) has a `run_id`; `start(...)` records it in `output_dir/run_lineage.json`
+    with its lineage, the chain of `{"run_id", "from_step"}` segments it continues (a fresh run: itself from step 0; a
+    resumed one: the checkpoint's lineage plus itself from the checkpoint's step), and every checkpoint records the
+    lineage of the run that saved it. `latest` follows the lineage of the newest run, so a rewound run
+    (`--resume_from_checkpoint checkpoint-20` after `checkpoint-40` was written) never resumes from the abandoned
+    branch; rotation only removes checkpoints of this run's lineage. Rotation moves a folder to
+    `.trash-checkpoint-{step}` (an atomic rename) before deleting it, so an interrupted deletion leaves a trash folder,
+    never a half-deleted `checkpoint-{step}`; trash and other leftovers are removed at the start of a run and at every
+    rotation.
 
     With `checkpoint_format="accelerate"` (needed under FSDP / DeepSpeed, whose sharded states this format does not
     cover) accelerate's `save_state` / `load_state` are used instead, inside the same atomic protocol; those files are
@@ -622,6 +899,45 @@ class CheckpointManager:
         self.checkpoint_format = checkpoint_format
         self.settings = dict(settings or {})
         self.last_saved: str | None = None
+        self.run_id = new_run_id()
+        self.lineage: list[dict[str, Any]] = [{"run_id": self.run_id, "from_step": 0}]
+        self.resumed_from: str | None = None
+        self._verified: set[str] = set()
+
+    def start(self, resumed_from: str | None = None, state: dict[str, Any] | None = None) -> None:
+        """Begin this run: its lineage continues the restored checkpoint's (`resumed_from`, whose `training_state.json`
+        is `state`), and the main process records it in `run_lineage.json` and removes leftovers of interrupted saves
+        and rotations."""
+        if resumed_from is not None and state is not None:
+            parent = state.get("lineage") or [{"run_id": state.get("run_id", "unrecorded"), "from_step": 0}]
+            self.lineage = [*parent, {"run_id": self.run_id, "from_step": int(state.get("global_step", 0))}]
+            self.resumed_from = os.path.normpath(resumed_from)
+        if self.accelerator.is_main_process:
+            os.makedirs(self.output_dir, exist_ok=True)
+            self.remove_leftovers()
+            runs = read_run_lineage(self.output_dir)
+            runs.append({"run_id": self.run_id, "lineage": self.lineage, "resumed_from": self.resumed_from,
+                         "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+            write_json_atomic(os.path.join(self.output_dir, LINEAGE_NAME), {"runs": runs})
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete what interrupted saves and rotations left (`.tmp-`, `.old-` and `.trash-checkpoint-*` folders)."""
+        removed = []
+        if not os.path.isdir(self.output_dir):
+            return removed
+        for name in os.listdir(self.output_dir):
+            if name.startswith(LEFTOVER_PREFIXES):
+                shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
+                removed.append(name)
+        return removed
+
+    def discard(self, path: str) -> None:
+        """Delete a checkpoint folder safely: rename it to `.trash-checkpoint-{step}` first (atomic), so that an
+        interruption during the deletion never leaves a half-deleted `checkpoint-{step}`."""
+        trash = os.path.join(self.output_dir, f".trash-{os.path.basename(path)}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     @property
     def allow_pickle(self) -> bool:
@@ -679,16 +995,20 @@ class CheckpointManager:
         if accelerator.is_main_process:
             if step_log is not None:
                 step_log.save(os.path.join(tmp, STEP_LOG_NAME))
-            files = {}
+            files, hashes = {}, {}
             for name in sorted(os.listdir(tmp)):
                 file = os.path.join(tmp, name)
                 if os.path.isfile(file):
                     with open(file, "rb") as handle:
                         os.fsync(handle.fileno())
                     files[name] = os.path.getsize(file)
+                    hashes[name] = file_sha256(file)
             state = {"global_step": int(step), **(extra_state or {}),
                      "format": SAFE_FORMAT if self.checkpoint_format == "safetensors" else "accelerate",
-                     "num_processes": accelerator.num_processes, "settings": self.settings, "files": files}
+                     "num_processes": accelerator.num_processes, "settings": self.settings, "files": files,
+                     "sha256": hashes, "run_id": self.run_id, "lineage": self.lineage,
+                     "resumed_from": os.path.basename(self.resumed_from) if self.resumed_from else None,
+                     "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
             write_json_atomic(os.path.join(tmp, TRAINING_STATE_NAME), state, fsync=True)
             self._publish(tmp, path)
             self._rotate(path)
@@ -718,48 +1038,83 @@ class CheckpointManager:
             os.replace(tmp, path)
 
     def _rotate(self, just_saved: str) -> None:
-        for name in os.listdir(self.output_dir):  # leftovers of saves that were killed
-            if name.startswith((TMP_CHECKPOINT_PREFIX, f".old-{CHECKPOINT_PREFIX}")):
-                shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
+        self.remove_leftovers()  # of saves and rotations that were interrupted
         if self.total_limit is None or self.total_limit <= 0:
             return
-        complete = [p for p in list_checkpoints(self.output_dir, True, self.allow_pickle) if p != just_saved]
-        for old in complete[: max(0, len(complete) - (self.total_limit - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
+        step = int(os.path.basename(just_saved)[len(CHECKPOINT_PREFIX):])
+        mine = []
+        for path in list_checkpoints(self.output_dir):
+            if path == just_saved:
+                continue
+            if checkpoint_problem(path, self.allow_pickle) is not None:
+                # never resumable: an older one is the remains of an interrupted deletion or save (newer ones are
+                # left alone: they may be a save in progress elsewhere or something to look at)
+                if int(os.path.basename(path)[len(CHECKPOINT_PREFIX):]) < step:
+                    self.discard(path)
+                continue
+            state = read_training_state(path) or {}
+            if on_lineage(state, self.lineage):  # the checkpoints of other branches are not this run's to rotate
+                mine.append(path)
+        for old in mine[: max(0, len(mine) - (self.total_limit - 1))]:
+            self.discard(old)
 
     # ------------------------------------------------------------------------------------------------ resuming
     def resolve(self, resume_from_checkpoint: str | None) -> str | None:
-        """A checkpoint directory from a path or `"latest"` (the newest complete checkpoint; the incomplete ones
-        skipped are named in a warning). None when there is nothing to resume; a `CheckpointError` for a named
-        checkpoint that is incomplete or unsafe, `FileNotFoundError` for a missing one."""
+        """A checkpoint directory from a path or `"latest"`: the newest complete checkpoint (sizes and sha256 hashes
+        as recorded) on the lineage of the newest run in `run_lineage.json` (checkpoints of an abandoned branch, and
+        incomplete or corrupted ones, are skipped and named in a warning). None when there is nothing to resume; a
+        `CheckpointError` for a named checkpoint that is incomplete, corrupted or unsafe, `FileNotFoundError` for a
+        missing one."""
         if not resume_from_checkpoint:
             return None
         if resume_from_checkpoint == "latest":
-            skipped = []
+            runs = read_run_lineage(self.output_dir)
+            newest = runs[-1] if runs else None
+            lineage = newest["lineage"] if newest else None
+            skipped, ignored = [], []
             for path in reversed(list_checkpoints(self.output_dir)):
-                problem = checkpoint_problem(path, self.allow_pickle)
+                state = read_training_state(path)
+                if lineage and state is not None and not on_lineage(state, lineage):
+                    recorded = state.get("lineage") or [{}]
+                    ignored.append(f"{os.path.basename(path)} (run {recorded[-1].get('run_id', '?')})")
+                    continue
+                problem = checkpoint_problem(path, self.allow_pickle, verify_hashes=True)
                 if problem is None:
-                    if skipped:
-                        logger.warning("resume_from_checkpoint=latest: skipped %d incomplete or unusable checkpoint(s) "
-                                       "newer than %s: %s", len(skipped), os.path.basename(path), "; ".join(skipped))
-                    return path
+                    self._verified.add(os.path.normpath(path))
+                    break
                 skipped.append(f"{path} {problem}")
+            else:
+                path = None
+            if ignored:
+                branch = newest.get("resumed_from")
+                logger.warning(
+                    "resume_from_checkpoint=latest follows the lineage of the newest run in %s (run %s%s); ignored "
+                    "%d checkpoint(s) of a branch it abandoned: %s", self.output_dir, newest.get("run_id"),
+                    f", which resumed from {os.path.basename(branch)}" if branch else "", len(ignored),
+                    ", ".join(ignored))
+            if path is not None:
+                if skipped:
+                    logger.warning("resume_from_checkpoint=latest: skipped %d incomplete or unusable checkpoint(s) "
+                                   "newer than %s: %s", len(skipped), os.path.basename(path), "; ".join(skipped))
+                return path
             logger.warning("resume_from_checkpoint=latest but %s has no complete checkpoint%s; starting fresh",
                            self.output_dir, (" (skipped: " + "; ".join(skipped) + ")") if skipped else "")
             return None
         if not os.path.isdir(resume_from_checkpoint):
             raise FileNotFoundError(f"resume_from_checkpoint={resume_from_checkpoint!r} is not a directory")
-        problem = checkpoint_problem(resume_from_checkpoint, self.allow_pickle)
+        problem = checkpoint_problem(resume_from_checkpoint, self.allow_pickle, verify_hashes=True)
         if problem is not None:
             raise CheckpointError(f"--resume_from_checkpoint {resume_from_checkpoint} {problem}; choose a complete "
                                   "checkpoint (or 'latest', which skips incomplete ones)")
+        self._verified.add(os.path.normpath(resume_from_checkpoint))
         return resume_from_checkpoint
 
     def load(self, path: str) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler and this process's RNG from `path` (JSON and safetensors only,
         unless it is an accelerate-format checkpoint and `checkpoint_format="accelerate"`); returns its
         `training_state.json`. Refuses incomplete, unsafe or non-finite checkpoints (`CheckpointError`)."""
-        problem = checkpoint_problem(path, self.allow_pickle)
+        problem = checkpoint_problem(path, self.allow_pickle,
+                                     verify_hashes=os.path.normpath(path) not in self._verified)
         if problem is not None:
             raise CheckpointError(f"Checkpoint {path} {problem}")
         state = read_training_state(path)
@@ -927,6 +1282,7 @@ def train_loop(
     description: str = "train",
     on_resume: Callable[[int], None] | None = None,
     checkpoint_format: str = "safetensors",
+    run_settings: dict[str, Any] | None = None,
 ) -> TrainLoopResult:
     """Run optimizer steps until `max_steps`, with exact resume.
 
@@ -963,9 +1319,14 @@ def train_loop(
             `on_step_end(step, logs)`.
         description (`str`, *optional*): progress bar label.
         on_resume (`Callable`, *optional*): called on every process as `on_resume(step)` once a checkpoint is
-            restored, before training continues (e.g. to redo an evaluation that the interrupted run did not finish).
+            restored, before training continues (e.g. to redo an evaluation that the interrupted run did not finish);
+            `read_run_lineage(output_dir)[-1]` is then this run, with its lineage.
         checkpoint_format (`str`, *optional*, defaults to `"safetensors"`): `"safetensors"` (pickle-free) or
             `"accelerate"` (accelerate's `save_state`, pickles; for FSDP / DeepSpeed).
+        run_settings (`dict`, *optional*): what the recipe trains, recorded in every checkpoint and compared on
+            resume: `"dataset"` and `"architecture"` (strings; a change is reported) and `"labels"` (the class
+            names by id; a change is refused with a `CheckpointError`, since the head would silently mean other
+            classes).
     """
     accumulation = max(1, int(gradient_accumulation_steps))
     per_epoch = steps_per_epoch(len(dataloader), accumulation)
@@ -985,6 +1346,7 @@ def train_loop(
         "max_steps": int(max_steps),
         "peak_learning_rates": [float(lr) for lr in getattr(scheduler, "base_lrs", [])],
         "max_grad_norm": max_grad_norm,
+        **{key: _jsonable(value) for key, value in (run_settings or {}).items()},
     }
     checkpoints = CheckpointManager(accelerator, output_dir, checkpoints_total_limit, model, optimizer, scheduler,
                                     checkpoint_format, settings)
@@ -996,7 +1358,16 @@ def train_loop(
             raise CheckpointError(f"Checkpoint {resumed_from} has no {STEP_LOG_NAME} (the step log); resuming from it "
                                   "would lose the loss history. Choose another checkpoint.")
         groups_now = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        state = checkpoints.load(resumed_from)
+        check_resumable(resumed_from, read_training_state(resumed_from) or {}, settings)
+        try:
+            state = checkpoints.load(resumed_from)
+        except CheckpointError as error:
+            saved_architecture = ((read_training_state(resumed_from) or {}).get("settings") or {}).get("architecture")
+            if saved_architecture and settings.get("architecture") and saved_architecture != settings["architecture"]:
+                raise CheckpointError(f"{error}. It was saved by {saved_architecture}; this run builds "
+                                      f"{settings['architecture']}: resume with the checkpoint's model options, or "
+                                      "start a new run in another --output_dir") from None
+            raise
         global_step = int(state["global_step"])
         step_log.load(os.path.join(resumed_from, STEP_LOG_NAME))
         step_log.truncate(global_step)
@@ -1004,8 +1375,13 @@ def train_loop(
         for line in reconcile_resumed_settings(state, settings, groups_now, optimizer, scheduler):
             accelerator.print(line)
             logger.warning(line)
+        checkpoints.start(resumed_from, state)
+        accelerator.wait_for_everyone()  # run_lineage.json names this run before anyone reads it
         if on_resume is not None:
             on_resume(global_step)
+    else:
+        checkpoints.start()
+        accelerator.wait_for_everyone()
 
     def count(batch: Any) -> int:
         if batch_size_fn is not None:
@@ -1156,15 +1532,37 @@ def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
 
 def run_recipe(run: Callable[..., Any], arguments: Sequence[Any]) -> tuple[int, Any]:
     """Run a recipe's `run(*arguments)` for its `main()`: `(exit status, result)`, where a non-finite loss (already
-    reported by `train_loop`) exits 1, Ctrl-C exits as `interrupted_exit_code` says, and the result is `None` on
-    every process but the main one (only that one prints the summary)."""
+    reported by `train_loop`) exits 1, a refused resume (`CheckpointError`: incomplete, corrupted, other labels) or
+    output folder (`OutputDirError`: locked by a live run, or holding an earlier run) prints `error: ...` and exits 2,
+    Ctrl-C exits as `interrupted_exit_code` says, and the result is `None` on every process but the main one (only
+    that one prints the summary)."""
     try:
         result = run(*arguments)
     except NonFiniteLossError:
         return 1, None
+    except (CheckpointError, OutputDirError) as error:  # refused before training: a user error, one line
+        if PartialState().is_main_process:
+            print(f"error: {error}", file=sys.stderr)
+        return 2, None
     except KeyboardInterrupt as interrupt:
         return interrupted_exit_code(interrupt), None
     return 0, (result if PartialState().is_main_process else None)
+
+
+def check_resumable(path: str, state: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Before a checkpoint is restored: a `CheckpointError` when it was trained for other labels (class names by id)
+    than this run's data set has: its classifier would silently predict the old classes under the new names."""
+    saved = (state.get("settings") or {}).get("labels")
+    wanted = settings.get("labels")
+    if saved is None or wanted is None or saved == wanted:
+        return
+    def show(labels):
+        return ", ".join(f"{k}: {v}" for k, v in labels.items()) if isinstance(labels, dict) else str(labels)
+    raise CheckpointError(
+        f"--resume_from_checkpoint {path} was trained for other labels ({show(saved)}) than this run's data set has "
+        f"({show(wanted)}; data set {(state.get('settings') or {}).get('dataset', '?')} -> "
+        f"{settings.get('dataset', '?')}). Resuming would train the old classes under new names: resume on the "
+        "checkpoint's data set, or start a new run in another --output_dir (e.g. --model_name_or_path a saved model)")
 
 
 def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], groups_now: list[dict[str, Any]],
@@ -1173,7 +1571,8 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
     hyper-parameters and peak learning rates (the checkpoint's weights, optimizer moments and step count are kept),
     and return lines that say what changed and what is kept (empty when nothing changed)."""
     saved = state.get("settings") or {}
-    names = {"per_device_train_batch_size": "batch size per device", "num_processes": "processes",
+    names = {"dataset": "data set", "architecture": "architecture",
+             "per_device_train_batch_size": "batch size per device", "num_processes": "processes",
              "gradient_accumulation_steps": "gradient accumulation", "total_batch_size": "total batch size",
              "max_steps": "max_steps", "max_grad_norm": "max_grad_norm"}
     changed = [f"{label} {saved[key]} -> {settings[key]}" for key, label in names.items()
@@ -1196,10 +1595,17 @@ def reconcile_resumed_settings(state: dict[str, Any], settings: dict[str, Any], 
         scheduler.base_lrs = list(wanted_lrs)
         for group, lr in zip(optimizer.param_groups, wanted_lrs):
             group["initial_lr"] = lr
-        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            for group, lr, fn in zip(optimizer.param_groups, wanted_lrs, scheduler.lr_lambdas):
-                group["lr"] = lr * fn(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        # the restored optimizer holds the learning rate the checkpoint's schedule set for the next step; this run's
+        # schedule (rebuilt for its max_steps, warm-up and peak) decides it from the first resumed step on
+        before = max(group["lr"] for group in optimizer.param_groups)
+        for group, lr, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = lr * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        after = max(group["lr"] for group in optimizer.param_groups)
+        if not math.isclose(before, after, rel_tol=1e-9, abs_tol=1e-30):
+            applied.append(f"learning rate of step {scheduler.last_epoch + 1} {before:.4g} -> {after:.4g} (this "
+                           "run's schedule)")
     if not changed and not applied:
         return []
     step = int(state.get("global_step", 0))
