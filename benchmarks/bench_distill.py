@@ -39,7 +39,7 @@ TEACHER_LAYER = 8  # 0-based: block 9 of 12
 def _ours(batch_size: int, image_size: int):
     from unip_hf import UnipConfig, UnipViTModel
     from unip_hf.distillation import AttentionTeacher, NmiHadStudent, nmi_had_loss
-    from unip_hf.training import create_optimizer
+    from unip_hf.training_optimization import create_optimizer
 
     torch.manual_seed(0)
     teacher = AttentionTeacher(UnipViTModel(UnipConfig.from_preset("unip-small", image_size=image_size)), TEACHER_LAYER)

@@ -13,19 +13,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from test_training import KeyedNoise, Tiny, fresh_accelerator
-from unip_hf.training import (
-    CheckpointError,
-    CheckpointManager,
-    EpochSampler,
-    NonFiniteLossError,
-    NonFiniteStateError,
-    TrainingInterrupted,
-    create_optimizer,
-    create_scheduler,
-    file_sha256,
-    list_checkpoints,
-    train_loop,
-)
+from unip_hf.training import TrainingInterrupted, train_loop
+from unip_hf.training_checkpoints import CheckpointManager, list_checkpoints
+from unip_hf.training_state_files import CheckpointError
+from unip_hf.training_optimization import create_optimizer, create_scheduler
+from unip_hf.training_sampler import EpochSampler
+from unip_hf.training_nan_guard import NonFiniteLossError, NonFiniteStateError
+from unip_hf.training_state_files import file_sha256
 
 
 def tiny_run(out, max_steps, *, lr=0.05, bs=2, sgd=False, lr_lambda=None, checkpointing_steps=0, total_limit=None,
@@ -167,7 +161,7 @@ def test_latest_skips_empty_and_half_written_checkpoints(tmp_path, caplog):
 
 
 def test_killed_save_leaves_no_checkpoint_and_is_cleaned_up(tmp_path, monkeypatch):
-    import unip_hf.training as training
+    import unip_hf.training_checkpoints as training  # where CheckpointManager calls save_state_file
 
     real = training.save_state_file
 
@@ -322,7 +316,7 @@ def test_resume_with_another_batch_size_and_learning_rate_says_what_changed(tmp_
     out = capsys.readouterr().out
     assert "total batch size 2 -> 4" in out and "peak learning rate 0.05 -> 0.01" in out
     assert "kept from the checkpoint" in out and "data position is recomputed" in out
-    from unip_hf.training import schedule_factor
+    from unip_hf.training_optimization import schedule_factor
 
     # the new peak is applied from the resumed step on (before the fix the checkpoint's 0.05 silently stayed)
     assert result.step_log.history[-1]["learning_rate"] == pytest.approx(0.01 * schedule_factor(2, "cosine", 2, 10))
@@ -560,7 +554,7 @@ def test_ctrl_c_during_rotation_leaves_nothing_half_deleted(tmp_path, monkeypatc
     folder to `.trash-checkpoint-2` before deleting it, and removes such leftovers at the next start and rotation."""
     import shutil
 
-    from unip_hf.training import checkpoint_problem
+    from unip_hf.training_checkpoints import checkpoint_problem
 
     real = shutil.rmtree
     fired = []
@@ -599,7 +593,7 @@ def test_resume_with_other_max_steps_uses_the_new_schedule_from_the_first_resume
     """Guards issue 22 item 4 (the loop): the optimizer restored from a checkpoint held the learning rate the old
     schedule had set for the next step, so the first resumed step ran on the old schedule. With a scheduler built
     for 8 steps instead of 4, the first resumed step (3) now logs the new schedule's value."""
-    from unip_hf.training import schedule_factor
+    from unip_hf.training_optimization import schedule_factor
 
     def sched(max_steps):
         return lambda step: schedule_factor(step, "linear", 1, max_steps)
@@ -661,7 +655,7 @@ def test_overwrite_output_dir_never_deletes_what_the_run_reads(tmp_path):
     is not a run output is kept and allowed."""
     import unip_hf.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.training import OutputDirError, run_output_holding
+    from unip_hf.training_output_dir import OutputDirError, run_output_holding
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -720,7 +714,8 @@ def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_
     import unip_hf.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
     from unip_hf.recipe_arguments import TrainingLoopArguments
-    from unip_hf.training import LOCK_NAME, OutputDirError, create_accelerator, finish_run, run_recipe
+    from unip_hf.training import create_accelerator, finish_run, run_recipe
+    from unip_hf.training_output_dir import LOCK_NAME, OutputDirError
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -764,7 +759,7 @@ def test_finetuning_resumed_with_other_max_steps_runs_its_first_step_on_the_new_
     at the learning rate of the 4-step schedule; it now logs the 3-step schedule's value."""
     import unip_hf.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.training import num_warmup_steps, schedule_factor
+    from unip_hf.training_optimization import num_warmup_steps, schedule_factor
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -795,7 +790,7 @@ def test_pretraining_resumed_with_more_steps_runs_its_first_step_on_the_new_sche
     from test_finetuning import reset_accelerate
     from unip_hf.pretraining import run_pretraining
     from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
-    from unip_hf.training import schedule_factor
+    from unip_hf.training_optimization import schedule_factor
 
     torch.manual_seed(0)
     T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

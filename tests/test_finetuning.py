@@ -22,7 +22,7 @@ from unip_hf.finetuning_data import dataset_task, parse_img_scale, rescale_size
 from unip_hf.inference import predict_logits
 from unip_hf.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
 from unip_hf.metrics import compute_irstd, compute_mean_iou
-from unip_hf.training import create_optimizer
+from unip_hf.training_optimization import create_optimizer
 from conftest import data_path, reset_accelerate
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16,

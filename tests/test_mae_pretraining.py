@@ -13,7 +13,7 @@ import transformers as T
 
 from unip_hf.mae_pretraining import run_mae_pretraining
 from unip_hf.recipe_arguments import MaeArguments, PretrainDataArguments, PretrainingArguments
-from unip_hf.training import list_checkpoints
+from unip_hf.training_checkpoints import list_checkpoints
 
 from conftest import data_path
 

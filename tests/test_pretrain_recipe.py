@@ -21,7 +21,8 @@ from unip_hf.pretraining import (
     parse_pretraining_args,
     run_pretraining,
 )
-from unip_hf.training import NonFiniteLossError, list_checkpoints
+from unip_hf.training_checkpoints import list_checkpoints
+from unip_hf.training_nan_guard import NonFiniteLossError
 
 from conftest import data_path
 

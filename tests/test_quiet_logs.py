@@ -69,7 +69,9 @@ def test_stock_pipeline_does_not_list_the_supported_models(checkpoint, monkeypat
 def test_log_records_do_not_cut_the_progress_bar(tmp_path, capsys, fresh_accelerate_state):
     from accelerate import Accelerator
 
-    from unip_hf.training import EpochSampler, create_optimizer, create_scheduler, train_loop
+    from unip_hf.training import train_loop
+    from unip_hf.training_optimization import create_optimizer, create_scheduler
+    from unip_hf.training_sampler import EpochSampler
 
     accelerator = Accelerator(cpu=True)
     model = nn.Linear(4, 1)

@@ -10,21 +10,12 @@ from conftest import reset_accelerate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unip_hf.training import (
-    CheckpointManager,
-    EpochSampler,
-    NonFiniteLossError,
-    StepLog,
-    create_optimizer,
-    create_scheduler,
-    list_checkpoints,
-    param_groups,
-    resolve_learning_rate,
-    resolve_report_to,
-    sample_seed,
-    schedule_factor,
-    train_loop,
-)
+from unip_hf.training import train_loop
+from unip_hf.training_checkpoints import CheckpointManager, list_checkpoints
+from unip_hf.training_step_log import StepLog, resolve_report_to
+from unip_hf.training_optimization import create_optimizer, create_scheduler, param_groups, resolve_learning_rate, schedule_factor
+from unip_hf.training_sampler import EpochSampler, sample_seed
+from unip_hf.training_nan_guard import NonFiniteLossError
 
 
 def fresh_accelerator(**kwargs):

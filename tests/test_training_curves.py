@@ -16,7 +16,7 @@ from unip_hf import UnipConfig
 from unip_hf import training_curves
 from unip_hf.cli import main
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.training import list_checkpoints
+from unip_hf.training_checkpoints import list_checkpoints
 from unip_hf.training_curves import plot_training_curves, read_run_logs, write_training_curves
 from conftest import reset_accelerate
 

@@ -2,7 +2,7 @@
 outside its range stops a run at start with a message naming the `--argument`, its allowed range and the value.
 
 The recipe dataclasses call `check_range`, `check_choice` and `check_model_source` from `__post_init__` (they raise
-`ValueError`, which `training.parse_recipe_args` turns into an argparse-style `error:` with exit status 2); the
+`ValueError`, which `recipe_arguments.parse_recipe_args` turns into an argparse-style `error:` with exit status 2); the
 argparse sub-commands use `positive_int` / `non_negative_int` as `type=` so that argparse reports a bad value itself.
 """
 

@@ -58,7 +58,7 @@ from .segmentation_saving import (
     task_head_problem,
     write_pd_fa_plot,
 )
-from .training import parse_recipe_args
+from .recipe_arguments import parse_recipe_args
 
 
 class SegmentationEvaluator:

@@ -57,22 +57,13 @@ from .transferability import (
     loss_weights_from_map,
     transferability_contact_sheet,
 )
-from .training import (
-    EpochSampler,
-    check_output_dir,
-    checked_total_batch,
-    create_accelerator,
-    create_optimizer,
-    create_scheduler,
-    finish_run,
-    parse_recipe_args,
-    num_warmup_steps,
-    on_lineage,
-    read_run_lineage,
-    run_recipe,
-    train_loop,
-    write_json_atomic,
-)
+from .training import create_accelerator, finish_run, run_recipe, train_loop
+from .recipe_arguments import parse_recipe_args
+from .training_output_dir import check_output_dir
+from .training_checkpoints import on_lineage, read_run_lineage
+from .training_optimization import checked_total_batch, create_optimizer, create_scheduler, num_warmup_steps
+from .training_sampler import EpochSampler
+from .training_state_files import write_json_atomic
 from .training_curves import write_training_curves
 
 logger = logging.getLogger(__name__)

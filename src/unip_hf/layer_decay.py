@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .training import param_groups
+from .training_optimization import param_groups
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -44,7 +44,7 @@ def layer_decay_scale(name: str, num_layers: int, decay: float) -> float:
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float, num_layers: int | None = None):
     """AdamW parameter groups with layer-wise decay (`lr_scale`) and no weight decay on norms, biases, tokens and
-    positions: `unip_hf.training.param_groups` with `layer_decay_scale` as the multiplier.
+    positions: `unip_hf.training_optimization.param_groups` with `layer_decay_scale` as the multiplier.
 
     Args:
         model (`nn.Module`): a `UnipForSemanticSegmentation` or `UnipViTModel`.

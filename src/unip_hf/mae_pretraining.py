@@ -23,14 +23,9 @@ from typing import Callable
 import torch
 
 from .recipe_arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
-from .training import (
-    check_output_dir,
-    create_accelerator,
-    finish_run,
-    parse_recipe_args,
-    run_recipe,
-    train_loop,
-)
+from .training import create_accelerator, finish_run, run_recipe, train_loop
+from .recipe_arguments import parse_recipe_args
+from .training_output_dir import check_output_dir
 from .training_curves import write_training_curves
 
 logger = logging.getLogger(__name__)

@@ -34,20 +34,11 @@ from .image_processing_unip import UnipImageProcessor
 from .modeling_unip import UnipViTModel
 from .pretraining_data import PretrainImageDataset, load_training_sources
 from .recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
-from .training import (
-    EpochSampler,
-    check_output_dir,
-    checked_total_batch,
-    create_accelerator,
-    create_optimizer,
-    create_scheduler,
-    finish_run,
-    parse_recipe_args,
-    num_warmup_steps,
-    resolve_learning_rate,
-    run_recipe,
-    train_loop,
-)
+from .training import create_accelerator, finish_run, run_recipe, train_loop
+from .recipe_arguments import parse_recipe_args
+from .training_output_dir import check_output_dir
+from .training_optimization import checked_total_batch, create_optimizer, create_scheduler, num_warmup_steps, resolve_learning_rate
+from .training_sampler import EpochSampler
 from .training_curves import write_training_curves
 from .vit_family import require_vision_config
 

@@ -12,7 +12,7 @@ start at once.
   `transformers.HfArgumentParser` would (the same `--name` / `--name-with-dashes` options, types, defaults, `nargs`,
   `--no_<flag>` negations; `tests/test_recipe_arguments.py` compares the two), without importing transformers, and
   `dataclasses_from_namespace` / `dataclasses_from_dict` build the dataclasses from what was parsed. The recipes
-  (`unip_hf.training.parse_recipe_args`) and `unip pretrain / finetune / evaluate` use them, so both accept the same
+  (`unip_hf.recipe_arguments.parse_recipe_args`) and `unip pretrain / finetune / evaluate` use them, so both accept the same
   arguments and show the same `--help`, with every default.
 """
 
@@ -22,8 +22,9 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_type_hints
 
@@ -593,3 +594,28 @@ FINETUNING_ARGUMENTS = (ModelArguments, DataArguments, FinetuningArguments)
 EVALUATION_ARGUMENTS = (EvaluationArguments,)
 
 __all__: list[str] = []  # the README documents the arguments as command-line options; the names stay importable
+
+
+def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
+                      check: Callable[..., None] | None = None) -> tuple:
+    """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses (the options
+    `transformers.HfArgumentParser` would give them, built by `unip_hf.recipe_arguments` without importing
+    transformers); a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments.
+
+    A `ValueError` (or `FileNotFoundError`) from a dataclass's `__post_init__` or from `check(*parsed)` (checks
+    across dataclasses, run before any model or data is loaded) ends the program like an argparse error: usage,
+    `error: <message>` on stderr, exit status 2, no traceback.
+    """
+
+    parser = build_parser(dataclass_types)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
+            parsed = dataclasses_from_dict(dataclass_types, read_arguments_file(args[0]))
+        else:
+            parsed = dataclasses_from_namespace(dataclass_types, parser.parse_args(args))
+        if check is not None:
+            check(*parsed)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return parsed

@@ -1,6 +1,6 @@
 """Training curves of a UNIP run (Zhang et al., ICLR 2025): `training_curves.png` in the run's output folder, drawn
 from the logs the training loop already writes: `trainer_state.json` (loss and learning rate per logged step,
-`training.StepLog`) and, for fine-tuning, `eval_log.json` (every evaluation's metrics, the main one drawn).
+`training_step_log.StepLog`) and, for fine-tuning, `eval_log.json` (every evaluation's metrics, the main one drawn).
 
 The pre-training and fine-tuning recipes call `write_training_curves(output_dir)` at the end of a run, and
 `unip plot RUN_DIR` redraws the figure. matplotlib is the optional `plots` extra: without it the recipes say so once
