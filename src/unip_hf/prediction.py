@@ -120,12 +120,46 @@ def load_predictor(model_name_or_path: str, trust_remote_code: bool = False, dev
     return model, processor
 
 
+#: `tile_size=None` tiles a small-target model's frames above this many pixels (when the tiled result is exact).
+AUTO_TILE_PIXELS = 1024 * 1024
+#: The tile size of that automatic tiling.
+AUTO_TILE_SIZE = 512
+
+
+def operating_threshold(config: Any, threshold: float | None = None) -> float:
+    """The target threshold to apply: `threshold` when given, else the model's saved operating point
+    (`config.target_threshold`, chosen on a validation split by `--target_fa`), else 0.5."""
+    return float(threshold) if threshold is not None else float(getattr(config, "target_threshold", 0.5) or 0.5)
+
+
+def tiling_for(model, height: int, width: int, tile_size: int | None = None) -> int | None:
+    """The tile size `class_probabilities` uses for a `height` x `width` input, or `None` for one whole-frame pass.
+
+    Only small-target models (`tiled_target_logits`) tile. `tile_size` 0: never; a positive size: always; `None`
+    (automatic): `AUTO_TILE_SIZE` for frames above `AUTO_TILE_PIXELS` whose sides are multiples of the model's
+    `tile_multiple`, where the tiled result is identical to the whole-frame one."""
+    if not hasattr(model, "tiled_target_logits") or tile_size == 0:
+        return None
+    if tile_size is not None:
+        return int(tile_size)
+    multiple = model.tile_multiple
+    if height * width > AUTO_TILE_PIXELS and height % multiple == 0 and width % multiple == 0:
+        return AUTO_TILE_SIZE
+    return None
+
+
 @torch.inference_mode()
-def class_probabilities(model, processor, image: Image.Image) -> np.ndarray:
-    """Class probabilities `(num_labels, H, W)` at the image size, through the processor's protocol."""
+def class_probabilities(model, processor, image: Image.Image, tile_size: int | None = None) -> np.ndarray:
+    """Class probabilities `(num_labels, H, W)` at the image size, through the processor's protocol; small-target
+    models tile large frames (`tiling_for`)."""
     inputs = processor(images=image, return_tensors="pt")
     pixel_values = inputs["pixel_values"].to(model.device, dtype=next(model.parameters()).dtype)
-    outputs = model(pixel_values=pixel_values)
+    tile = tiling_for(model, pixel_values.shape[-2], pixel_values.shape[-1], tile_size)
+    if tile is not None:
+        target_logits = model.tiled_target_logits(pixel_values, tile)
+        outputs = type("TiledOutput", (), {"logits": torch.cat([torch.zeros_like(target_logits), target_logits], 1)})
+    else:
+        outputs = model(pixel_values=pixel_values)
     logits = processor.resize_logits(outputs, [(image.size[1], image.size[0])])[0]
     return logits.float().softmax(dim=0).cpu().numpy()
 
@@ -136,21 +170,24 @@ def _save_mask(prediction: np.ndarray, path: Path) -> None:
 
 
 def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str | os.PathLike, *,
-                   threshold: float = 0.5, radiometric: str | None = None, trust_remote_code: bool = False,
-                   device: str | None = None, progress: bool = True) -> PredictionResult:
+                   threshold: float | None = None, radiometric: str | None = None, trust_remote_code: bool = False,
+                   device: str | None = None, progress: bool = True, tile_size: int | None = None) -> PredictionResult:
     """Segment every image named by `sources` and write the masks, overlays and (binary models) `targets.csv`.
 
     Args:
         model_name_or_path (`str`): a saved segmentation model folder or Hub id.
         sources (`Sequence[str]`): image files, folders (recursive) or glob patterns.
         out_dir (`str` or `os.PathLike`): output folder (created).
-        threshold (`float`, *optional*, defaults to 0.5): target probability above which a pixel is a target
-            (binary models; other models take the most probable class).
+        threshold (`float`, *optional*): target probability above which a pixel is a target (binary models; other
+            models take the most probable class); default: the model's saved operating point
+            (`config.target_threshold`), else 0.5.
         radiometric (`str`, *optional*): passed to `load_infrared_image` as `radiometric=` when given ("raw",
             "celsius" or "preview" for radiometric FLIR JPEGs); `None` keeps the decoder's default.
         trust_remote_code (`bool`, *optional*): allow remote code when loading the model.
         device (`str`, *optional*): torch device (default: cuda if available, else cpu).
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        tile_size (`int`, *optional*): small-target models: run the full-resolution part in tiles of this size (0:
+            never; default: automatic for large frames, see `tiling_for`).
 
     Returns:
         `PredictionResult`.
@@ -168,6 +205,7 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
         i: f"class_{i}" for i in range(config.num_labels)}
     palette = _palette(id2label, getattr(config, "palette", None) or [(0, 0, 0)] * len(id2label))
     binary = is_binary_model(config)
+    threshold = operating_threshold(config, threshold)
     decode = {} if radiometric is None else {"radiometric": radiometric}
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -179,7 +217,7 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
             result.skipped.append(reason)
             tqdm.write(f"skipped {reason}")
             continue
-        probabilities = class_probabilities(model, processor, image)
+        probabilities = class_probabilities(model, processor, image, tile_size)
         if binary:
             mask = probabilities[1] > threshold
             prediction = mask.astype(np.uint8)
@@ -209,7 +247,8 @@ def command_predict(args) -> int:
     try:
         result = predict_images(args.model, args.images, args.out, threshold=args.threshold,
                                 radiometric=args.radiometric, trust_remote_code=args.trust_remote_code,
-                                device=args.device, progress=not args.no_progress)
+                                device=args.device, progress=not args.no_progress,
+                                tile_size=getattr(args, "tile_size", None))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}")
         return 1
