@@ -246,3 +246,49 @@ def test_small_target_options_are_checked(mini_sirst, tmp_path):
         DataArguments(dataset="sirst", data_dir=mini_sirst, full_frame_scale_min=2.0, full_frame_scale_max=1.0)
     with pytest.raises(ValueError, match="--target_fa"):
         DataArguments(dataset="sirst", data_dir=mini_sirst, target_fa=-1.0)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_hard_negative_mining_resumes_exactly(mini_sirst, tmp_path):
+    """Guards the resumable pool: a run with mining stopped after step 2 and resumed from checkpoint-2 (its pool
+    restored from hard_negatives/pool-step2-process0.json) ends with the weights and losses of an uninterrupted run.
+    `target_prior` 0.6 makes the untrained model fire everywhere, so the pool is not empty."""
+
+    def arguments(output_dir):
+        model_args = ModelArguments(model_name_or_path="none", preset="unip-tiny", patch_size=8,
+                                    config_overrides=json.dumps({**TINY, "target_prior": 0.6}))
+        data_args = DataArguments(dataset="sirst", data_dir=mini_sirst, crop_size=32, img_scale="320x256",
+                                  cache_dir=str(tmp_path / "cache"), hard_negative_ratio=0.5, hard_negative_pool=8)
+        train_args = FinetuningArguments(output_dir=output_dir, per_device_train_batch_size=2, max_steps=4,
+                                         checkpointing_steps=2, learning_rate=1e-3, layer_decay=1.0)
+        return model_args, data_args, train_args
+
+    reset_accelerate()
+    run_finetuning(*arguments(str(tmp_path / "full")))
+    pool = json.loads((tmp_path / "full" / "hard_negatives" / "pool-step2-process0.json").read_text())
+    assert pool["entries"], "the pool should hold views after two steps of a model that fires everywhere"
+
+    def stop_at_2(step, logs):
+        if step == 2:
+            raise Interrupted("killed after step 2")
+
+    model_args, data_args, train_args = arguments(str(tmp_path / "half"))
+    reset_accelerate()
+    with pytest.raises(Interrupted):
+        run_finetuning(model_args, data_args, train_args, on_step_end=stop_at_2)
+    train_args.resume_from_checkpoint = "latest"
+    reset_accelerate()
+    resumed = run_finetuning(model_args, data_args, train_args)
+    assert resumed.resumed_from.endswith("checkpoint-2")
+    a = UnipForSmallTargetSegmentation.from_pretrained(tmp_path / "full").state_dict()
+    b = UnipForSmallTargetSegmentation.from_pretrained(tmp_path / "half").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    def losses(folder):
+        return [e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]]
+
+    assert losses(tmp_path / "half") == losses(tmp_path / "full")
