@@ -6,14 +6,14 @@
 # first and mark them "ok"; the frames under NEG_DIR below must be the checked ones too).
 #
 # Usage: bash recipes/small_target_experiment.sh [STEPS] [SEEDS...]      (defaults: 2500 steps, seeds 0 1 2)
-# Pilot: bash recipes/small_target_experiment.sh 200 0                    (checks that every option runs end to end)
+# Pilot: ARMS=after INCLUDE_UNCHECKED=1 EVAL_STEPS=30 bash recipes/small_target_experiment.sh 30 0   (every option end to end)
 set -euo pipefail
 STEPS=${1:-2500}; shift || true
 SEEDS=${*:-0 1 2}
 DATA=../shared/data
 OUT=${OUT:-runs/issue23}
 NEG_DIR=${NEG_DIR:-$OUT/negative_frames}
-EVAL_STEPS=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))
+EVAL_STEPS=${EVAL_STEPS:-$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))}
 mkdir -p "$OUT" "$NEG_DIR"
 # the target-free training frames: the manifest's frames marked "ok", linked into one folder; keep them apart from the
 # frames the false-alarm density is measured on (the manifest's "ok" frames are used for measurement here, so pass a
@@ -28,7 +28,7 @@ NEW=(--full_frame_ratio 0.3 --full_frame_scale_min 0.5 --full_frame_scale_max 2.
   --hard_negative_ratio 0.25 --hard_negative_pool 512 --target_fa 100)
 if compgen -G "$NEG_DIR/*" > /dev/null; then NEW+=(--negative_data "$NEG_DIR"); fi
 for SEED in $SEEDS; do
-  for ARM in before after; do
+  for ARM in ${ARMS:-before after}; do
     RUN=$OUT/$ARM-seed$SEED
     EXTRA=(); [ "$ARM" = after ] && EXTRA=("${NEW[@]}")
     /usr/bin/time -v python recipes/finetune.py "${COMMON[@]}" "${EXTRA[@]}" --seed "$SEED" --output_dir "$RUN" \
