@@ -292,3 +292,33 @@ def test_hard_negative_mining_resumes_exactly(mini_sirst, tmp_path):
         return [e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"]]
 
     assert losses(tmp_path / "half") == losses(tmp_path / "full")
+
+
+def test_space_starts_at_the_saved_operating_point(tmp_path):
+    """The Space's `predict` without a threshold applies the model's `target_threshold` (the slider starts there)."""
+    import importlib.util
+
+    from unip_hf.segmentation_saving import make_processor
+    from unip_hf.space import create_space
+
+    model = tiny_model(detail_channels=(4, 8))
+    with torch.no_grad():
+        model.classifier.bias.fill_(0.0)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 48), dtype=np.uint8), mode="L")
+    processor = make_processor(model.config)
+    probability = class_probabilities(model, processor, image)[1]
+    model.config.target_threshold = float(np.quantile(probability, 0.7))
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    image.save(tmp_path / "frame.png")
+    space = create_space(str(tmp_path / "model"), tmp_path / "space", task="irstd")
+    spec = importlib.util.spec_from_file_location("space_app_operating_point", space / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.default_threshold() == 0.5  # nothing loaded yet
+    app.load()
+    assert app.default_threshold() == model.config.target_threshold
+    shares = app.predict(str(tmp_path / "frame.png"))[3]
+    explicit = app.predict(str(tmp_path / "frame.png"), model.config.target_threshold)[3]
+    assert shares == explicit and shares[1][1] == int((probability > model.config.target_threshold).sum())
+    assert app.predict(str(tmp_path / "frame.png"), 0.5)[3][1][1] == int((probability > 0.5).sum())
