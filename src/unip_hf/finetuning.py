@@ -337,6 +337,9 @@ def run_finetuning(
     task = dataset_task(data.dataset, data.task)
     ignore_index = int(meta.get("ignore_index", 255))
 
+    # refused before any model is built
+    check_small_target_options(data, resolve_architecture(model_args, task) == "small_target",
+                               bool(model_args.distill_from))
     model = build_model(model_args, id2label, data.crop_size, task)
     model.freeze_fixed_parts()  # a probe's backbone: requires_grad False before the optimizer and DDP see it
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
@@ -352,7 +355,6 @@ def run_finetuning(
     # the small-target model is evaluated (and its saved processor predicts) at each image's full resolution
     eval_scale = None if small_target else img_scale
     distiller = SmallTargetDistiller.from_arguments(model_args, accelerator.device) if model_args.distill_from else None
-    check_small_target_options(data, small_target, distiller is not None)
     transform = SegmentationTrainTransform(
         crop_size=data.crop_size, base_size=img_scale, ratio_range=(data.ratio_min, data.ratio_max),
         cat_max_ratio=data.cat_max_ratio, photometric=data.photometric, num_channels=config.num_channels,

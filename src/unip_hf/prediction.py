@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .demo import _palette, overlay_panels
 from .files import IMAGE_EXTENSIONS, find_images
@@ -157,7 +158,7 @@ def class_probabilities(model, processor, image: Image.Image, tile_size: int | N
     tile = tiling_for(model, pixel_values.shape[-2], pixel_values.shape[-1], tile_size)
     if tile is not None:
         target_logits = model.tiled_target_logits(pixel_values, tile)
-        outputs = type("TiledOutput", (), {"logits": torch.cat([torch.zeros_like(target_logits), target_logits], 1)})
+        outputs = SemanticSegmenterOutput(logits=torch.cat([torch.zeros_like(target_logits), target_logits], dim=1))
     else:
         outputs = model(pixel_values=pixel_values)
     logits = processor.resize_logits(outputs, [(image.size[1], image.size[0])])[0]
