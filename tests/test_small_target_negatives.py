@@ -322,3 +322,16 @@ def test_space_starts_at_the_saved_operating_point(tmp_path):
     explicit = app.predict(str(tmp_path / "frame.png"), model.config.target_threshold)[3]
     assert shares == explicit and shares[1][1] == int((probability > model.config.target_threshold).sum())
     assert app.predict(str(tmp_path / "frame.png"), 0.5)[3][1][1] == int((probability > 0.5).sum())
+
+
+def test_small_target_options_refused_for_other_models(mini_sirst, tmp_path):
+    """--target_fa / --hard_negative_ratio name the model they need, before any model is built."""
+    reset_accelerate()
+    model_args = ModelArguments(model_name_or_path="none", preset="unip-tiny", patch_size=8, architecture="semantic",
+                                config_overrides=json.dumps({"num_hidden_layers": 2}))
+    data_args = DataArguments(dataset="sirst", data_dir=mini_sirst, crop_size=32, img_scale="320x256",
+                              cache_dir=str(tmp_path / "cache"), target_fa=10.0)
+    train_args = FinetuningArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1,
+                                     checkpointing_steps=0)
+    with pytest.raises(ValueError, match="--target_fa applies to small-target models"):
+        run_finetuning(model_args, data_args, train_args)
