@@ -34,7 +34,10 @@ def read_manifest(path: str, include_unchecked: bool) -> list[tuple[str, str]]:
                 continue
             relative, _, status = (line.rstrip("\n").split("\t") + ["", ""])[:3]
             if status == "ok" or (include_unchecked and status == "unchecked"):
-                frames.append((relative, relative.split("/")[-2] if "/" in relative else "frames"))
+                parts = relative.split("/")
+                # the source: the data set folder (infrared-pool/<source>/..., else the first folder)
+                source = parts[1] if parts[0] == "infrared-pool" and len(parts) > 2 else parts[0]
+                frames.append((relative, source if len(parts) > 1 else "frames"))
     return frames
 
 
