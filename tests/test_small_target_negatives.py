@@ -160,7 +160,8 @@ def test_full_frame_views(tmp_path):
     full = SegmentationTrainTransform(crop_size=32, base_size=(80, 64), seed=1, full_frame_ratio=1.0,
                                       full_frame_scale=(0.25, 0.25))
     for index in range(4):
-        assert torch.equal(plain(image, label, index=index)["pixel_values"], zero(image, label, index=index)["pixel_values"])
+        expected = plain(image, label, index=index)["pixel_values"]
+        assert torch.equal(expected, zero(image, label, index=index)["pixel_values"])
     view = full(image, label, index=0)
     # a quarter of 64x80 is 16x20: the whole frame fits, padded with ignore to the 32 crop
     assert (view["labels"][16:] == 255).all() and (view["labels"][:16, :20] != 255).all()

@@ -590,7 +590,8 @@ HARD_NEGATIVES_DIR = "hard_negatives"
 def check_small_target_options(data: DataArguments, small_target: bool, distilling: bool) -> None:
     """The options that only a small-target model takes (`--hard_negative_ratio`, `--target_fa`), and mining's
     need for the model's own outputs (not available under `--distill_from`)."""
-    for name, active in (("hard_negative_ratio", data.hard_negative_ratio > 0), ("target_fa", data.target_fa is not None)):
+    active_options = (("hard_negative_ratio", data.hard_negative_ratio > 0), ("target_fa", data.target_fa is not None))
+    for name, active in active_options:
         if active and not small_target:
             raise ValueError(f"--{name} applies to small-target models (--architecture small_target, or an irstd data "
                              "set); drop it for this model")
