@@ -1,6 +1,7 @@
-"""The README's code blocks run: every ```bash / ```python block carries a marker on the line before its fence, and
-the blocks marked runnable are run, in README order, offline, in a temporary project folder (see README "Code blocks
-in this README").
+"""The documentation's code blocks run: every ```bash / ```python block of `README.md` and of the `docs/` pages carries
+a marker on the line before its fence, and the blocks marked runnable are run offline, in one temporary project
+folder, in reading order: `README.md` first, then the pages in the order `docs/README.md` lists them (later pages use
+what earlier ones saved, as a reader following the docs would; see docs/cli.md "Code blocks in the documentation").
 
 Markers (HTML comments, visible in the README source, invisible once rendered):
 - `<!-- runnable -->`: run as written.
@@ -31,6 +32,19 @@ from conftest import DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS_INDEX = REPO / "docs" / "README.md"
+PAGE_LINK = re.compile(r"\]\(([\w\-]+\.md)\)")
+
+
+def pages() -> list[Path]:
+    """`README.md`, then every page `docs/README.md` links to, in its order (each once)."""
+    found = [README]
+    if DOCS_INDEX.is_file():
+        for name in PAGE_LINK.findall(DOCS_INDEX.read_text(encoding="utf-8")):
+            page = DOCS_INDEX.parent / name
+            if page not in found:
+                found.append(page)
+    return found
 MARKER = re.compile(r"^<!--\s*(runnable|not run)\s*(?::\s*(.*?))?\s*-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 LANGUAGES = ("bash", "python")
@@ -41,27 +55,29 @@ DRIVER = textwrap.dedent(
     blocks = json.load(open(sys.argv[1]))
     for block in blocks:
         start = time.perf_counter()
-        print(f"=== README line {block['line']} ({block['language']})", flush=True)
+        where = f"{block['page']}:{block['line']}"
+        print(f"=== block {where} ({block['language']})", flush=True)
         if block["language"] == "python":
             try:
-                exec(compile(block["code"], f"README.md:{block['line']}", "exec"), {"__name__": "__main__"})
+                exec(compile(block["code"], where, "exec"), {"__name__": "__main__"})
             except BaseException:
                 traceback.print_exc()
-                print(f"FAILED: README line {block['line']}", flush=True)
+                print(f"FAILED: {where}", flush=True)
                 sys.exit(1)
         else:
             done = subprocess.run(["bash", "-euo", "pipefail", "-c", block["code"]])
             if done.returncode:
-                print(f"FAILED: README line {block['line']} (exit {done.returncode})", flush=True)
+                print(f"FAILED: {where} (exit {done.returncode})", flush=True)
                 sys.exit(1)
         print(f"=== {time.perf_counter() - start:.1f} s", flush=True)
     """
 )
 
 
-def readme_blocks(text: str | None = None) -> list[dict]:
-    """Every fenced block: its language, first code line (1-based), code and marker (kind, argument) or None."""
-    lines = (README.read_text(encoding="utf-8") if text is None else text).splitlines()
+def readme_blocks(text: str | None = None, page: Path = README) -> list[dict]:
+    """Every fenced block of `page` (or of `text`): its page, language, first code line (1-based), code and marker
+    (kind, argument) or None."""
+    lines = (page.read_text(encoding="utf-8") if text is None else text).splitlines()
     blocks, i = [], 0
     while i < len(lines):
         opening = FENCE.match(lines[i])
@@ -70,7 +86,8 @@ def readme_blocks(text: str | None = None) -> list[dict]:
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         marker = MARKER.match(lines[i - 1]) if i else None
-        blocks.append({"language": opening.group(1), "line": i + 2, "code": "\n".join(lines[i + 1:end]) + "\n",
+        blocks.append({"page": str(page.relative_to(REPO)), "language": opening.group(1), "line": i + 2,
+                       "code": "\n".join(lines[i + 1:end]) + "\n",
                        "marker": (marker.group(1), marker.group(2) or "") if marker else None})
         i = end + 1
     return blocks
@@ -103,30 +120,44 @@ def apply_marker(block: dict) -> str:
     return code
 
 
+def all_blocks() -> list[dict]:
+    return [block for page in pages() for block in readme_blocks(page=page)]
+
+
 def to_run(slow: bool) -> list[dict]:
     chosen = []
-    for block in readme_blocks():
+    for block in all_blocks():
         if block["language"] not in LANGUAGES or block["marker"] is None or block["marker"][0] != "runnable":
             continue
         if parse_argument(block["marker"][1], block["line"])[0] and not slow:
             continue
-        chosen.append({"line": block["line"], "language": block["language"], "code": apply_marker(block)})
+        chosen.append({"page": block["page"], "line": block["line"], "language": block["language"],
+                       "code": apply_marker(block)})
     return chosen
 
 
 def test_every_bash_and_python_block_is_marked():
-    unmarked = [b["line"] for b in readme_blocks() if b["language"] in LANGUAGES and b["marker"] is None]
+    unmarked = [f"{b['page']}:{b['line']}" for b in all_blocks() if b["language"] in LANGUAGES and b["marker"] is None]
     assert not unmarked, (
-        f"README code blocks without a marker on the line before the fence (README lines {unmarked}): add "
+        f"code blocks without a marker on the line before the fence ({unmarked}): add "
         "`<!-- runnable -->` (checked by tests/test_readme.py; `runnable: tiny A => B` for smaller settings, "
         "`runnable: slow` for minutes) or `<!-- not run: REASON -->` for templates, installs, network or GPUs")
-    reasons = [b["line"] for b in readme_blocks() if b["marker"] and b["marker"][0] == "not run" and not b["marker"][1]]
-    assert not reasons, f"README lines {reasons}: `not run` needs a reason"
+    reasons = [f"{b['page']}:{b['line']}" for b in all_blocks() if b["marker"] and b["marker"][0] == "not run"
+               and not b["marker"][1]]
+    assert not reasons, f"{reasons}: `not run` needs a reason"
+
+
+def test_every_docs_page_is_listed_in_the_index():
+    """A page under docs/ that docs/README.md does not list would never be read in order, nor its blocks run."""
+    listed = {page.name for page in pages()[1:]}
+    on_disk = {page.name for page in (REPO / "docs").glob("*.md")} - {"README.md"}
+    assert on_disk <= listed, f"docs pages missing from docs/README.md: {sorted(on_disk - listed)}"
 
 
 def test_marker_parsing_and_tiny_replacements():
     text = "<!-- runnable: tiny --max_steps 40 => --max_steps 2 | 1341 => 50 -->\n```bash\necho --max_steps 40 1341\n```\n"
     (block,) = readme_blocks(text)
+    assert block["page"] == "README.md"
     assert block["marker"] == ("runnable", "tiny --max_steps 40 => --max_steps 2 | 1341 => 50") and block["line"] == 3
     assert apply_marker(block) == "echo --max_steps 2 50\n"
     block["code"] = "echo nothing to replace\n"
@@ -142,7 +173,7 @@ def test_runnable_blocks_run(tmp_path):
         pytest.skip(f"the README's examples read the shared data, not found at {DATA_DIR} (set UNIP_DATA_DIR)")
     slow = os.environ.get("UNIP_README_SLOW") == "1"
     blocks = to_run(slow)
-    assert blocks, "no runnable block in the README"
+    assert blocks, "no runnable block in the README or docs/"
     project = tmp_path / "project"
     project.mkdir()
     for name in ("recipes", "benchmarks"):
@@ -158,4 +189,4 @@ def test_runnable_blocks_run(tmp_path):
     done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "blocks.json")], cwd=project,
                           env=env, capture_output=True, text=True, timeout=1800 if slow else 600)
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
-    assert done.stdout.count("=== README line") == len(blocks)
+    assert done.stdout.count("=== block ") == len(blocks)

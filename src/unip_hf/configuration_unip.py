@@ -369,6 +369,13 @@ class UnipSmallTargetConfig(UnipConfig):
         target_prior (`float`, *optional*, defaults to 0.01):
             Initial target probability of the classifiers (their bias is `log(prior / (1 - prior))`), so that training
             starts from "background almost everywhere" instead of 0.5 everywhere.
+        target_threshold (`float`, *optional*, defaults to 0.5):
+            The operating point: a pixel is a target when its target probability exceeds it. `unip predict`, the
+            `"infrared-image-segmentation"` pipeline and the Space use it unless told otherwise; fine-tuning with
+            `--target_fa` sets it on the validation split (never on test).
+        operating_point (`dict`, *optional*):
+            How `target_threshold` was chosen (plain JSON): the requested Fa (`target_fa`, x 1e6), the data set and
+            split, and the Pd, Fa and IoU measured there at the chosen threshold. `None`: the default 0.5, not chosen.
 
     Example:
 
@@ -391,6 +398,8 @@ class UnipSmallTargetConfig(UnipConfig):
     focal_gamma: float = 2.0
     focal_alpha: float = 0.75
     target_prior: float = 0.01
+    target_threshold: float = 0.5
+    operating_point: dict | None = None
 
     def __post_init__(self, **kwargs):
         self.detail_channels = [int(c) for c in self.detail_channels]
@@ -409,6 +418,8 @@ class UnipSmallTargetConfig(UnipConfig):
             raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {self.pixel_loss!r}")
         if not 0.0 < self.target_prior < 1.0:
             raise ValueError(f"target_prior must be in (0, 1), got {self.target_prior}")
+        if not 0.0 < float(self.target_threshold) < 1.0:
+            raise ValueError(f"target_threshold must be a probability in (0, 1), got {self.target_threshold}")
 
     @property
     def context_block(self) -> int:

@@ -158,6 +158,7 @@ def evaluate_model(
     threshold: float = 0.5,
     fa_rule: str = "correct",
     show_progress: bool = True,
+    curve_thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS,
 ) -> dict[str, Any]:
     """Metrics of `model` on an `EvalSegmentationDataset` (one image at a time; images are sharded over processes
     and the accumulators summed, so every process returns the same numbers).
@@ -175,11 +176,13 @@ def evaluate_model(
         threshold (`float`, *optional*, defaults to 0.5): IRSTD probability threshold.
         fa_rule (`str`, *optional*, defaults to `"correct"`): IRSTD false-alarm rule.
         show_progress (`bool`, *optional*, defaults to `True`): tqdm bar on the main process.
+        curve_thresholds (`Sequence[float]`, *optional*): thresholds of the IRSTD Pd-Fa curve (default
+            `DEFAULT_THRESHOLDS`; `OPERATING_THRESHOLDS` when an operating point is chosen from it).
     """
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    evaluator = SegmentationEvaluator(task, num_labels, ignore_index, threshold, fa_rule)
+    evaluator = SegmentationEvaluator(task, num_labels, ignore_index, threshold, fa_rule, curve_thresholds)
     was_training = model.training
     model.eval()
     indices = range(rank, len(dataset), world)

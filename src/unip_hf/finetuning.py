@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
@@ -30,16 +31,19 @@ from .data import SegmentationTrainTransform, segmentation_metadata
 from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
+    HardNegativePool,
     KeyedSegmentationDataset,
     check_split,
     dataset_splits,
     dataset_task,
+    load_negative_frames,
     load_split,
     parse_img_scale,
     resolve_eval_split,
 )
 from .layer_decay import layer_decay_scale
 from .metrics import RANKED_METRICS, to_builtin
+from .metrics.irstd.pd_fa_curve import OPERATING_THRESHOLDS, choose_threshold
 from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
 from .small_target_distillation import SmallTargetDistiller
 from .segmentation_saving import (
@@ -381,6 +385,9 @@ def run_finetuning(
     task = dataset_task(data.dataset, data.task)
     ignore_index = int(meta.get("ignore_index", 255))
 
+    # refused before any model is built
+    check_small_target_options(data, resolve_architecture(model_args, task) == "small_target",
+                               bool(model_args.distill_from))
     model = build_model(model_args, id2label, data.crop_size, task)
     model.freeze_fixed_parts()  # a probe's backbone: requires_grad False before the optimizer and DDP see it
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
@@ -399,9 +406,18 @@ def run_finetuning(
     transform = SegmentationTrainTransform(
         crop_size=data.crop_size, base_size=img_scale, ratio_range=(data.ratio_min, data.ratio_max),
         cat_max_ratio=data.cat_max_ratio, photometric=data.photometric, num_channels=config.num_channels,
-        ignore_index=ignore_index, seed=train.seed,
+        ignore_index=ignore_index, seed=train.seed, full_frame_ratio=data.full_frame_ratio,
+        full_frame_scale=(data.full_frame_scale_min, data.full_frame_scale_max),
     )
-    dataset = KeyedSegmentationDataset(train_set, transform)
+    negatives: list[str] = []
+    if data.negative_data:
+        negatives, skipped_negatives = load_negative_frames(data.negative_data)
+        accelerator.print(f"--negative_data {data.negative_data}: {len(negatives)} target-free frame(s) added"
+                          + (f"; skipped {len(skipped_negatives)} unreadable file(s): {'; '.join(skipped_negatives)}"
+                             if skipped_negatives else ""))
+    pool = (HardNegativePool(data.hard_negative_pool, seed=train.seed + accelerator.process_index)
+            if data.hard_negative_ratio > 0 else None)
+    dataset = KeyedSegmentationDataset(train_set, transform, negatives, with_keys=pool is not None)
     eval_dataset = EvalSegmentationDataset(eval_set, eval_scale, config.num_channels)
     total_batch = checked_total_batch(train, accelerator.num_processes, len(dataset), "the training split",
                                       f" in {data.data_dir}); lower --per_device_train_batch_size.")
@@ -498,13 +514,29 @@ def run_finetuning(
     def evaluation_due(step: int) -> bool:
         return bool(train.eval_steps) and step % train.eval_steps == 0 and step < max_steps
 
+    pool_dir = os.path.join(train.output_dir, HARD_NEGATIVES_DIR)
+
+    def pool_path(step: int) -> str:
+        return os.path.join(pool_dir, f"pool-step{step}-process{accelerator.process_index}.json")
+
     def step_callback(step: int, logs: dict[str, float]) -> None:
+        if pool is not None and train.checkpointing_steps and step % train.checkpointing_steps == 0:
+            # the pool as it is after this step: what a resume from checkpoint-{step} restores (plain JSON)
+            os.makedirs(pool_dir, exist_ok=True)
+            write_json_atomic(pool_path(step), pool.state_dict())
         if evaluation_due(step):
             evaluate_now(step)
         if on_step_end is not None:
             on_step_end(step, logs)
 
     def on_resume(step: int) -> None:
+        if pool is not None:
+            if os.path.isfile(pool_path(step)):
+                with open(pool_path(step), encoding="utf-8") as handle:
+                    pool.load_state_dict(json.load(handle))
+            else:
+                accelerator.print(f"hard-negative mining: no saved pool for step {step} ({pool_path(step)}); it "
+                                  "starts empty, so the batches differ from an uninterrupted run's")
         # the evaluations of the steps up to the checkpoint; one that was due at the checkpoint's own step but did
         # not complete (the run stopped during it) is done again before training continues
         logged, logged_best_step = read_eval_log(eval_log_path)
@@ -543,10 +575,24 @@ def run_finetuning(
             grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
             estimate = estimator.from_pixels(unwrapped.unip, pixel_values)
             extra["loss_weights"] = loss_weights_from_map(estimate.map, grid, model_args.tmt_loss_weight)
+        labels = batch["labels"]
+        if pool is not None:
+            keys = batch["sample_key"]
+            drawn = pool.draw(max(1, round(data.hard_negative_ratio * pixel_values.shape[0])))
+            if drawn:  # the last len(drawn) views of the batch make room for earlier views that raised false alarms
+                views = [dataset.view(epoch, index) for epoch, index in drawn]
+                keep = pixel_values.shape[0] - len(views)
+                pixel_values = torch.cat([pixel_values[:keep], torch.stack([v["pixel_values"] for v in views]).to(
+                    pixel_values.device, pixel_values.dtype)])
+                labels = torch.cat([labels[:keep], torch.stack([v["labels"] for v in views]).to(labels.device)])
+                keys = torch.cat([keys[:keep].cpu(), torch.stack([v["sample_key"] for v in views])])
         with accelerator.autocast():
             if distiller is not None:
-                return distiller.loss(prepared, pixel_values, batch["labels"])
-            return prepared(pixel_values=pixel_values, labels=batch["labels"], **extra).loss
+                return distiller.loss(prepared, pixel_values, labels)
+            outputs = prepared(pixel_values=pixel_values, labels=labels, **extra)
+        if pool is not None:
+            pool.mine(keys, outputs.target_logits, labels, ignore_index)
+        return outputs.loss
 
     result = train_loop(
         accelerator, prepared, optimizer, scheduler, loader, sampler, loss_fn, max_steps, train.output_dir,
@@ -571,6 +617,13 @@ def run_finetuning(
         if keep_best:
             to_save = type(unwrapped).from_pretrained(os.path.join(train.output_dir, BEST_MODEL_DIR))
             accelerator.print(f"keeping the best model (step {kept_step}, {main_metric} {best['value']:.4f})")
+        if data.target_fa is not None:
+            point = set_operating_point(to_save, eval_dataset, data, eval_split, ignore_index)
+            training_table["operating point"] = (
+                f"threshold {point['threshold']:g} on {data.dataset} {eval_split} for Fa <= {data.target_fa:g}e-6: "
+                f"Pd {100 * point['pd']:.2f}, Fa {point['fa']:.2f}e-6, IoU {100 * point['iou']:.2f}"
+                + ("" if point["reached"] else " (the target Fa is not reached: the lowest Fa of the grid)"))
+            accelerator.print(f"operating point: {training_table['operating point']}")
         save_segmentation_model(to_save, train.output_dir, results, {**training_table, "kept step": kept_step},
                                 model_args.model_name_or_path, train.hub_model_id, img_scale=eval_scale)
         if model_args.tmt_visualize and model_args.tmt:
@@ -591,6 +644,33 @@ def run_finetuning(
 
 
 TMT_MAPS_NAME = "tmt_maps.png"
+#: Folder (in the output folder) of the hard-negative pools saved with each checkpoint (plain JSON).
+HARD_NEGATIVES_DIR = "hard_negatives"
+
+
+def check_small_target_options(data: DataArguments, small_target: bool, distilling: bool) -> None:
+    """The options that only a small-target model takes (`--hard_negative_ratio`, `--target_fa`), and mining's
+    need for the model's own outputs (not available under `--distill_from`)."""
+    active_options = (("hard_negative_ratio", data.hard_negative_ratio > 0), ("target_fa", data.target_fa is not None))
+    for name, active in active_options:
+        if active and not small_target:
+            raise ValueError(f"--{name} applies to small-target models (--architecture small_target, or an irstd data "
+                             "set); drop it for this model")
+    if data.hard_negative_ratio > 0 and distilling:
+        raise ValueError("--hard_negative_ratio with --distill_from is not supported (mining reads the student's own "
+                         "outputs, which the distillation loss does not return); drop one of them")
+
+
+def set_operating_point(model, eval_dataset, data: DataArguments, split: str, ignore_index: int) -> dict[str, Any]:
+    """Choose the target threshold of `model` on `eval_dataset` (the validation split: never the test split that is
+    reported) for `data.target_fa` (`choose_threshold` over `OPERATING_THRESHOLDS`) and store it in the config
+    (`target_threshold`, `operating_point`), which `save_pretrained` writes. Returns the chosen point."""
+    metrics = evaluate_model(model, eval_dataset, "irstd", 2, ignore_index=ignore_index,
+                             curve_thresholds=OPERATING_THRESHOLDS, show_progress=False)
+    point = choose_threshold(metrics["pd_fa_curve"], data.target_fa)
+    model.config.target_threshold = point["threshold"]
+    model.config.operating_point = {"dataset": data.dataset, "split": split, **point}
+    return point
 
 
 def draw_transferability_maps(model, estimator: TransferabilityEstimator, eval_dataset, count: int,

@@ -109,19 +109,140 @@ class KeyedSegmentationDataset(Dataset):
     Args:
         dataset: a `datasets.Dataset` with `image` and `label` columns.
         transform (`SegmentationTrainTransform`): the augmentation.
+        negatives (`Sequence[str]`, *optional*): image files known to hold no target (`--negative_data`, see
+            `load_negative_frames`), appended after the data set's images with an all-background label.
+        with_keys (`bool`, *optional*, defaults to `False`): add `sample_key` (`[epoch, index]`, int64) to each view,
+            so that a view can be drawn again (`view`): what hard-negative mining keeps.
     """
 
-    def __init__(self, dataset, transform):
+    def __init__(self, dataset, transform, negatives=(), with_keys: bool = False):
         self.inner = IndexedTransformDataset(dataset, transform, image_key="image", label_key="label")
         self.transform = transform
+        self.negatives = [str(path) for path in negatives]
+        self.with_keys = with_keys
 
     def __len__(self) -> int:
-        return len(self.inner)
+        return len(self.inner) + len(self.negatives)
+
+    def view(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        """The view of `(epoch, index)`: the same pixels and labels each time."""
+        self.transform.set_epoch(epoch)
+        if index >= len(self.inner):
+            item = self.transform(self.negatives[index - len(self.inner)], None, index=int(index))
+        else:
+            item = self.inner[int(index)]
+        if self.with_keys:
+            item["sample_key"] = torch.tensor([int(epoch), int(index)], dtype=torch.int64)
+        return item
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        self.transform.set_epoch(epoch)
-        return self.inner[int(index)]
+        return self.view(int(epoch), int(index))
+
+
+def load_negative_frames(folder: str) -> tuple[list[str], list[str]]:
+    """The readable image files under `folder` (recursive; `--negative_data`), and the `"path: reason"` of every
+    file skipped (not an image, or undecodable: each is opened once here, so that training never meets it).
+
+    The frames must hold no target at all: every pixel of theirs is trained as background, so one real target among
+    them teaches the model to miss targets. Only the user can vouch for that; look at them.
+
+    Raises:
+        FileNotFoundError: `folder` does not exist.
+        ValueError: `folder` holds no readable image (the skipped files are named).
+    """
+    from .files import find_images  # the one folder walker (light; kept local as this module's only use)
+    from .infrared_decoding import InfraredImageError
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--negative_data {folder}: no such folder (a folder of frames that hold no target)")
+    skipped: list[str] = []
+    readable = []
+    for path in find_images(folder, skipped=skipped):
+        try:
+            load_infrared_image(path)
+        except (InfraredImageError, OSError, ValueError) as error:
+            skipped.append(str(error) if str(path) in str(error) else f"{path}: {error}")
+            continue
+        readable.append(str(path))
+    if not readable:
+        raise ValueError(f"--negative_data {folder} holds no readable image"
+                         + (f" (skipped: {'; '.join(skipped)})" if skipped else "") + "; point it at a folder of "
+                         "target-free frames, or drop the option")
+    return readable, skipped
+
+
+class HardNegativePool:
+    """Hard-negative mining for small targets: training views on which the model fires away from every target,
+    kept with a priority (the number of false-alarm pixels) and drawn again in later batches.
+
+    Each step, `mine(keys, target_logits, labels)` scores the views just trained on: pixels whose target probability
+    exceeds 0.5, that are background and farther than `margin` pixels from any target (a target drawn a little too
+    large is not a false alarm). A view with a positive score enters the pool (or updates its entry); a view that
+    became quiet leaves it. At most `capacity` views are kept (the highest scores; ties by key). `draw(count)` picks
+    views without replacement with probability proportional to their score, from a generator seeded by
+    `(seed, draws so far)`: the same run draws the same views. The state is plain JSON (`state_dict`,
+    `load_state_dict`); `finetuning` saves it next to each checkpoint and restores it on resume.
+
+    Args:
+        capacity (`int`, defaults to 512): views kept.
+        seed (`int`, defaults to 0): seed of the draws.
+        margin (`int`, defaults to 3): pixels around a target that never count as false alarm (the IRSTD matching
+            distance).
+    """
+
+    def __init__(self, capacity: int = 512, seed: int = 0, margin: int = 3):
+        if capacity < 1:
+            raise ValueError(f"hard-negative pool capacity must be >= 1, got {capacity}")
+        self.capacity, self.seed, self.margin = int(capacity), int(seed), int(margin)
+        self.entries: dict[tuple[int, int], int] = {}
+        self.draws = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @torch.no_grad()
+    def false_alarm_pixels(self, target_logits: torch.Tensor, labels: torch.Tensor,
+                           ignore_index: int = 255) -> torch.Tensor:
+        """Per view: background pixels farther than `margin` from any target whose target probability is > 0.5."""
+        labels = labels.to(target_logits.device)
+        target = ((labels > 0) & (labels != ignore_index)).float()[:, None]
+        near = torch.nn.functional.max_pool2d(target, 2 * self.margin + 1, stride=1, padding=self.margin)[:, 0] > 0
+        firing = target_logits.detach().float()[:, 0] > 0.0  # sigmoid(z) > 0.5
+        return (firing & (labels == 0) & ~near).sum(dim=(1, 2))
+
+    def mine(self, keys: torch.Tensor, target_logits: torch.Tensor, labels: torch.Tensor,
+             ignore_index: int = 255) -> None:
+        """Update the pool with the views `keys` (`(B, 2)` `[epoch, index]`) just trained on."""
+        scores = self.false_alarm_pixels(target_logits, labels, ignore_index).tolist()
+        for (epoch, index), score in zip(keys.tolist(), scores):
+            key = (int(epoch), int(index))
+            if score > 0:
+                self.entries[key] = int(score)
+            else:
+                self.entries.pop(key, None)
+        if len(self.entries) > self.capacity:
+            kept = sorted(self.entries.items(), key=lambda item: (-item[1], item[0]))[: self.capacity]
+            self.entries = dict(kept)
+
+    def draw(self, count: int) -> list[tuple[int, int]]:
+        """Up to `count` keys, without replacement, with probability proportional to their score."""
+        self.draws += 1
+        if not self.entries or count < 1:
+            return []
+        keys = sorted(self.entries)
+        weights = np.array([self.entries[key] for key in keys], dtype=np.float64)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0x4E47, self.draws])))
+        chosen = rng.choice(len(keys), size=min(count, len(keys)), replace=False, p=weights / weights.sum())
+        return [keys[i] for i in sorted(chosen)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "seed": self.seed, "margin": self.margin, "draws": self.draws,
+                "entries": [[epoch, index, score] for (epoch, index), score in sorted(self.entries.items())]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = int(state["draws"])
+        self.entries = {(int(e), int(i)): int(score) for e, i, score in state["entries"]}
 
 
 def _protocol_processor(img_scale: tuple[int, int] | None, num_channels: int,

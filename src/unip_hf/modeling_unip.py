@@ -1189,6 +1189,115 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
             write_remote_code(save_directory, auto_map=dict(SMALL_TARGET_AUTO_MAP))
         return result
 
+    @property
+    def tile_multiple(self) -> int:
+        """Tile origins are multiples of this (the coarsest detail stage's stride, `2 ** (len(detail_channels) - 1)`),
+        so that every pooling window and every 2x upsampling of a tile lines up with the whole frame's."""
+        return 2 ** (len(self.config.detail_channels) - 1)
+
+    @property
+    def tile_halo(self) -> int:
+        """Input pixels on each side of a tile's kept region that its output can depend on (the receptive field of
+        the detail path, fusion and decoder: two 3x3 convolutions per stage at its stride, each pooling and bilinear
+        2x upsampling), rounded up to `tile_multiple`. The ViT context is global and is not tiled (see
+        `tiled_target_logits`)."""
+        stages = len(self.config.detail_channels)
+        radius = 0
+        for index in range(stages):  # encoder: pooling (index > 0) then two 3x3 convolutions at stride 2**index
+            radius += (2 ** (index - 1) if index else 0) + 2 * 2 ** index
+        radius += 2 * 2 ** (stages - 1)  # fusion stage
+        for index in reversed(range(stages - 1)):  # decoder: bilinear 2x from stride 2**(index+1), two 3x3 convs
+            radius += 2 ** (index + 1) + 2 * 2 ** index
+        multiple = self.tile_multiple
+        return -(-radius // multiple) * multiple
+
+    def coarse_context(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projected ViT context at the coarsest detail stage's resolution, `(B, C, ceil(H / m), ceil(W / m))`
+        with `m = tile_multiple`: the backbone block `config.context_layer` on the input padded to the patch size,
+        projected, resized to the padded extent of the coarsest stage and cropped to it."""
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        padded = F.pad(pixel_values, (0, (-width) % patch, 0, (-height) % patch))
+        context = self.unip.forward_intermediates(padded, self._tapped_layers())[0]
+        # the coarsest stage's size: ceil-mode 2x2 poolings, one per stage after the first
+        coarse_h, coarse_w = height, width
+        for _ in range(len(self.config.detail_channels) - 1):
+            coarse_h, coarse_w = -(-coarse_h // 2), -(-coarse_w // 2)
+        extent = (torch.sym_max(coarse_h, _rounded_ratio(padded.shape[-2] * coarse_h, height)),
+                  torch.sym_max(coarse_w, _rounded_ratio(padded.shape[-1] * coarse_w, width)))
+        context = self.context_projection(context)
+        return F.interpolate(context, size=extent, mode="bilinear", align_corners=False)[..., :coarse_h, :coarse_w]
+
+    def _decode(self, pixel_values: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Detail path on `pixel_values`, fusion with `context` (its coarsest-stage map), decoder: the target logits
+        `(B, 1, H, W)` and the decoder maps, coarse to fine."""
+        skips = []
+        x = pixel_values
+        for index, stage in enumerate(self.detail_stages):
+            if index:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = stage(x)
+            skips.append(x)
+        x = self.fusion(torch.cat([x, context], dim=1))
+        decoder_maps = [x]
+        for stage, skip in zip(self.decoder_stages, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], dim=1))
+            decoder_maps.append(x)
+        return self.classifier(x), decoder_maps
+
+    @torch.no_grad()
+    def tiled_target_logits(self, pixel_values: torch.Tensor, tile_size: int = 512) -> torch.Tensor:
+        """The target logits `(B, 1, H, W)` of a large frame, with the full-resolution part run tile by tile.
+
+        The ViT context runs once on the whole frame (a 1/patch token map: with SDPA attention its memory grows
+        linearly with the frame); the detail path, fusion and decoder, whose activations at full resolution dominate
+        the memory, run on `tile_size` x `tile_size` regions (origins multiples of `tile_multiple`) widened by
+        `tile_halo` pixels on each side, and only each tile's own region is kept. The peak memory is the frame-sized
+        input, output and coarse context plus one tile's activations.
+
+        Identical (`torch.equal`) to `forward(pixel_values).target_logits` in eval mode when the frame's height and
+        width are multiples of `tile_multiple` (4 for the default three detail stages) and the tiles are large enough
+        for PyTorch to pick the convolution kernels it picks for the frame (on CPU: oneDNN, taken for a batch above 1
+        or a convolution input above 20480 values; `tile_size` 128 or more with the default widths; small inputs take
+        another kernel whose sums are ordered differently): every output pixel then sees exactly the same inputs,
+        pooling windows, bilinear weights and arithmetic. For other sizes the whole-frame decoder
+        upsamples by size-dependent ratios (e.g. 10 -> 19 px) that a tile cannot reproduce: the results then differ
+        by small amounts near the far edges and along the whole frame (tests bound it); pad such frames to a
+        multiple of `tile_multiple` when exact equality matters.
+        """
+        if self.training:
+            raise RuntimeError("tiled_target_logits is an inference path: call model.eval() first (batch norm in "
+                               "training mode depends on the whole batch)")
+        multiple = self.tile_multiple
+        if tile_size < multiple or tile_size % multiple:
+            raise ValueError(f"tile_size must be a positive multiple of {multiple} (2 ** (len(detail_channels) - 1)),"
+                             f" got {tile_size}")
+        height, width = pixel_values.shape[-2:]
+        context = self.coarse_context(pixel_values)
+        halo = self.tile_halo
+        output = pixel_values.new_empty((pixel_values.shape[0], 1, height, width))
+
+        def origins(extent: int) -> list[int]:
+            # the last tile is moved back to end at the frame's edge (its origin still a multiple of `multiple`), so
+            # that no tile is a thin strip: every tile runs the convolution kernels the whole frame runs
+            starts = list(range(0, max(1, extent - tile_size + 1), tile_size))
+            if starts[-1] + tile_size < extent:
+                starts.append(max(0, extent - tile_size) // multiple * multiple)
+            return starts
+
+        for top in origins(height):
+            for left in origins(width):
+                bottom, right = min(top + tile_size, height), min(left + tile_size, width)
+                y0, x0 = max(0, top - halo), max(0, left - halo)
+                y1, x1 = min(height, bottom + halo), min(width, right + halo)
+                region = pixel_values[..., y0:y1, x0:x1]
+                c0y, c0x = y0 // multiple, x0 // multiple
+                region_context = context[..., c0y:c0y + -(-(y1 - y0) // multiple), c0x:c0x + -(-(x1 - x0) // multiple)]
+                logits, _ = self._decode(region, region_context)
+                output[..., top:bottom, left:right] = logits[..., top - y0:bottom - y0, left - x0:right - x0]
+        return output
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -1209,31 +1318,7 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None or pixel_values.dim() != 4:
             raise ValueError("pixel_values must be a (batch, channels, height, width) tensor")
-        height, width = pixel_values.shape[-2:]
-        patch = self.config.patch_size
-        padded = F.pad(pixel_values, (0, (-width) % patch, 0, (-height) % patch))
-        context = self.unip.forward_intermediates(padded, self._tapped_layers())[0]
-
-        skips = []
-        x = pixel_values
-        for index, stage in enumerate(self.detail_stages):
-            if index:
-                x = F.max_pool2d(x, 2, ceil_mode=True)
-            x = stage(x)
-            skips.append(x)
-        # the context map covers the padded input: resize it to the padded extent of the coarsest stage, then crop
-        coarse_h, coarse_w = x.shape[-2:]
-        extent = (torch.sym_max(coarse_h, _rounded_ratio(padded.shape[-2] * coarse_h, height)),
-                  torch.sym_max(coarse_w, _rounded_ratio(padded.shape[-1] * coarse_w, width)))
-        context = self.context_projection(context)
-        context = F.interpolate(context, size=extent, mode="bilinear", align_corners=False)[..., :coarse_h, :coarse_w]
-        x = self.fusion(torch.cat([x, context], dim=1))
-        decoder_maps = [x]
-        for stage, skip in zip(self.decoder_stages, reversed(skips[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = stage(torch.cat([x, skip], dim=1))
-            decoder_maps.append(x)
-        target_logits = self.classifier(x)
+        target_logits, decoder_maps = self._decode(pixel_values, self.coarse_context(pixel_values))
         logits = torch.cat([torch.zeros_like(target_logits), target_logits], dim=1)
         auxiliary = None
         if self.auxiliary_classifiers is not None and self.training:

@@ -98,6 +98,19 @@ class UnipImageSegmentationPipeline(ImageSegmentationPipeline):
         return inputs
 
 
+    def _forward(self, model_inputs):
+        outputs = super()._forward(model_inputs)
+        # a small-target model's operating point (`config.target_threshold`, chosen on a validation split): its
+        # logits are (0, z), so a background logit of logit(threshold) makes the argmax read "sigmoid(z) > threshold"
+        config = self.model.config
+        threshold = float(getattr(config, "target_threshold", 0.5) or 0.5)
+        if getattr(config, "model_type", None) == "unip_small_target" and threshold != 0.5:
+            logits = outputs["logits"]
+            background = torch.full_like(logits[:, 1], float(torch.logit(torch.tensor(threshold))))
+            outputs["logits"] = torch.stack([background, logits[:, 1]], dim=1)
+        return outputs
+
+
 class _RegisteredModelCheckFilter(logging.Filter):
     """Drops the stock pipelines' "The model 'Unip...' is not supported for image-segmentation. Supported models are
     [...]" error for UNIP classes.

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .demo import _palette, overlay_panels
 from .files import IMAGE_EXTENSIONS, find_images
@@ -215,6 +216,34 @@ def load_predictor(model_name_or_path: str, trust_remote_code: bool = False, dev
     return model, processor
 
 
+#: `tile_size=None` tiles a small-target model's frames above this many pixels (when the tiled result is exact).
+AUTO_TILE_PIXELS = 1024 * 1024
+#: The tile size of that automatic tiling.
+AUTO_TILE_SIZE = 512
+
+
+def operating_threshold(config: Any, threshold: float | None = None) -> float:
+    """The target threshold to apply: `threshold` when given, else the model's saved operating point
+    (`config.target_threshold`, chosen on a validation split by `--target_fa`), else 0.5."""
+    return float(threshold) if threshold is not None else float(getattr(config, "target_threshold", 0.5) or 0.5)
+
+
+def tiling_for(model, height: int, width: int, tile_size: int | None = None) -> int | None:
+    """The tile size `class_probabilities` uses for a `height` x `width` input, or `None` for one whole-frame pass.
+
+    Only small-target models (`tiled_target_logits`) tile. `tile_size` 0: never; a positive size: always; `None`
+    (automatic): `AUTO_TILE_SIZE` for frames above `AUTO_TILE_PIXELS` whose sides are multiples of the model's
+    `tile_multiple`, where the tiled result is identical to the whole-frame one."""
+    if not hasattr(model, "tiled_target_logits") or tile_size == 0:
+        return None
+    if tile_size is not None:
+        return int(tile_size)
+    multiple = model.tile_multiple
+    if height * width > AUTO_TILE_PIXELS and height % multiple == 0 and width % multiple == 0:
+        return AUTO_TILE_SIZE
+    return None
+
+
 def _float_range_problem(image: Image.Image, processor) -> str | None:
     """Why a float image would be wrong without `intensity_range`: values outside [0, 1] that the processor would
     clip (temperatures in degrees would all become 1.0, a constant image)."""
@@ -246,12 +275,19 @@ def _model_input(processor, image: Image.Image, patch_size: int) -> dict[str, An
 
 
 @torch.inference_mode()
-def class_probabilities(model, processor, image: Image.Image, inputs: dict[str, Any] | None = None) -> np.ndarray:
-    """Class probabilities `(num_labels, H, W)` at the image size, through the processor's protocol."""
+def class_probabilities(model, processor, image: Image.Image, inputs: dict[str, Any] | None = None,
+                        tile_size: int | None = None) -> np.ndarray:
+    """Class probabilities `(num_labels, H, W)` at the image size, through the processor's protocol; small-target
+    models tile large frames (`tiling_for`)."""
     if inputs is None:
         inputs = processor(images=image, return_tensors="pt")
     pixel_values = inputs["pixel_values"].to(model.device, dtype=next(model.parameters()).dtype)
-    outputs = model(pixel_values=pixel_values)
+    tile = tiling_for(model, pixel_values.shape[-2], pixel_values.shape[-1], tile_size)
+    if tile is not None:
+        target_logits = model.tiled_target_logits(pixel_values, tile)
+        outputs = SemanticSegmenterOutput(logits=torch.cat([torch.zeros_like(target_logits), target_logits], dim=1))
+    else:
+        outputs = model(pixel_values=pixel_values)
     logits = processor.resize_logits(outputs, [(image.size[1], image.size[0])])[0]
     return logits.float().softmax(dim=0).cpu().numpy()
 
@@ -297,9 +333,9 @@ def check_outputs(images: Sequence[tuple[Path, str]], out: Path) -> None:
 
 
 def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str | os.PathLike, *,
-                   threshold: float = 0.5, radiometric: str | None = None,
+                   threshold: float | None = None, radiometric: str | None = None,
                    intensity_range: Sequence[float] | None = None, trust_remote_code: bool = False,
-                   device: str | None = None, progress: bool = True) -> PredictionResult:
+                   device: str | None = None, progress: bool = True, tile_size: int | None = None) -> PredictionResult:
     """Segment every image named by `sources` and write the masks, overlays and (binary models) `targets.csv`.
 
     Args:
@@ -307,8 +343,9 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
         sources (`Sequence[str]`): image files, folders (recursive) or glob patterns.
         out_dir (`str` or `os.PathLike`): output folder (created). It must not be, or hold, an input; a folder inside
             a searched input folder is not searched.
-        threshold (`float`, *optional*, defaults to 0.5): target probability above which a pixel is a target
-            (binary models; other models take the most probable class).
+        threshold (`float`, *optional*): target probability above which a pixel is a target (binary models; other
+            models take the most probable class); default: the model's saved operating point
+            (`config.target_threshold`), else 0.5.
         radiometric (`str`, *optional*): how FLIR radiometric JPEGs are read ("raw", "celsius" or "preview"),
             replacing the saved processor's setting; `None` keeps it (by default the decoder's: the preview).
         intensity_range (`(lo, hi)`, *optional*): float values (temperatures) mapped to 0 and 1, replacing the saved
@@ -316,6 +353,8 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
         trust_remote_code (`bool`, *optional*): allow remote code when loading the model.
         device (`str`, *optional*): torch device (default: cuda if available, else cpu).
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        tile_size (`int`, *optional*): small-target models: run the full-resolution part in tiles of this size (0:
+            never; default: automatic for large frames, see `tiling_for`).
 
     Returns:
         `PredictionResult`.
@@ -337,6 +376,7 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
     dtype = mask_dtype(int(config.num_labels))
     palette = _palette(id2label, getattr(config, "palette", None) or [(0, 0, 0)] * len(id2label))
     binary = is_binary_model(config)
+    threshold = operating_threshold(config, threshold)
     patch_size = int(getattr(config, "patch_size", 16))
     saved_radiometric = getattr(processor, "radiometric", None)
     decode = {} if saved_radiometric is None else {"radiometric": saved_radiometric}
@@ -355,7 +395,7 @@ def predict_images(model_name_or_path: str, sources: Sequence[str], out_dir: str
                 continue
             try:  # what the processor refuses (NaN/inf floats, 1-bit images) and images too small for the model
                 inputs = _model_input(processor, image, patch_size)
-                probabilities = class_probabilities(model, processor, image, inputs)
+                probabilities = class_probabilities(model, processor, image, inputs, tile_size)
             except (ValueError, RuntimeError) as err:
                 _skip(result, path, str(err) if isinstance(err, ValueError) else
                       f"the model cannot run on this {image.size[0]}x{image.size[1]} image "
@@ -399,7 +439,7 @@ def command_predict(args) -> int:
         result = predict_images(args.model, args.images, args.out, threshold=args.threshold,
                                 radiometric=args.radiometric, intensity_range=getattr(args, "intensity_range", None),
                                 trust_remote_code=args.trust_remote_code, device=args.device,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, tile_size=getattr(args, "tile_size", None))
     except PredictionSetupError as err:
         parser = getattr(args, "command_parser", None)
         if parser is not None:

@@ -359,11 +359,38 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Data set id recorded in the results."})
+    # small targets: views that teach "not a target", and the operating point
+    full_frame_ratio: float = field(default=0.0, metadata={
+        "help": "Share of training views drawn from the whole frame at a random scale of its own size "
+                "(--full_frame_scale_min/max) and cropped anywhere, instead of the target-seeking crops."})
+    full_frame_scale_min: float = field(default=0.5, metadata={"help": "Full-frame views: resize range, lower end."})
+    full_frame_scale_max: float = field(default=2.0, metadata={"help": "Full-frame views: resize range, upper end."})
+    negative_data: str | None = field(default=None, metadata={
+        "help": "A folder of frames known to hold NO target (you vouch for it: every pixel trains as background), "
+                "added to the training views."})
+    hard_negative_ratio: float = field(default=0.0, metadata={
+        "help": "Share of each batch replaced by earlier views on which the model fired away from any target "
+                "(hard-negative mining; small-target models)."})
+    hard_negative_pool: int = field(default=512, metadata={"help": "Views kept by hard-negative mining."})
+    target_fa: float | None = field(default=None, metadata={
+        "help": "Choose the saved target threshold on the evaluation (validation) split: the lowest threshold whose "
+                "Fa (x 1e6) is at most this (small-target models)."})
 
     def __post_init__(self):
         from .evaluation import check_eval_protocol  # heavy (torch): when the arguments are built, never for --help
 
         check_range("crop_size", self.crop_size, 1)
+        check_range("full_frame_ratio", self.full_frame_ratio, 0, 1)
+        check_range("full_frame_scale_min", self.full_frame_scale_min, 0, low_open=True)
+        if not self.full_frame_scale_max >= self.full_frame_scale_min:
+            raise ValueError(f"--full_frame_scale_max ({self.full_frame_scale_max:g}) must be >= "
+                             f"--full_frame_scale_min ({self.full_frame_scale_min:g})")
+        check_range("hard_negative_ratio", self.hard_negative_ratio, 0, 1, high_open=True)
+        check_range("hard_negative_pool", self.hard_negative_pool, 1)
+        check_range("target_fa", self.target_fa, 0, optional=True, note="false-alarm pixels per million")
+        if self.negative_data is not None and not os.path.isdir(self.negative_data):
+            raise ValueError(f"--negative_data {self.negative_data}: no such folder (a folder of frames that hold no "
+                             "target)")
         check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
                             self.irstd_threshold)
         check_range("ratio_min", self.ratio_min, 0, low_open=True)

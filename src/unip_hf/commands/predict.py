@@ -20,6 +20,15 @@ def _probability(text: str) -> float:
     return value
 
 
+def _tile_size(text: str) -> int:
+    try:
+        value = int(text)
+        check_range("tile_size", value, 0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be 0 (no tiling) or a tile size in pixels, got {text!r}") from err
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `predict` sub-command.
 
@@ -41,8 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="MODEL", help="a saved segmentation model folder or Hub id")
     parser.add_argument("images", metavar="IMAGES", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--threshold", type=_probability, default=0.5,
-                        help="binary models: target probability above which a pixel is a target")
+    parser.add_argument("--threshold", type=_probability, default=None,
+                        help="binary models: target probability above which a pixel is a target (default: the "
+                             "model's saved operating point, config.target_threshold, else 0.5)")
+    parser.add_argument("--tile_size", type=_tile_size, default=None,
+                        help="small-target models: run the full-resolution part in tiles of this size (a multiple "
+                             "of 4; 0: never; default: 512 for frames above 1 megapixel, where the tiled result is "
+                             "identical to the whole-frame one)")
     parser.add_argument("--radiometric", choices=RADIOMETRIC_CHOICES, default=None,
                         help="radiometric FLIR JPEGs: raw counts, celsius (needs --intensity_range) or the preview "
                              "(default: the saved processor's, else the decoder's)")

@@ -222,11 +222,25 @@ class SegmentationTrainTransform:
         seed (`int`, defaults to 0): base seed, combined with the epoch and the sample index.
         image_processor (`UnipImageProcessor`, *optional*): whose 16-bit / float scaling settings decode high-depth
             images (see `to_working_image`); default settings when omitted.
+        full_frame_ratio (`float`, defaults to 0.0): share of the views drawn as *full-frame* views (small targets:
+            what teaches "not a target"): the whole frame resized by a factor drawn from `full_frame_scale` of its own
+            size (not of `base_size`), then a crop at a uniformly random place, without the retries that seek a
+            target. 0 draws nothing extra, so the views of earlier runs are unchanged.
+        full_frame_scale (`tuple`, defaults to `(0.5, 2.0)`): resize range of the full-frame views.
+
+    A `label` of `None` is a frame known to hold no target (a negative frame, `--negative_data`): its label is all
+    background.
     """
 
     def __init__(self, crop_size=512, base_size=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
                  flip_prob: float = 0.5, photometric: bool = True, mean: float = UNIP_MEAN, std: float = UNIP_STD,
-                 num_channels: int = 3, ignore_index: int = IGNORE_INDEX, seed: int = 0, image_processor=None):
+                 num_channels: int = 3, ignore_index: int = IGNORE_INDEX, seed: int = 0, image_processor=None,
+                 full_frame_ratio: float = 0.0, full_frame_scale=(0.5, 2.0)):
+        if not 0.0 <= full_frame_ratio <= 1.0:
+            raise ValueError(f"full_frame_ratio must be in [0, 1], got {full_frame_ratio}")
+        if not 0.0 < full_frame_scale[0] <= full_frame_scale[1]:
+            raise ValueError(f"full_frame_scale must be (low, high) with 0 < low <= high, got {full_frame_scale}")
+        self.full_frame_ratio, self.full_frame_scale = float(full_frame_ratio), tuple(full_frame_scale)
         self.image_processor = image_processor
         self.crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         self.base_size, self.ratio_range, self.cat_max_ratio = base_size, ratio_range, cat_max_ratio
@@ -243,20 +257,25 @@ class SegmentationTrainTransform:
         if index is None:
             index, self._counter = self._counter, self._counter + 1
         rng = sample_rng(self.seed, self.epoch, index)
-        im, mask = _load_image(image, self.image_processor), load_infrared_image(label)
+        im = _load_image(image, self.image_processor)
         w, h = im.size
+        mask = Image.new("L", (w, h), 0) if label is None else load_infrared_image(label)
         if mask.size != (w, h):
             raise ValueError(f"label size {mask.size} differs from image size {(w, h)}")
-        r = rng.uniform(*self.ratio_range)
-        long_t, short_t = max(self.base_size) * r, min(self.base_size) * r
-        s = min(long_t / max(w, h), short_t / min(w, h))
+        full_frame = self.full_frame_ratio > 0 and rng.random() < self.full_frame_ratio
+        if full_frame:  # the whole frame at a random scale of its own size, cropped anywhere
+            s = rng.uniform(*self.full_frame_scale)
+        else:
+            r = rng.uniform(*self.ratio_range)
+            long_t, short_t = max(self.base_size) * r, min(self.base_size) * r
+            s = min(long_t / max(w, h), short_t / min(w, h))
         rw, rh = max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
         ch, cw = min(self.crop[0], rh), min(self.crop[1], rw)
         mask_arr = np.asarray(mask)
         mixed = None  # the first crop holding more than one class, used when none meets cat_max_ratio
         for attempt in range(10):
             top, left = int(rng.integers(0, rh - ch + 1)), int(rng.integers(0, rw - cw + 1))
-            if self.cat_max_ratio >= 1.0:
+            if self.cat_max_ratio >= 1.0 or full_frame:
                 break
             y0, y1 = int(top / s), max(int(top / s) + 1, int((top + ch) / s))
             x0, x1 = int(left / s), max(int(left / s) + 1, int((left + cw) / s))

@@ -159,8 +159,15 @@ def legend_html(names: dict[int, str], colours, shares: dict[int, float]) -> str
     return f'<div id="unip-legend">{"".join(items)}</div>'
 
 
-def predict(path, threshold: float = 0.5):
-    """Everything the app shows for one upload.
+def default_threshold() -> float:
+    """The model's saved operating point (`config.target_threshold`, chosen on a validation split for a target Fa),
+    else 0.5; 0.5 before the model is loaded."""
+    model = _LOADED.get("model")
+    return float(getattr(model.config, "target_threshold", 0.5) or 0.5) if model is not None else 0.5
+
+
+def predict(path, threshold: float | None = None):
+    """Everything the app shows for one upload (`threshold`: default the model's saved operating point).
 
     Returns:
         `(intensity, overlay, legend_html, shares_rows, target_rows)`: the intensity the model sees (8-bit gray PIL
@@ -171,6 +178,7 @@ def predict(path, threshold: float = 0.5):
         raise ValueError("upload an image first")
     path = getattr(path, "name", path)
     model, processor = load()
+    threshold = default_threshold() if threshold is None else threshold
     image = read_image(str(path), processor)
     gray = processor.to_intensity(image)
     probs = probabilities(model, processor, image)
@@ -222,7 +230,8 @@ def build_demo():
             with gr.Column():
                 upload = gr.File(label="Infrared image", type="filepath", elem_id="unip-upload",
                                  file_types=["image", ".tif", ".tiff", ".png"])
-                threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Target threshold",
+                threshold = gr.Slider(0.01, 0.999, value=default_threshold(), step=0.001,
+                                      label="Target threshold (starts at the model's operating point)",
                                       visible=small_targets, elem_id="unip-threshold")
                 run = gr.Button("Run", variant="primary", elem_id="unip-run")
                 if examples:

@@ -15,6 +15,10 @@ from .irstd import image_statistics
 #: Thresholds of the curve: dense near both ends, where Fa and Pd change fastest.
 DEFAULT_THRESHOLDS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 _CURVE_COUNTERS = ("num_detected", "false_alarm_pixels", "intersection", "union")
+#: Thresholds searched when choosing an operating point for a target Fa (`choose_threshold`): the curve's, plus a
+#: finer grid, denser towards 1 where the false alarms of a confident model thin out.
+OPERATING_THRESHOLDS = tuple(sorted(set(DEFAULT_THRESHOLDS) | {round(0.05 * i, 2) for i in range(1, 20)}
+                                    | {0.97, 0.98, 0.985, 0.99, 0.995, 0.998, 0.999}))
 
 
 class PdFaCurveAccumulator:
@@ -114,3 +118,23 @@ def save_pd_fa_plot(curves: dict[str, dict[str, list[float]]], path: str, title:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def choose_threshold(curve: dict[str, list[float]], target_fa: float) -> dict[str, float | bool]:
+    """The operating point of a Pd-Fa curve for a target false-alarm rate: the lowest threshold (so the highest Pd)
+    whose Fa (x 1e6) is at most `target_fa`; when no threshold reaches it, the one with the lowest Fa, with
+    `reached` False. Choose it on a validation split, never on the test split that is reported.
+
+    Returns:
+        `dict` with `threshold`, `pd`, `fa`, `iou` at that point, `target_fa` and `reached`.
+    """
+    points = list(zip(curve["thresholds"], curve["pd"], curve["fa"], curve["iou"]))
+    if not points:
+        raise ValueError("choose_threshold: the curve has no point")
+    admissible = [point for point in points if point[2] <= target_fa]
+    reached = bool(admissible)
+    threshold, pd, fa, iou = (min(admissible, key=lambda p: p[0]) if admissible
+                              else min(points, key=lambda p: (p[2], -p[0])))
+    return {"threshold": float(threshold), "pd": float(pd), "fa": float(fa), "iou": float(iou),
+            "target_fa": float(target_fa), "reached": reached}
+
