@@ -374,6 +374,8 @@ def test_push_to_hub_commits_model_processor_code_card_and_results(scenes, tmp_p
         "losses.py",
         "model.safetensors",
         "modeling_unip.py",
+        "modeling_unip_segmentation.py",
+        "modeling_unip_small_target.py",
         "preprocessor_config.json",
         "trainer_state.json",
         *curves,

@@ -712,7 +712,7 @@ class TestUnipForSemanticSegmentation(ModelTesterMixin):
         assert loss.ndim == 0 and logits.shape == plain.shape
 
     def test_soft_iou_loss(self, tester):
-        from unip_hf.modeling_unip import soft_iou_loss
+        from unip_hf.modeling_unip_segmentation import soft_iou_loss
 
         labels = torch.zeros(1, 4, 4, dtype=torch.long)
         labels[0, 1:3, 1:3] = 1
@@ -754,7 +754,7 @@ def test_checkpoint_carries_remote_code(tmp_path, tester):
         assert (tmp_path / name).is_file()
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_unip.UnipViTModel"
-    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip.UnipForSemanticSegmentation"
+    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip_segmentation.UnipForSemanticSegmentation"
     assert auto_map["AutoConfig"] == "configuration_unip.UnipConfig"
     assert auto_map["AutoBackbone"] == "modeling_unip.UnipBackbone"
     # remote code imports only torch, transformers and its siblings

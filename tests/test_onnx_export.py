@@ -29,7 +29,7 @@ from unip_hf import (
     UnipSmallTargetConfig,
 )
 from unip_hf.cli import build_parser, main
-from unip_hf.modeling_unip import _rounded_ratio
+from unip_hf.modeling_unip_small_target import _rounded_ratio
 from unip_hf.onnx_export import (
     REGISTRY_LOGGER,
     PortableAdaptiveAvgPool2d,

@@ -107,7 +107,7 @@ def test_save_load_auto_class_and_backbone_initialisation(tmp_path):
     model = UnipForSmallTargetSegmentation(tiny_config()).eval()
     model.save_pretrained(tmp_path / "st")
     auto_map = json.loads((tmp_path / "st" / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip.UnipForSmallTargetSegmentation"
+    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_unip_small_target.UnipForSmallTargetSegmentation"
     assert auto_map["AutoConfig"] == "configuration_unip.UnipSmallTargetConfig"
     assert (tmp_path / "st" / "losses.py").is_file()
     loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "st").eval()

@@ -239,6 +239,7 @@ def test_space_push_creates_a_gradio_space_and_uploads_the_folder(tmp_path, tiny
     assert upload["files"] == [
         "README.md", "app.py", "examples/Misc_1.png", "model/config.json", "model/configuration_unip.py",
         "model/image_processing_unip.py", "model/infrared_decoding.py", "model/losses.py", "model/model.safetensors", "model/modeling_unip.py",
+        "model/modeling_unip_segmentation.py", "model/modeling_unip_small_target.py",
         "model/preprocessor_config.json", "requirements.txt", "space_config.json",
     ]
     with pytest.raises(FileNotFoundError, match="unip space create"):

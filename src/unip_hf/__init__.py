@@ -23,8 +23,8 @@ _EXPORTS = {
     "UNIP_PRESETS": "configuration_unip",
     "UnipPreTrainedModel": "modeling_unip",
     "UnipViTModel": "modeling_unip",
-    "UnipForSemanticSegmentation": "modeling_unip",
-    "UnipForSmallTargetSegmentation": "modeling_unip",
+    "UnipForSemanticSegmentation": "modeling_unip_segmentation",
+    "UnipForSmallTargetSegmentation": "modeling_unip_small_target",
     "UnipSmallTargetConfig": "configuration_unip",
     "UnipBackbone": "modeling_unip",
     "UnipModelOutput": "modeling_unip",
@@ -50,7 +50,9 @@ def register_auto_classes() -> None:
 
     from .configuration_unip import UnipConfig, UnipSmallTargetConfig
     from .image_processing_unip import UnipImageProcessor
-    from .modeling_unip import UnipBackbone, UnipForSemanticSegmentation, UnipForSmallTargetSegmentation, UnipViTModel
+    from .modeling_unip import UnipBackbone, UnipViTModel
+    from .modeling_unip_segmentation import UnipForSemanticSegmentation
+    from .modeling_unip_small_target import UnipForSmallTargetSegmentation
     from .pipeline_unip import register_pipeline
 
     AutoConfig.register("unip", UnipConfig, exist_ok=True)

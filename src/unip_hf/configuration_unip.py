@@ -25,11 +25,12 @@ UNIP_PRESETS: dict[str, dict[str, Any]] = {
 
 # The remote code of a checkpoint: these files travel with every saved model and processor, and `auto_map` names
 # the Auto classes they provide.
-REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py", "infrared_decoding.py", "losses.py")
+REMOTE_CODE_FILES = ("configuration_unip.py", "modeling_unip.py", "modeling_unip_segmentation.py",
+                     "modeling_unip_small_target.py", "image_processing_unip.py", "infrared_decoding.py", "losses.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_unip.UnipConfig",
     "AutoModel": "modeling_unip.UnipViTModel",
-    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSemanticSegmentation",
+    "AutoModelForSemanticSegmentation": "modeling_unip_segmentation.UnipForSemanticSegmentation",
     "AutoBackbone": "modeling_unip.UnipBackbone",
     "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
 }
@@ -37,7 +38,7 @@ AUTO_MAP = {
 # `AutoModelForSemanticSegmentation` and `pipeline("image-segmentation")` build the right model).
 SMALL_TARGET_AUTO_MAP = {
     "AutoConfig": "configuration_unip.UnipSmallTargetConfig",
-    "AutoModelForSemanticSegmentation": "modeling_unip.UnipForSmallTargetSegmentation",
+    "AutoModelForSemanticSegmentation": "modeling_unip_small_target.UnipForSmallTargetSegmentation",
     "AutoImageProcessor": "image_processing_unip.UnipImageProcessor",
 }
 

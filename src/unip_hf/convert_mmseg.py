@@ -20,7 +20,7 @@ from unip_hf.checkpoint_reading import (
 )
 
 from .configuration_unip import UnipConfig
-from .modeling_unip import UnipForSemanticSegmentation
+from .modeling_unip_segmentation import UnipForSemanticSegmentation
 
 #: mmcv's ConvModule names its parts; `UnipConvModule` is a Sequential (0: conv, 1: batch norm, 2: ReLU).
 _CONV_MODULE_PARTS = {"0": "conv", "1": "bn"}

@@ -44,7 +44,8 @@ from .finetuning_data import (
 from .layer_decay import layer_decay_scale
 from .metrics import RANKED_METRICS, to_builtin
 from .metrics.irstd.pd_fa_curve import OPERATING_THRESHOLDS, choose_threshold
-from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from .modeling_unip_small_target import UnipForSmallTargetSegmentation
+from .modeling_unip_segmentation import UnipForSemanticSegmentation
 from .small_target_distillation import SmallTargetDistiller
 from .segmentation_saving import (
     BEST_MODEL_DIR,

@@ -41,7 +41,8 @@ from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
 from .image_processing_unip import UnipImageProcessor
 from .infrared_decoding import LUMA_WEIGHTS, load_infrared_image
-from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
+from .modeling_unip_small_target import UnipForSmallTargetSegmentation
+from .modeling_unip_segmentation import UnipForSemanticSegmentation
 from .segmentation_saving import make_processor
 
 __all__ = ["check_onnx", "export_onnx"]  # the README documents these; the rest stays importable

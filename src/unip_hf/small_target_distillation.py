@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModelForSemanticSegmentation
 
 from .losses import attention_transfer_loss, logit_distillation_loss
-from .modeling_unip import UnipForSmallTargetSegmentation
+from .modeling_unip_small_target import UnipForSmallTargetSegmentation
 
 
 def target_logits_of(output) -> torch.Tensor:
