@@ -72,6 +72,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .configuration_unip import respect_umask
 from .recipe_arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
     MIXED_PRECISION_TYPES,
     SCHEDULER_TYPES,
@@ -706,6 +707,7 @@ class CheckpointManager:
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:
             save_state_file(folder, "scaler", scaler.state_dict())
+        respect_umask(folder)
 
     def _publish(self, tmp: str, path: str) -> None:
         if os.path.exists(path):  # the same step saved again (e.g. after a resume): swap, then drop the old one
