@@ -42,3 +42,21 @@ def test_checkpoint_files_have_the_umask_mode(tmp_path):
     weights = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
     assert weights
     assert {_mode(folder / name) for name in weights} == {_umask_mode()}
+
+
+# -- item 5: no verdict from one seed ----------------------------------------------------------------------------
+
+
+def test_one_paired_seed_gives_no_verdict_and_says_why():
+    """Guards issue 22 item 5: a one-seed ablation printed `| scratch | ... | 1 | +0.1 | ... | better |`; one
+    difference has no spread, so no verdict, with the reason in the table."""
+    from unip_hf.ablation import paired_markdown
+    from unip_hf.statistics import paired_comparison
+
+    one = paired_comparison({0: 0.5}, {0: 0.4})
+    assert one["verdict"] == "no verdict" and "1 paired seed" in one["verdict_reason"]
+    assert paired_comparison({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.4})["verdict"] == "better"
+    entries = [{"model": arm, "seed": 0, "dataset": "sirst", "eval_split": "test", "protocol": "finetune",
+                "value": value} for arm, value in (("nmi_had", 0.4), ("scratch", 0.5))]
+    row = next(line for line in paired_markdown(entries).splitlines() if line.startswith("| scratch"))
+    assert "better" not in row and "no verdict" in row and "at least 2" in row

@@ -232,7 +232,7 @@ def paired_markdown(entries: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {arm} | {column[0]} ({column[1]}) {column[2]} | {len(c['seeds'])} | "
                          f"{c['mean_difference'] * 100:+.1f} | {c['std_difference'] * 100:.1f} | "
                          f"{c['sign_test_p']:.3f} | [{c['bootstrap_low'] * 100:+.1f}, {c['bootstrap_high'] * 100:+.1f}]"
-                         f" | {c['verdict']} |")
+                         f" | {c['verdict']}{' (' + c['verdict_reason'] + ')' if c['verdict_reason'] else ''} |")
     lines.append("")
     lines.append("Verdict: better / worse only when the bootstrap interval excludes 0 and every seed agrees in sign; "
                  "with 3 seeds the sign test's smallest p is 0.25, so read the differences with their spread.")
