@@ -60,3 +60,36 @@ def test_one_paired_seed_gives_no_verdict_and_says_why():
                 "value": value} for arm, value in (("nmi_had", 0.4), ("scratch", 0.5))]
     row = next(line for line in paired_markdown(entries).splitlines() if line.startswith("| scratch"))
     assert "better" not in row and "no verdict" in row and "at least 2" in row
+
+
+# -- item 6: quiet, consistent output ----------------------------------------------------------------------------
+
+
+def _all_parsers():
+    import argparse
+
+    from unip_hf.cli import build_parser
+
+    def walk(parser, name):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from walk(sub, f"{name} {sub_name}")
+
+    return list(walk(build_parser(), "unip"))
+
+
+def test_no_option_help_states_its_default_twice():
+    """Guards issue 22 item 6: `--student_preset` read `(default unip-tiny) (default: unip-tiny)` and the recipes'
+    options `(default: val, else test). (default: None)`."""
+    doubled = []
+    for name, parser in _all_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.option_strings and action.help:
+                text = formatter._expand_help(action) if "%" in action.help else formatter._get_help_string(action)
+                text = text % {"default": action.default} if "%(default)" in text else text
+                if text.count("(default") > 1:
+                    doubled.append(f"{name} {action.option_strings[0]}: {text}")
+    assert not doubled, doubled

@@ -465,6 +465,8 @@ class ArgumentHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "%(default)" in text or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
+        if "(default" in text:  # the help already says what an unset value means: no "(default: None)" after it
+            return text
         if isinstance(action, argparse._StoreFalseAction):  # --no_<flag>: its default is the flag's
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"

@@ -109,7 +109,7 @@ def register_ablation(subparsers: argparse._SubParsersAction) -> None:
                     "fine-tuning and linear probing, over seeds; results.md holds mean ± std and the paired "
                     "comparison with nmi_had. A re-run with the same --out skips finished runs.")
     p.add_argument(*flags("teacher"), required=True, help="ViT-family teacher folder or Hub id")
-    p.add_argument(*flags("student_preset"), default="unip-tiny", help="UNIP preset of the student (default unip-tiny)")
+    p.add_argument(*flags("student_preset"), default="unip-tiny", help="UNIP preset of the student")
     p.add_argument(*flags("student_config"), default=None, help="a UnipConfig json file or folder instead of the preset")
     p.add_argument(*flags("infmix_root"), required=True,
                    help="InfMix root (infrared/<source>/, rgb/<source>/) or manifest (.json/.yaml)")
