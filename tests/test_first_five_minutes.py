@@ -93,3 +93,50 @@ def test_no_option_help_states_its_default_twice():
                 if text.count("(default") > 1:
                     doubled.append(f"{name} {action.option_strings[0]}: {text}")
     assert not doubled, doubled
+
+
+def _unip(*args, cwd=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "unip_hf.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def test_finetune_from_a_backbone_logs_one_line_and_one_scale(tmp_path):
+    """Guards issue 22 item 6: a fine-tune from a backbone printed transformers' 40-line MISSING table, `[A` cursor
+    codes from the eval bar nested under the training bar, and `eval mean_iou = 0.0442` beside a table in percent."""
+    from unip_hf.data import write_synthetic_dataset
+
+    UnipViTModel(UnipConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64)).save_pretrained(tmp_path / "backbone")
+    write_synthetic_dataset(str(tmp_path / "data"), num_train=4, num_val=2, seed=0, return_dataset=False, height=32,
+                            width=32)
+    run = _unip("finetune", "--model_name_or_path", tmp_path / "backbone", "--dataset", "folder", "--data_dir",
+                tmp_path / "data", "--max_steps", 2, "--eval_steps", 1, "--crop_size", 32,
+                "--per_device_train_batch_size", 2, "--output_dir", tmp_path / "run")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "MISSING" not in output and "LOAD REPORT" not in output and "\x1b[A" not in output
+    assert "decode head initialised fresh: 79 tensors" in output
+    table_value = next(line.split()[-1] for line in run.stdout.splitlines() if line.startswith("mIoU "))
+    assert f"step 2: eval mIoU {table_value} %" in output and f"done: 2 steps, mIoU {table_value} %" in output
+
+
+def test_mae_teacher_loads_for_analysis_without_a_load_report(tmp_path, caplog, capfd):
+    """Guards issue 22 item 6: loading the package's own ViT-MAE teacher (`unip pretrain-mae` output) for the
+    attention analysis printed a 20-35-line UNEXPECTED table (its decoder); now one info line."""
+    import logging
+
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from unip_hf.vit_family import load_vision_backbone
+
+    ViTMAEForPreTraining(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
+                                      decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                      decoder_intermediate_size=64)).save_pretrained(tmp_path / "mae")
+    with caplog.at_level(logging.INFO):
+        model = load_vision_backbone(str(tmp_path / "mae"))
+    text = "\n".join(record.getMessage() for record in caplog.records) + capfd.readouterr().err
+    assert type(model).__name__ == "ViTMAEModel"
+    assert "UNEXPECTED" not in text and "LOAD REPORT" not in text
+    assert "not used from the checkpoint" in text and "decoder" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,7 +177,9 @@ def evaluate_model(
     main = accelerator is None or accelerator.is_local_main_process
     try:
         with torch.random.fork_rng(devices=[]):
-            bar = tqdm(indices, desc="eval", disable=not (show_progress and main), leave=False, dynamic_ncols=True)
+            # only on a terminal: in a log, a bar nested under the training bar writes `[A` cursor codes
+            bar = tqdm(indices, desc="eval", disable=not (show_progress and main and sys.stderr.isatty()), leave=False,
+                       dynamic_ncols=True)
             for index in bar:
                 sample = dataset[index]
                 pixel_values = sample["pixel_values"].unsqueeze(0).to(device)
@@ -238,6 +241,13 @@ def class_frequencies(dataset, num_labels: int, ignore_index: int = 255, max_ima
 def _percent(value) -> str:
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     return f"{'-':>10}" if missing else f"{value * 100:>10.2f}"
+
+
+def format_metric(key: str, value: float) -> str:
+    """One metric as the tables show it (`IoU 0.03`: the display name, percent where the table uses percent), so a
+    progress line never prints a fraction beside a table in percent."""
+    name, percent = METRIC_DISPLAY.get(key, (key, False))
+    return f"{name} {(value * 100 if percent else value):.2f}{' %' if percent else ''}"
 
 
 def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | None = None) -> str:

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
 from .argument_checks import check_choice, check_range
 from .configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
-from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
+from .evaluation import SegmentationEvaluator, evaluate_model, format_metric, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     KeyedSegmentationDataset,
@@ -40,6 +41,7 @@ from .layer_decay import layer_decay_scale
 from .metrics import RANKED_METRICS, to_builtin
 from .modeling_unip import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
 from .small_target_distillation import SmallTargetDistiller
+from .vit_family import load_reported
 from .segmentation_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
@@ -192,8 +194,8 @@ def build_small_target_model(model_args: ModelArguments, id2label: dict[int, str
     saved = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     model_type = getattr(saved, "model_type", None)
     if model_type == "unip_small_target":
-        return UnipForSmallTargetSegmentation.from_pretrained(source, **labels, **overrides,
-                                                              trust_remote_code=model_args.trust_remote_code)
+        return _load_segmenter(UnipForSmallTargetSegmentation, source, **labels, **overrides,
+                               trust_remote_code=model_args.trust_remote_code)
     if model_type != "unip":
         raise ValueError(f"{source} is a {model_type!r} checkpoint; convert it first with `unip convert {source} OUT` "
                          "and fine-tune OUT")
@@ -201,8 +203,8 @@ def build_small_target_model(model_args: ModelArguments, id2label: dict[int, str
               if k not in ("model_type", "architectures", "auto_map", "transformers_version", "id2label", "label2id",
                            "num_labels", "decode_head", "semantic_loss_type")}
     config = UnipSmallTargetConfig(**{**fields, **labels, **overrides})
-    return UnipForSmallTargetSegmentation.from_pretrained(source, config=config,
-                                                          trust_remote_code=model_args.trust_remote_code)
+    return _load_segmenter(UnipForSmallTargetSegmentation, source, config=config,
+                           trust_remote_code=model_args.trust_remote_code)
 
 
 def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int, task: str = "semantic"):
@@ -260,10 +262,18 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         {int(k): v for k, v in (getattr(saved, "id2label", None) or {}).items()} == labels["id2label"])
     # a new class list or another head re-initialises the mismatched head weights (reported by transformers)
     same_head = getattr(saved, "decode_head", decode_head) == decode_head
-    return UnipForSemanticSegmentation.from_pretrained(
-        source, **labels, **overrides, ignore_mismatched_sizes=not (same_labels and same_head),
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    return _load_segmenter(UnipForSemanticSegmentation, source, **labels, **overrides,
+                           ignore_mismatched_sizes=not (same_labels and same_head),
+                           trust_remote_code=model_args.trust_remote_code)
+
+
+def _load_segmenter(model_class: type, source: str, **kwargs: Any):
+    """`model_class.from_pretrained(source, **kwargs)` saying in one line what was initialised fresh (a backbone's
+    new decode head) instead of transformers' per-key table (`vit_family.load_reported`)."""
+    model, line = load_reported(model_class.from_pretrained, source, **kwargs)
+    if line and PartialState().is_main_process:
+        print(f"{source}: {line}")
+    return model
 
 
 def freeze_unused_backbone_parameters(model) -> list[str]:
@@ -430,8 +440,9 @@ def run_finetuning(
         accelerator.wait_for_everyone()
         scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         accelerator.log(scalars, step=step)
-        accelerator.print(f"step {step}: eval {main_metric} = {value:.4f}"
-                          + (" (best)" if improved else f" (best {best['value']:.4f} at step {best['step']})"))
+        accelerator.print(f"step {step}: eval {format_metric(main_metric, value)}"
+                          + (" (best)" if improved else
+                             f" (best {format_metric(main_metric, best['value'])} at step {best['step']})"))
         return metrics
 
     def save_best_model(step: int, metrics: dict[str, Any]) -> None:
@@ -591,7 +602,7 @@ def finetune_from_arguments(arguments: tuple) -> int:
     if result is None:
         return code
     value = result.metrics.get(result.main_metric)
-    print(f"done: {result.global_step} steps, {result.main_metric} {value:.4f} (step {result.best_step}); "
+    print(f"done: {result.global_step} steps, {format_metric(result.main_metric, value)} (step {result.best_step}); "
           f"saved to {result.output_dir}")
     return 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .finetuning_data import _protocol_processor
 from .metrics.irstd.pd_fa_curve import save_pd_fa_plot
+from .vit_family import quiet_transformers_io
 from .hub import (
     DEFAULT_PUSH_IGNORE_PATTERNS,
     RESULTS_NOTE,
@@ -64,7 +65,8 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
     `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
     `README.md`."""
     os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
+    with quiet_transformers_io():  # no "Writing model shards" bar under the training bar
+        model.save_pretrained(output_dir)
     make_processor(model.config, img_scale).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))
