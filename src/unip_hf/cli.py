@@ -15,7 +15,8 @@ Every module in `COMMAND_MODULES` follows one convention:
   `unip --help` and every `unip X --help` start in a fraction of a second. Argument dataclasses of the training
   recipes live in the light `unip_hf.recipe_arguments`.
 
-`main` calls `args.func(args)` and returns its status; `tests/test_cli.py` checks the convention for every module and
+`main` calls `args.func(args)` and returns its status; a `unip_hf.argument_checks.UsageError` raised by a handler (a bad
+path, choice or number, checked before anything heavy loads) becomes one line `unip X: error: ...` and status 2; `tests/test_cli.py` checks the convention for every module and
 `tests/test_cli_startup.py` that building the parser imports none of the heavy packages."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import sys
 
 from . import __version__
+from .argument_checks import UsageError
 
 # Modules that define `register(subparsers)`; each adds one or more sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except UsageError as err:  # a mistake in what was typed: one line, status 2, no traceback
+        print(f"{getattr(args, 'command_prog', parser.prog)}: error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

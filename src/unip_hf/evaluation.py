@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
-from .argument_checks import check_choice, check_range
+from .argument_checks import check_choice, check_eval_protocol, check_range  # noqa: F401
 from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
@@ -265,21 +265,6 @@ def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | Non
             acc = per_acc[index] if per_acc is not None and index < len(per_acc) else float("nan")
             lines.append(f"{str(name)[:17]:<18}{_percent(iou)}{_percent(acc)}")
     return "\n".join(lines)
-
-
-def check_eval_protocol(task: str, eval_mode: str, crop_size: int | None, eval_stride: int | None,
-                        img_scale: str | None, irstd_threshold: float) -> None:
-    """The evaluation arguments that fine-tuning and evaluation share; `ValueError` naming the first bad one."""
-    check_choice("task", task, TASKS)
-    check_choice("eval_mode", eval_mode, EVAL_MODES)
-    check_range("crop_size", crop_size, 1, optional=True)
-    check_range("eval_stride", eval_stride, 1, optional=True)
-    if img_scale and img_scale.lower() != "none":
-        parse_img_scale(img_scale, crop_size or 1)
-    check_range("irstd_threshold", irstd_threshold, 0, 1, low_open=True, high_open=True,
-                note="a probability threshold of the target class")
-
-
 
 
 def check_evaluation_args(args: EvaluationArguments) -> None:

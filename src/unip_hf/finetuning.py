@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
 from .argument_checks import check_choice, check_range
+from .choices import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES
 from .configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
 from .evaluation import SegmentationEvaluator, evaluate_model, format_metric, format_metrics_table
@@ -75,10 +76,8 @@ from .training_curves import write_training_curves
 logger = logging.getLogger(__name__)
 
 
-DECODE_HEAD_CHOICES = ("ll_fpn", "multilevel_fpn")
-MODES = ("finetune", "linear_probe")
-#: `--architecture`: `auto` is `small_target` for small-target (irstd) data sets, `semantic` otherwise.
-ARCHITECTURES = ("auto", "small_target", "semantic")
+#: `--decode_head`, `--mode`, `--architecture` (`auto` is `small_target` for small-target (irstd) data sets,
+#: `semantic` otherwise): in the light `unip_hf.choices`, so that a typo is refused before anything loads.
 EVAL_LOG_NAME = "eval_log.json"
 
 
@@ -93,25 +92,6 @@ def parse_tmt_blocks(text: str | None, depth: int) -> list[int]:
     if any(not 0 <= b < depth for b in blocks):
         raise ValueError(f"--tmt_blocks {text!r} has blocks outside 0..{depth - 1}")
     return blocks
-
-
-def check_tmt_args(model_args: "ModelArguments") -> None:
-    """The TMT options, checked whether or not `--tmt` is given (a typo never waits for a TMT run)."""
-    check_choice("tmt_regions", model_args.tmt_regions, REGION_MODES)
-    check_choice("tmt_score", model_args.tmt_score, sorted(TRANSFERABILITY_SCORES))
-    check_range("tmt_loss_weight", model_args.tmt_loss_weight, 0)
-    check_range("tmt_max_clusters", model_args.tmt_max_clusters, 1)
-    check_range("tmt_explained_variance", model_args.tmt_explained_variance, 0, 1, low_open=True, high_open=True)
-    check_range("tmt_spatial_weight", model_args.tmt_spatial_weight, 0)
-    check_range("tmt_window", model_args.tmt_window, 1)
-    check_range("tmt_visualize", model_args.tmt_visualize, 0)
-    if model_args.tmt and model_args.tmt_attention and model_args.tmt_loss_weight:
-        raise ValueError("--tmt_loss_weight is the ablation without TMA: use it with --no_tmt_attention (the map then "
-                         "only weights the loss)")
-    if model_args.tmt_visualize and not model_args.tmt:
-        raise ValueError("--tmt_visualize draws the TMT transferability maps: add --tmt")
-    if model_args.mode == "linear_probe" and model_args.tmt:
-        raise ValueError("--tmt adapts the backbone; it has no effect with --mode linear_probe (frozen backbone)")
 
 
 def tmt_active(model_args: "ModelArguments") -> bool:
@@ -142,6 +122,7 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
         raise ValueError("--data_dir is required (the data set's root folder)")
     if not os.path.isdir(data_args.data_dir):
         raise FileNotFoundError(f"--data_dir {data_args.data_dir!r} is not a folder")
+    check_choice("tmt_score", model_args.tmt_score, sorted(TRANSFERABILITY_SCORES))  # a registry: not in choices
     task = dataset_task(data_args.dataset, data_args.task)
     ranked = RANKED_METRICS["irstd" if task == "irstd" else "mean_iou"]
     if training_args.metric_for_best_model is not None and training_args.metric_for_best_model not in ranked:

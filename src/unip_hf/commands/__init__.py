@@ -35,7 +35,9 @@ def flags(name: str) -> list[str]:
 def add_command(subparsers: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
     """`subparsers.add_parser(name, **kwargs)` with the `unip` help formatter."""
     kwargs.setdefault("formatter_class", HelpFormatter)
-    return subparsers.add_parser(name, **kwargs)
+    parser = subparsers.add_parser(name, **kwargs)
+    parser.set_defaults(command_prog=parser.prog)  # how `unip` names the command in a one-line usage error
+    return parser
 
 
 def load(module_name: str) -> ModuleType:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..ablation import BASE_ARMS, DOWNSTREAM_PROTOCOLS
 from ..benchmark import BUDGETS, PROTOCOLS
-from ..argument_checks import non_negative_int
+from ..argument_checks import check_model_source, non_negative_int
 from . import add_command, flags, load
 
 
@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     """Run `unip benchmark`; returns the exit status."""
+    for model in args.models:
+        if not model.startswith("scratch:"):
+            check_model_source("models", model)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = load("unip_hf.benchmark").run_benchmark(args.models, args.dataset, args.data_dir, args.out, args.protocols, args.seeds,
                           args.budget, args.eval_split, attention=not args.no_attention)
@@ -80,6 +83,8 @@ def _parse_downstream(values: Sequence[str]) -> list[tuple[str, str, str | None]
 
 def _run_ablation(args: argparse.Namespace) -> int:
     """Run `unip ablation`; returns the exit status."""
+    check_model_source("teacher", args.teacher)
+    check_model_source("student_config", args.student_config, hub_file=None, folder=False)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     datasets = []
     if args.dataset or args.data_dir:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import positive_int
+from ..argument_checks import check_model_source, positive_int
 from . import add_command, flags, load
 
 SOURCES = ("unip", "timm", "transformers")
@@ -53,4 +53,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    check_model_source("SOURCE", args.source, hub_file=None, folder=False)  # a checkpoint file is fine here
     return load("unip_hf.convert").command_convert(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import positive_float, positive_int
+from ..argument_checks import check_model_source, positive_float, positive_int
 from . import add_command, load
 
 DEFAULT_OPSET = 20
@@ -48,4 +48,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
+    check_model_source("MODEL_DIR", args.source, hub_file=None, folder=not args.check)
     return load("unip_hf.onnx_export").command_export_onnx(args)
