@@ -140,3 +140,92 @@ def test_mae_teacher_loads_for_analysis_without_a_load_report(tmp_path, caplog, 
     assert type(model).__name__ == "ViTMAEModel"
     assert "UNEXPECTED" not in text and "LOAD REPORT" not in text
     assert "not used from the checkpoint" in text and "decoder" in text
+
+
+# -- items 2 and 3: usage errors at once, one line, exit 2 -------------------------------------------------------
+
+_PROBE = """
+import sys
+from unip_hf.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    print("exit", exit.code, "torch loaded" if "torch" in sys.modules else "torch not loaded")
+"""
+
+
+def _usage_error(args, cwd):
+    """Run `unip ARGS` in a fresh interpreter: (exit status, stderr lines, whether torch was imported)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True, env=env,
+                         cwd=cwd, timeout=300)
+    words = run.stdout.split()
+    return (int(words[1]) if words[:1] == ["exit"] else None), run.stderr.strip().splitlines(), "torch loaded" in run.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "MODEL", "x.png", "--out", "o"],
+    ["evaluate", "--model_name_or_path", "MODEL", "--data_dir", "."],
+    ["analyze-attention", "MODEL", "--images", ".", "--out", "o"],
+    ["convert", "MODEL", "o", "--from", "unip"],
+    ["pretrain", "--teacher_name_or_path", "MODEL", "--train_data", "."],
+    ["finetune", "--model_name_or_path", "MODEL", "--data_dir", "."],
+    ["space", "create", "MODEL", "o"],
+    ["benchmark", "--models", "MODEL", "--dataset", "folder", "--data_dir", ".", "--out", "o"],
+    ["ablation", "--teacher", "MODEL", "--infmix_root", ".", "--dataset", "folder", "--data_dir", ".", "--out", "o"],
+    ["demo", "--model_name_or_path", "MODEL"],
+], ids=lambda c: c[0] if c[0] != "space" else "space-create")
+@pytest.mark.parametrize("model", ["demo_out/no-such-model", "./nope", "demo_out/file.txt"])
+def test_a_mistyped_local_model_path_is_one_line_at_once(tmp_path, command, model):
+    """Guards issue 22 item 2: `unip predict demo_out/no-such-model` made five Hub retries and a traceback (the same
+    in evaluate, analyze-attention, convert; pretrain only offline). A path that looks local (its folder `demo_out/`
+    exists, or it starts with `.`) and is missing, or a file where a model folder is needed, is now one line naming
+    it, exit 2, before torch loads."""
+    (tmp_path / "demo_out").mkdir()
+    (tmp_path / "demo_out" / "file.txt").write_text("not a model")
+    if command[0] == "convert" and model.endswith(".txt"):
+        pytest.skip("convert reads checkpoint files: a file is a valid SOURCE")
+    status, lines, torch_loaded = _usage_error([model if a == "MODEL" else a for a in command], tmp_path)
+    assert status == 2 and len(lines) == 1, lines
+    assert model in lines[0] and ("does not exist" in lines[0] or "is a file" in lines[0]), lines
+    assert not torch_loaded
+
+
+@pytest.mark.parametrize("command, named", [
+    (["finetune", "--dataset", "sirts", "--data_dir", "."], "--dataset"),
+    (["finetune", "--max_steps", "0", "--data_dir", "."], "--max_steps"),
+    (["finetune", "--decode_head", "fpn", "--data_dir", "."], "--decode_head"),
+    (["finetune", "--architecture", "big", "--data_dir", "."], "--architecture"),
+    (["finetune", "--preset", "unip-huge", "--data_dir", "."], "--preset"),
+    (["finetune", "--eval_mode", "tiles", "--data_dir", "."], "--eval_mode"),
+    (["finetune", "--metric_for_best_model", "dice", "--data_dir", "."], "--metric_for_best_model"),
+    (["finetune", "--tmt_regions", "grid", "--data_dir", "."], "--tmt_regions"),
+    (["evaluate", "--model_name_or_path", ".", "--dataset", "sirts"], "--dataset"),
+    (["evaluate", "--model_name_or_path", ".", "--fa_rule", "paper"], "--fa_rule"),
+    (["pretrain", "--distill_target", "logits", "--train_data", "."], "--distill_target"),
+    (["pretrain", "--distill_target", "none", "--student_preset", "unip-huge", "--train_data", "."],
+     "--student_preset"),
+    (["pretrain-mae", "--mask_ratio", "1.5", "--train_data", "."], "--mask_ratio"),
+])
+def test_choice_and_number_errors_come_before_anything_loads(tmp_path, command, named):
+    """Guards issue 22 item 3: `unip finetune --dataset sirts` ended in a 20-line traceback (exit 1) and
+    `--max_steps 0` was refused only after 15 s of loading. Every choice is now checked before torch loads: exit 2,
+    one line naming the option."""
+    status, lines, torch_loaded = _usage_error(command, tmp_path)
+    assert status == 2 and len(lines) == 1 and named in lines[0], lines
+    assert not torch_loaded
+
+
+def test_light_choice_copies_match_their_owners():
+    """`unip_hf.choices` copies the choices of modules it cannot be imported by (the remote-code config, the metric
+    modules, the data builders): they must stay equal."""
+    from unip_hf import choices
+    from unip_hf.configuration_unip import LOSS_TYPES, UNIP_PRESETS
+    from unip_hf.data.segmentation import SEGMENTATION_BUILDERS
+    from unip_hf.metrics import RANKED_METRICS
+    from unip_hf.metrics.irstd.irstd import FA_RULES
+    from unip_hf.transferability import REGION_MODES
+
+    assert choices.PRESET_NAMES == tuple(UNIP_PRESETS) and choices.LOSS_TYPES == LOSS_TYPES
+    assert choices.RANKED_METRICS == RANKED_METRICS and choices.FA_RULES == FA_RULES
+    assert set(choices.SEGMENTATION_DATASETS) == set(SEGMENTATION_BUILDERS) and REGION_MODES is choices.REGION_MODES

@@ -115,10 +115,10 @@ def check_model_source(argument: str, value: str | None, hub_file: str | None = 
         return
     if looks_local(value):
         parent = os.path.dirname(path.rstrip(os.sep))
-        where = (f"{parent!r} holds no {os.path.basename(path.rstrip(os.sep))!r}" if parent and os.path.isdir(parent)
-                 else "no such local path")
-        raise UsageError(f"{_flag(argument)} {value!r}: {where} (a local path, so the Hub is not asked); check the "
-                         "path")
+        where = (f"{parent!r} holds no {os.path.basename(path.rstrip(os.sep))!r}; " if parent and os.path.isdir(parent)
+                 else "")
+        raise UsageError(f"{_flag(argument)} {value!r}: the local path does not exist ({where}a local path, so the "
+                         "Hub is not asked); check the path")
     if hub_file is None:
         return
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(value, hub_file), str):

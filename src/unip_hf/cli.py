@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except UsageError as err:  # a mistake in what was typed: one line, status 2, no traceback
         print(f"{getattr(args, 'command_prog', parser.prog)}: error: {err}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None  # as argparse's own usage errors
     return int(result or 0)
 
 
