@@ -28,6 +28,7 @@ import sys
 
 from . import __version__
 from .argument_checks import UsageError
+from .commands import add_thread_option, set_thread_policy
 
 # Modules that define `register(subparsers)`; each adds one or more sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -50,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _add_thread_options(parser, [])
     return parser
+
+
+def _add_thread_options(parser: argparse.ArgumentParser, path: list[str]) -> None:
+    """`--num_threads` on every runnable command (one thread policy for all: `unip_hf.commands.thread_policy`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _add_thread_options(sub, [*path, name])
+    if path and parser.get_default("func") is not None:
+        add_thread_option(parser, path[0])
 
 
 def _location() -> str:
@@ -63,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    set_thread_policy(args)
     try:
         result = args.func(args)
     except UsageError as err:  # a mistake in what was typed: one line, status 2, no traceback
