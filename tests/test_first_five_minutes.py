@@ -229,3 +229,63 @@ def test_light_choice_copies_match_their_owners():
     assert choices.PRESET_NAMES == tuple(UNIP_PRESETS) and choices.LOSS_TYPES == LOSS_TYPES
     assert choices.RANKED_METRICS == RANKED_METRICS and choices.FA_RULES == FA_RULES
     assert set(choices.SEGMENTATION_DATASETS) == set(SEGMENTATION_BUILDERS) and REGION_MODES is choices.REGION_MODES
+
+
+# -- item 9: budgets from a file and per-field overrides ---------------------------------------------------------
+
+
+def test_budget_file_and_overrides_are_resolved_and_named(tmp_path):
+    """Guards issue 22 item 9: `--budget` took only smoke / cpu / paper; a budget file and `--budget_set` now
+    resolve to a `Budget` whose name records the changes, and unknown fields or bad types are named."""
+    import json
+
+    from unip_hf.argument_checks import UsageError
+    from unip_hf.benchmark import BUDGETS, resolve_budget
+
+    path = tmp_path / "my_budget.json"
+    path.write_text(json.dumps({"base": "cpu", "pretrain_steps": 800, "pretrain_image_size": 128}))
+    budget = resolve_budget(str(path))
+    assert budget.name == "my_budget" and budget.pretrain_steps == 800 and budget.crop_size == BUDGETS["cpu"].crop_size
+    changed = resolve_budget("cpu", ["finetune_steps=300", "pretrain_image_size=128"])
+    assert changed.finetune_steps == 300 and changed.pretrain_image_size == 128
+    assert changed.name == "cpu+finetune_steps=300+pretrain_image_size=128"
+    assert resolve_budget("cpu", ["max_train_samples=none"]).max_train_samples is None
+    for spec, overrides, named in [("cpu", ["finetune_step=3"], "finetune_step=3"),
+                                   ("cpu", ["finetune_steps=many"], "finetune_steps must be an integer"),
+                                   ("cpu", ["finetune_lr=-1"], "finetune_lr must be > 0"),
+                                   ("gpu", [], "'gpu'")]:
+        with pytest.raises(UsageError, match=named):
+            resolve_budget(spec, overrides)
+    path.write_text(json.dumps({"finetune_stepz": 3}))
+    with pytest.raises(UsageError, match="unknown field.*finetune_stepz"):
+        resolve_budget(str(path))
+
+
+def test_budget_is_recorded_and_another_budget_of_the_same_name_is_refused(tmp_path):
+    """Guards issue 22 item 9: results.json records the budget actually used (`budget_requested`), and a re-run into
+    the same --out with other settings under the same budget name is refused instead of mixing schedules."""
+    import json
+
+    from conftest import data_path
+    from test_benchmark import tiny_unip
+    from unip_hf.argument_checks import UsageError
+    from unip_hf.benchmark import resolve_budget, run_benchmark
+
+    root = str(data_path("buffalo-udder"))
+    model = tiny_unip(tmp_path / "tiny")
+    out = tmp_path / "bench"
+    budget = resolve_budget("smoke", ["layerwise_steps=3"])
+    run_benchmark([model], "buffalo-udder", root, str(out), ["layerwise_probe"], [0], budget, attention=False)
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert runs[0]["budget"] == "smoke+layerwise_steps=3" and runs[0]["budget_requested"]["layerwise_steps"] == 3
+    edited = budget.__class__(**{**runs[0]["budget_requested"], "layerwise_steps": 4})
+    with pytest.raises(UsageError, match="layerwise_steps: 3 there, 4 now"):
+        run_benchmark([model], "buffalo-udder", root, str(out), ["layerwise_probe"], [0], edited, attention=False)
+
+
+def test_budget_errors_on_the_command_line_are_one_line(tmp_path):
+    """Guards issue 22 item 9 on the command line: `--budget_set` with an unknown field exits 2 with one line."""
+    status, lines, torch_loaded = _usage_error(["benchmark", "--models", "scratch:unip-tiny", "--dataset", "folder",
+                                                "--data_dir", ".", "--out", "o", "--budget", "cpu", "--budget_set",
+                                                "finetune_step=300"], tmp_path)
+    assert status == 2 and len(lines) == 1 and "finetune_step=300" in lines[0] and not torch_loaded

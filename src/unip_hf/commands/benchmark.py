@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 
 from ..ablation import BASE_ARMS, DOWNSTREAM_PROTOCOLS
-from ..benchmark import BUDGETS, PROTOCOLS
+from ..benchmark import BUDGETS, PROTOCOLS, resolve_budget
 from ..argument_checks import check_model_source, non_negative_int
 from . import add_command, flags, load
 
@@ -30,9 +30,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     for model in args.models:
         if not model.startswith("scratch:"):
             check_model_source("models", model)
+    budget = resolve_budget(args.budget, args.budget_set)  # a bad field or value: one line, before anything loads
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = load("unip_hf.benchmark").run_benchmark(args.models, args.dataset, args.data_dir, args.out, args.protocols, args.seeds,
-                          args.budget, args.eval_split, attention=not args.no_attention)
+                          budget, args.eval_split, attention=not args.no_attention)
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print(f"{len(store.entries)} runs in {os.path.join(args.out, 'results.json')}")
     return 0
@@ -43,7 +44,12 @@ def add_budget_argument(parser: argparse.ArgumentParser) -> None:
     summary = "; ".join(f"{b.name}: crop {b.crop_size}, fine-tune {b.finetune_steps} steps lr {b.finetune_lr:g}, "
                         f"probe {b.probe_steps} lr {b.probe_lr:g}, layer-wise {b.layerwise_steps} lr {b.layerwise_lr:g}"
                         for b in BUDGETS.values())
-    parser.add_argument(*flags("budget"), choices=sorted(BUDGETS), default="smoke", help=f"named preset ({summary})")
+    parser.add_argument(*flags("budget"), default="smoke", metavar="PRESET|FILE.json",
+                        help=f"a named preset ({summary}), or a JSON file of Budget fields (those it leaves out come "
+                             "from its \"base\" preset, default cpu)")
+    parser.add_argument(*flags("budget_set"), nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="change single budget fields, e.g. finetune_steps=300 pretrain_image_size=128 (recorded "
+                             "in results.json; the budget's name records them)")
 
 
 def register_benchmark(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +91,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     """Run `unip ablation`; returns the exit status."""
     check_model_source("teacher", args.teacher)
     check_model_source("student_config", args.student_config, hub_file=None, folder=False)
+    budget = resolve_budget(args.budget, args.budget_set)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     datasets = []
     if args.dataset or args.data_dir:
@@ -94,7 +101,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     datasets += _parse_downstream(args.downstream or [])
     if not datasets:
         raise SystemExit("unip ablation: error: give --dataset/--data_dir or --downstream NAME:DIR[:SPLIT]")
-    store = load("unip_hf.ablation").run_ablation(args.teacher, args.student_preset, args.infmix_root, datasets, args.seeds, args.budget,
+    store = load("unip_hf.ablation").run_ablation(args.teacher, args.student_preset, args.infmix_root, datasets, args.seeds, budget,
                          args.out, args.arms, args.protocols, student_config=args.student_config)
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print(f"{len(store.entries)} runs in {os.path.join(args.out, 'results.json')}")
