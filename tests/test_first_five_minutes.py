@@ -289,3 +289,26 @@ def test_budget_errors_on_the_command_line_are_one_line(tmp_path):
                                                 "--data_dir", ".", "--out", "o", "--budget", "cpu", "--budget_set",
                                                 "finetune_step=300"], tmp_path)
     assert status == 2 and len(lines) == 1 and "finetune_step=300" in lines[0] and not torch_loaded
+
+
+# -- item 1: one thread policy for every command ----------------------------------------------------------------
+
+
+def test_every_runnable_command_has_num_threads_and_the_policy_is_explicit(monkeypatch):
+    """Guards issue 22 item 1: torch's default threads fought other processes on shared cores (40 demo steps: 80 s
+    with 2 threads, 29 s with one). Every runnable command takes --num_threads; unset, OMP_NUM_THREADS wins, then
+    one thread for `unip demo`, then torch's default."""
+    from unip_hf.cli import build_parser
+    from unip_hf.commands import thread_policy
+
+    leaves = [(name, parser) for name, parser in _all_parsers() if parser.get_default("func") is not None]
+    assert len(leaves) > 10
+    missing = [name for name, parser in leaves if "--num_threads" not in parser._option_string_actions]
+    assert not missing, missing
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    parser = build_parser()
+    assert thread_policy(parser.parse_args(["demo"]))[0] == 1
+    assert thread_policy(parser.parse_args(["demo", "--num_threads", "2"])) == (2, "--num_threads")
+    assert thread_policy(parser.parse_args(["predict", "m", "x.png", "--out", "o"]))[0] is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_policy(parser.parse_args(["demo"])) == (3, "OMP_NUM_THREADS")

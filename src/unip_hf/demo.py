@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
+from . import register_auto_classes
 from .data import segmentation_metadata, write_synthetic_dataset
 from .image_processing_unip import decode_intensity, load_infrared_image
 
@@ -192,7 +193,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
           f"(chance level {chance['chance'] * 100:.1f}: majority class {chance['majority'] * 100:.1f}, random guess "
           f"with the training class frequencies {chance['random'] * 100:.1f})")
 
-    # Reload through the stock pipeline and draw one prediction.
+    # Reload through the stock pipeline (UNIP registered with the Auto classes) and draw one prediction.
+    register_auto_classes()
     segmenter = pipeline("image-segmentation", model=model_dir)
     undecoded = datasets.Image(decode=False)
     raw = eval_split.cast_column("image", undecoded).cast_column("label", undecoded)
