@@ -312,3 +312,22 @@ def test_every_runnable_command_has_num_threads_and_the_policy_is_explicit(monke
     assert thread_policy(parser.parse_args(["predict", "m", "x.png", "--out", "o"]))[0] is None
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert thread_policy(parser.parse_args(["demo"])) == (3, "OMP_NUM_THREADS")
+
+
+# -- item 7: README blocks stay in demo_out/, extras installed from the checkout -------------------------------
+
+
+def test_readme_blocks_write_only_under_demo_out_and_extras_come_from_the_checkout():
+    """Guards issue 22 item 7: README blocks left my_space/, unip.onnx, unip.preprocessor.json and overlay.png in the
+    repository root, and told users `pip install "unip-hf[onnx]"` for a package that is not on the index."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    for name in ("my_space", "unip.onnx", "overlay.png"):
+        for block in blocks:
+            for token in re.findall(r"\S*" + re.escape(name), block):
+                assert token.startswith("demo_out/"), (name, token)
+    assert "unip-hf[" not in text and 'pip install -e ".[onnx]"' in text
+    assert "--architecture semantic" in text  # the SIRST LL-FPN reference row names the model it measured
