@@ -118,7 +118,8 @@ def test_finetune_from_a_backbone_logs_one_line_and_one_scale(tmp_path):
     assert "MISSING" not in output and "LOAD REPORT" not in output and "\x1b[A" not in output
     assert "decode head initialised fresh: 79 tensors" in output
     table_value = next(line.split()[-1] for line in run.stdout.splitlines() if line.startswith("mIoU "))
-    assert f"step 2: eval mIoU {table_value} %" in output and f"done: 2 steps, mIoU {table_value} %" in output
+    # the kept (best) evaluation: its progress line, the table and the closing line all in percent
+    assert f": eval mIoU {table_value} %" in output and f"done: 2 steps, mIoU {table_value} %" in output
 
 
 def test_mae_teacher_loads_for_analysis_without_a_load_report(tmp_path, caplog, capfd):
