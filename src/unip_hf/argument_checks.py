@@ -2,8 +2,10 @@
 outside its range stops a run at start with a message naming the `--argument`, its allowed range and the value.
 
 The recipe dataclasses call `check_range`, `check_choice` and `check_model_source` from `__post_init__` (they raise
-`ValueError`, which `training.parse_recipe_args` turns into an argparse-style `error:` with exit status 2); the
-argparse sub-commands use `positive_int` / `non_negative_int` as `type=` so that argparse reports a bad value itself.
+`UsageError`, a `ValueError`: `unip` prints it as one line with exit status 2, `training.parse_recipe_args` as an
+argparse-style `error:`); every command that loads a model calls `check_model_source` before anything heavy loads;
+the argparse sub-commands use `positive_int` / `non_negative_int` as `type=` so that argparse reports a bad value
+itself. Light: no torch, transformers or datasets.
 """
 
 from __future__ import annotations

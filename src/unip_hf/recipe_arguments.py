@@ -6,8 +6,8 @@ start at once.
   `DistillationArguments`, `PretrainDataArguments`, `PretrainingArguments` (NMI-HAD pre-training), `MaeArguments`
   (with the last two: ViT-MAE pre-training of a teacher, `unip pretrain-mae`), `ModelArguments`,
   `DataArguments`, `FinetuningArguments` (fine-tuning, linear probing) and `EvaluationArguments`. Each
-  `__post_init__` refuses out-of-range values naming the `--argument`; checks that need the model or metric code
-  import it there, when the arguments are built, never while the parser is.
+  `__post_init__` refuses out-of-range values and unknown choices naming the `--argument`, with no heavy import
+  (the choices live in the light `unip_hf.choices`), so `unip finetune` refuses them before torch loads.
 - `add_dataclass_arguments(parser, types)` adds their fields to any `argparse` parser exactly as
   `transformers.HfArgumentParser` would (the same `--name` / `--name-with-dashes` options, types, defaults, `nargs`,
   `--no_<flag>` negations; `tests/test_recipe_arguments.py` compares the two), without importing transformers, and
