@@ -249,11 +249,12 @@ def test_cli_options_refuse_out_of_range_values(assets, tmp_path, capsys, argv, 
     ("./nope", "error: MODEL './nope': the local path does not exist"),
     ("BERT", "is a 'bert' model (BertConfig), not a ViT-family vision model"),
 ])
-def test_analyze_attention_names_a_bad_model(assets, tmp_path, model, message):
+def test_analyze_attention_names_a_bad_model(assets, tmp_path, capsys, model, message):
     model = str(assets / "bert") if model == "BERT" else model
     with pytest.raises(SystemExit) as caught:
         cli.main(["analyze-attention", model, "--images", str(assets / "images"), "--out", str(tmp_path / "out")])
-    assert message in str(caught.value.code)
+    # a missing path is a usage error (issue 22: one line on stderr, status 2, before anything loads)
+    assert message in str(caught.value.code) + capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

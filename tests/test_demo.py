@@ -16,7 +16,7 @@ from conftest import reset_accelerate
 def test_demo_is_a_cli_command():
     args = build_parser().parse_args(["demo", "--out", "x", "--max_steps", "3"])
     assert args.command == "demo" and args.out == "x" and args.max_steps == 3 and args.dataset is None
-    assert build_parser().parse_args(["demo"]).max_steps == 800
+    assert build_parser().parse_args(["demo"]).max_steps == 120  # about a minute on 2 shared cores (issue 22)
 
 
 def test_short_demo_end_to_end(tmp_path, capsys):
@@ -33,6 +33,10 @@ def test_short_demo_end_to_end(tmp_path, capsys):
                                                                       "hot_target"}
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["steps"] == 3 and summary["dataset"] == "synthetic"
+    # saved as it goes (issue 22): an evaluation and a checkpoint half-way, not only at the end
+    assert "every 1 steps an evaluation and a checkpoint" in printed
+    assert (tmp_path / "demo" / "model" / "checkpoint-1").is_dir()
+    assert len(json.loads((tmp_path / "demo" / "model" / "eval_log.json").read_text())["history"]) == 3
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_unip.py",
                  "eval_results.json", "README.md"):
         assert (tmp_path / "demo" / "model" / name).is_file(), name

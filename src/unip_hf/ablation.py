@@ -21,6 +21,7 @@ No torch import at module import.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .benchmark import BUDGETS, Budget, ModelSource, reset_accelerate_state, run_training_protocol
+from .benchmark import (
+    Budget,
+    ModelSource,
+    check_budget_settings,
+    reset_accelerate_state,
+    resolve_budget,
+    run_training_protocol,
+)
 from .benchmark_results import ResultStore, seed_values, table_columns, write_reports
 from .statistics import paired_comparison
 
@@ -170,7 +178,7 @@ def run_ablation(teacher: str, student_preset: str, infmix_root: str, datasets: 
     """
     from .finetuning_data import resolve_eval_split
 
-    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    budget = resolve_budget(budget)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     bad = [p for p in protocols if p not in DOWNSTREAM_PROTOCOLS]
     if bad:
@@ -188,6 +196,7 @@ def run_ablation(teacher: str, student_preset: str, infmix_root: str, datasets: 
                                                      "teacher_labels": report.labels, "teacher_nmi": report.nmi_mean,
                                                      "head_mix": report.head_mix, "arms": plans})
     store = ResultStore(os.path.join(out_dir, "results.json"))
+    check_budget_settings(store, budget)
     splits = [(name, data_dir, resolve_eval_split(name, data_dir, split)) for name, data_dir, split in datasets]
     for seed in seeds:
         for arm in arms:
@@ -209,7 +218,8 @@ def run_ablation(teacher: str, student_preset: str, infmix_root: str, datasets: 
                 begin = time.perf_counter()
                 out = run_training_protocol(source, key["protocol"], name, data_dir, split, budget, seed, run_dir)
                 store.add({**key, **out, "wall_s": time.perf_counter() - begin, "pretrain_s": pretrain_s,
-                           "command": command, "arm": plan, "teacher": teacher})
+                           "command": command, "arm": plan, "teacher": teacher,
+                           "budget_settings": dataclasses.asdict(budget), "budget_requested": dataclasses.asdict(budget)})
     write_reports(store, out_dir, extra_markdown=paired_markdown(store.entries))
     return store
 
@@ -232,7 +242,7 @@ def paired_markdown(entries: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {arm} | {column[0]} ({column[1]}) {column[2]} | {len(c['seeds'])} | "
                          f"{c['mean_difference'] * 100:+.1f} | {c['std_difference'] * 100:.1f} | "
                          f"{c['sign_test_p']:.3f} | [{c['bootstrap_low'] * 100:+.1f}, {c['bootstrap_high'] * 100:+.1f}]"
-                         f" | {c['verdict']} |")
+                         f" | {c['verdict']}{' (' + c['verdict_reason'] + ')' if c['verdict_reason'] else ''} |")
     lines.append("")
     lines.append("Verdict: better / worse only when the bootstrap interval excludes 0 and every seed agrees in sign; "
                  "with 3 seeds the sign test's smallest p is 0.25, so read the differences with their spread.")

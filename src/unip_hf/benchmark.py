@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .argument_checks import UsageError
 from .benchmark_results import ResultStore, write_reports
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,99 @@ BUDGETS: dict[str, Budget] = {
         attention_images=64, attention_size=224, pretrain_steps=100 * 200, pretrain_batch_size=4096,
         pretrain_image_size=224, pretrain_lr=1.5e-4 * 4096 / 256),
 }
+
+
+def _budget_value(name: str, value: Any, hint: str, where: str) -> Any:
+    """`value` as the type of `Budget.<name>` (`hint`: its annotation), or a `UsageError` naming field and value."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if "None" in hint:
+            return None
+        raise UsageError(f"{where}: {name} must be {hint.split(' |')[0]}, not none")
+    kind = hint.split(" |")[0].strip()
+    if kind in ("int", "float"):
+        try:
+            if isinstance(value, bool) or (kind == "int" and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            number = (int(value, 10) if isinstance(value, str) else int(value)) if kind == "int" else float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got "
+                             f"{value!r}") from None
+        if not number > 0:
+            raise UsageError(f"{where}: {name} must be > 0, got {value!r}")
+        return number
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: {name} must be a string, got {value!r}")
+    if name == "eval_mode" and value not in ("whole", "slide"):
+        raise UsageError(f"{where}: eval_mode must be whole or slide, got {value!r}")
+    return value
+
+
+def resolve_budget(spec: str | Budget, overrides: Sequence[str] = ()) -> Budget:
+    """The `Budget` of `--budget SPEC [--budget_set FIELD=VALUE ...]`.
+
+    Args:
+        spec: A `BUDGETS` name (`smoke`, `cpu`, `paper`), a JSON file of `Budget` fields (fields it leaves out come
+            from the preset named by its `"base"`, default `cpu`; its name is its `"name"`, else the file name), or a
+            `Budget`.
+        overrides: `FIELD=VALUE` strings replacing single fields; the budget's name then records them
+            (`cpu+finetune_steps=300`), so results at another budget never share a name with the preset's.
+
+    Raises:
+        UsageError: an unknown preset, file, field or a value of the wrong type, named.
+    """
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Budget)}
+    if isinstance(spec, Budget):
+        budget = spec
+    elif spec in BUDGETS:
+        budget = BUDGETS[spec]
+    elif spec.endswith(".json") or os.path.isfile(spec):
+        if not os.path.isfile(spec):
+            raise UsageError(f"--budget {spec!r}: no such file (a budget is {', '.join(BUDGETS)} or a JSON file of "
+                             "Budget fields)")
+        try:
+            with open(spec, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--budget {spec!r}: not a readable JSON file ({err})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--budget {spec!r}: expected a JSON object of Budget fields")
+        base_name = data.pop("base", "cpu")
+        if base_name not in BUDGETS:
+            raise UsageError(f"--budget {spec!r}: base must be one of {', '.join(BUDGETS)}, got {base_name!r}")
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise UsageError(f"--budget {spec!r}: unknown field(s) {', '.join(unknown)}; Budget fields: "
+                             f"{', '.join(fields)}")
+        values = {name: _budget_value(name, value, fields[name], f"--budget {spec}") for name, value in data.items()}
+        values.setdefault("name", os.path.splitext(os.path.basename(spec))[0])
+        values.setdefault("description", f"from {spec} (base {base_name})")
+        budget = dataclasses.replace(BUDGETS[base_name], **values)
+    else:
+        raise UsageError(f"--budget {spec!r}: choose {', '.join(BUDGETS)} or a JSON file of Budget fields")
+    changes = {}
+    for text in overrides:
+        name, sep, value = text.partition("=")
+        if not sep or name not in fields or name in ("name", "description"):
+            raise UsageError(f"--budget_set {text!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(f for f in fields if f not in ('name', 'description'))}")
+        changes[name] = _budget_value(name, value, fields[name], f"--budget_set {text}")
+    if changes:
+        suffix = "+".join(f"{name}={changes[name]}" for name in sorted(changes))
+        budget = dataclasses.replace(budget, **changes, name=f"{budget.name}+{suffix}")
+    return budget
+
+
+def check_budget_settings(store: ResultStore, budget: Budget) -> None:
+    """Refuse to add runs at `budget` to a results file holding runs under the same budget name with other
+    settings (a preset edited since, or a budget file changed): mixing them would average different schedules."""
+    wanted = dataclasses.asdict(budget)
+    for entry in store.entries:
+        recorded = entry.get("budget_requested")
+        if entry.get("budget") == budget.name and recorded is not None and recorded != wanted:
+            changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+            raise UsageError(f"{store.path} holds runs at budget {budget.name!r} with other settings "
+                             f"({', '.join(f'{k}: {recorded.get(k)!r} there, {wanted[k]!r} now' for k in changed)}); "
+                             "choose another --out or give this budget another name")
 
 
 @dataclass
@@ -302,7 +397,7 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
     Returns:
         The `ResultStore` of `OUT/results.json`.
     """
-    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    budget = resolve_budget(budget)
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"--protocols {bad}: choose among {', '.join(PROTOCOLS)}")
@@ -311,6 +406,7 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     os.makedirs(out_dir, exist_ok=True)
     store = ResultStore(os.path.join(out_dir, "results.json"))
+    check_budget_settings(store, budget)
     from .finetuning_data import resolve_eval_split
 
     sources = [resolve_model(spec, out_dir) for spec in models]
@@ -344,7 +440,8 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
                 out = run_training_protocol(source, protocol, dataset, data_dir, eval_split, model_budget, seed,
                                             run_dir)
             entry = {**key, **out, "wall_s": time.perf_counter() - start, "command": command,
-                     "budget_settings": dataclasses.asdict(model_budget)}
+                     "budget_settings": dataclasses.asdict(model_budget),
+                     "budget_requested": dataclasses.asdict(budget)}
             store.add(entry)
             if on_run_end is not None:
                 on_run_end(entry)
@@ -352,4 +449,4 @@ def run_benchmark(models: Sequence[str], dataset: str, data_dir: str, out_dir: s
     return store
 
 
-__all__ = ["BUDGETS", "Budget", "run_benchmark"]
+__all__ = ["BUDGETS", "Budget", "resolve_budget", "run_benchmark"]

@@ -15,7 +15,8 @@ Every module in `COMMAND_MODULES` follows one convention:
   `unip --help` and every `unip X --help` start in a fraction of a second. Argument dataclasses of the training
   recipes live in the light `unip_hf.recipe_arguments`.
 
-`main` calls `args.func(args)` and returns its status; `tests/test_cli.py` checks the convention for every module and
+`main` calls `args.func(args)` and returns its status; a `unip_hf.argument_checks.UsageError` raised by a handler (a bad
+path, choice or number, checked before anything heavy loads) becomes one line `unip X: error: ...` and status 2; `tests/test_cli.py` checks the convention for every module and
 `tests/test_cli_startup.py` that building the parser imports none of the heavy packages."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import os
 import sys
 
 from . import __version__
+from .argument_checks import UsageError
+from .commands import add_thread_option, set_thread_policy
 
 # Modules that define `register(subparsers)`; each adds one or more sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -48,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _add_thread_options(parser, [])
     return parser
+
+
+def _add_thread_options(parser: argparse.ArgumentParser, path: list[str]) -> None:
+    """`--num_threads` on every runnable command (one thread policy for all: `unip_hf.commands.thread_policy`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _add_thread_options(sub, [*path, name])
+    if path and parser.get_default("func") is not None:
+        add_thread_option(parser, path[0])
 
 
 def _location() -> str:
@@ -61,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    set_thread_policy(args)
+    try:
+        result = args.func(args)
+    except UsageError as err:  # a mistake in what was typed: one line, status 2, no traceback
+        print(f"{getattr(args, 'command_prog', parser.prog)}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None  # as argparse's own usage errors
     return int(result or 0)
 
 

@@ -43,6 +43,21 @@ SMALL_TARGET_AUTO_MAP = {
 }
 
 
+def respect_umask(folder: str | os.PathLike, suffix: str = ".safetensors") -> None:
+    """Give the `suffix` files in `folder` the mode an ordinary `open()` would (0666 minus the umask).
+
+    safetensors (0.8) writes through a private temporary file and renames it, so `model.safetensors` came out 0600
+    beside 0644 JSON files and a model folder shared with a group was unreadable to it (issue 22). Every folder the
+    package writes weights into passes here once, after saving.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.endswith(suffix) and os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, 0o666 & ~mask)
+
+
 def write_remote_code(save_directory: str | os.PathLike, json_name: str = "config.json",
                       auto_map: dict[str, Any] | None = None) -> None:
     """The one way UNIP objects save their remote code (models and the processor alike): copy the three UNIP files
@@ -57,6 +72,7 @@ def write_remote_code(save_directory: str | os.PathLike, json_name: str = "confi
         json_name: the JSON file that gets the `auto_map` (`config.json`, or `preprocessor_config.json`).
         auto_map: the entries to write (default: every Auto class the copied files provide).
     """
+    respect_umask(save_directory)
     here = os.path.dirname(os.path.abspath(__file__))
     for name in REMOTE_CODE_FILES:
         source = os.path.join(here, name)

@@ -1,7 +1,7 @@
 """`unip demo`: the whole UNIP (Zhang et al., ICLR 2025) downstream path in one command, offline and on CPU.
 
 Without data it writes synthetic thermal scenes, trains a tiny UNIP segmentation model (LL-FPN + UPerNet) on them for
-a couple of minutes with a progress bar, evaluates it (mIoU printed next to the chance level), saves it with its
+about a minute with a progress bar (and its ETA), evaluating and checkpointing half-way, evaluates it (mIoU printed next to the chance level), saves it with its
 processor, reloads it through `pipeline("image-segmentation")` and writes a PNG with the prediction overlaid. With
 `--dataset NAME --data_dir DIR` it does the same on a real infrared segmentation set.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
+from . import register_auto_classes
 from .data import segmentation_metadata, write_synthetic_dataset
 from .infrared_decoding import decode_intensity, load_infrared_image
 
@@ -105,10 +106,10 @@ def overlay_panels(image: Image.Image, prediction: np.ndarray, id2label: dict[in
     return canvas
 
 
-def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | None = None, max_steps: int = 800,
+def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | None = None, max_steps: int = 120,
              model_name_or_path: str = "none", preset: str = "unip-tiny", crop_size: int | None = None,
              batch_size: int = 8, learning_rate: float | None = None, num_train: int = 64, num_val: int = 8,
-             eval_steps: int = 0, seed: int = 0, quiet: bool = False) -> DemoResult:
+             eval_steps: int | None = None, seed: int = 0, quiet: bool = False) -> DemoResult:
     """Train, evaluate, save, reload through `pipeline` and draw one prediction.
 
     Args:
@@ -116,8 +117,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
             overlay `prediction_overlay.png` and `demo_summary.json`).
         dataset (`str`, *optional*): a `unip_hf.data` builder name (with `data_dir`); synthetic scenes when absent.
         data_dir (`str`, *optional*): the real data set's folder.
-        max_steps (`int`, *optional*, defaults to 800): optimizer steps (about two minutes on 2 CPU cores for the
-            synthetic demo).
+        max_steps (`int`, *optional*, defaults to 120): optimizer steps (about a minute of wall time on 2 shared CPU
+            cores with one torch thread for the synthetic demo, README "Set up").
         model_name_or_path (`str`, *optional*, defaults to `"none"`): start from this UNIP checkpoint instead of
             random weights.
         preset (`str`, *optional*, defaults to `"unip-tiny"`): size for real data from scratch (the synthetic demo
@@ -126,7 +127,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
         batch_size (`int`, *optional*, defaults to 8): images per step.
         learning_rate (`float`, *optional*): peak learning rate (1e-3 from scratch, 1e-4 from a checkpoint).
         num_train / num_val (`int`, *optional*): synthetic scenes per split.
-        eval_steps (`int`, *optional*, defaults to 0): evaluate every N steps too (0: at the end only).
+        eval_steps (`int`, *optional*): evaluate and save a checkpoint every N steps, so an interrupted demo has
+            saved something (default: half of `max_steps`; 0: evaluate at the end only, no checkpoint).
         seed (`int`, *optional*, defaults to 0): seed of the scenes, the views and the model.
         quiet (`bool`, *optional*, defaults to `False`): print less.
     """
@@ -158,6 +160,11 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
         crop = crop_size or 128
         img_scale = f"{4 * crop}x{crop}"
         overrides, patch, ratio = None, None, (0.5, 2.0)
+    if eval_steps is None:
+        eval_steps = max(1, max_steps // 2) if max_steps >= 2 else 0
+    print(f"training {max_steps} steps (the bar shows the time left); "
+          + (f"every {eval_steps} steps an evaluation and a checkpoint in {os.path.join(out, 'model')}"
+             if eval_steps else "evaluation at the end"), flush=True)
     cache_dir = os.path.join(out, "hf_cache")
     model_dir = os.path.join(out, "model")
     model_args = ModelArguments(model_name_or_path=model_name_or_path or "none", preset=preset,
@@ -168,7 +175,7 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
         output_dir=model_dir, per_device_train_batch_size=batch_size, max_steps=max_steps,
         learning_rate=learning_rate or (1e-3 if from_scratch else 1e-4),
         layer_decay=1.0 if from_scratch else 0.85, warmup_ratio=0.05, eval_steps=eval_steps,
-        checkpointing_steps=0, seed=seed,
+        checkpointing_steps=eval_steps, overwrite_output_dir=True, seed=seed,  # a re-run starts over
     )
     result = run_finetuning(model_args, data_args, train_args)
 
@@ -186,7 +193,8 @@ def run_demo(out: str = "demo_out", dataset: str | None = None, data_dir: str | 
           f"(chance level {chance['chance'] * 100:.1f}: majority class {chance['majority'] * 100:.1f}, random guess "
           f"with the training class frequencies {chance['random'] * 100:.1f})")
 
-    # Reload through the stock pipeline and draw one prediction.
+    # Reload through the stock pipeline (UNIP registered with the Auto classes) and draw one prediction.
+    register_auto_classes()
     segmenter = pipeline("image-segmentation", model=model_dir)
     undecoded = datasets.Image(decode=False)
     raw = eval_split.cast_column("image", undecoded).cast_column("label", undecoded)
@@ -218,7 +226,7 @@ def command_demo(args: argparse.Namespace) -> int:
     """Run `unip demo`; returns the exit status."""
     run_demo(out=args.out, dataset=args.dataset, data_dir=args.data_dir, max_steps=args.max_steps,
              model_name_or_path=args.model_name_or_path, preset=args.preset, crop_size=args.crop_size,
-             batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+             batch_size=args.batch_size, learning_rate=args.learning_rate, eval_steps=args.eval_steps, seed=args.seed)
     return 0
 
 

@@ -46,11 +46,10 @@ from .vit_family import (
     transformer_blocks,
     vision_tower,
 )
+from .choices import DISTILL_TARGETS, FEATURE_LOSSES
 
 logger = logging.getLogger(__name__)
 
-DISTILL_TARGETS = ("attention", "features", "none")
-FEATURE_LOSSES = ("cosine", "smooth_l1")
 
 
 class _StopForward(Exception):

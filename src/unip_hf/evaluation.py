@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .argument_checks import check_choice, check_range
+from .argument_checks import check_choice, check_eval_protocol, check_range  # noqa: F401
 from .data import segmentation_metadata
 from .finetuning_data import (
     TASKS,
@@ -189,7 +189,9 @@ def evaluate_model(
     main = accelerator is None or accelerator.is_local_main_process
     try:
         with torch.random.fork_rng(devices=[]):
-            bar = tqdm(indices, desc="eval", disable=not (show_progress and main), leave=False, dynamic_ncols=True)
+            # only on a terminal: in a log, a bar nested under the training bar writes `[A` cursor codes
+            bar = tqdm(indices, desc="eval", disable=not (show_progress and main and sys.stderr.isatty()), leave=False,
+                       dynamic_ncols=True)
             for index in bar:
                 sample = dataset[index]
                 pixel_values = sample["pixel_values"].unsqueeze(0).to(device)
@@ -253,6 +255,13 @@ def _percent(value) -> str:
     return f"{'-':>10}" if missing else f"{value * 100:>10.2f}"
 
 
+def format_metric(key: str, value: float) -> str:
+    """One metric as the tables show it (`IoU 0.03`: the display name, percent where the table uses percent), so a
+    progress line never prints a fraction beside a table in percent."""
+    name, percent = METRIC_DISPLAY.get(key, (key, False))
+    return f"{name} {(value * 100 if percent else value):.2f}{' %' if percent else ''}"
+
+
 def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | None = None) -> str:
     """A plain-text table of the headline metrics (percent) and, for semantic sets, per-class IoU / accuracy."""
     lines = [f"{'metric':<18}{'value':>10}"]
@@ -268,21 +277,6 @@ def format_metrics_table(metrics: dict[str, Any], id2label: dict[int, str] | Non
             acc = per_acc[index] if per_acc is not None and index < len(per_acc) else float("nan")
             lines.append(f"{str(name)[:17]:<18}{_percent(iou)}{_percent(acc)}")
     return "\n".join(lines)
-
-
-def check_eval_protocol(task: str, eval_mode: str, crop_size: int | None, eval_stride: int | None,
-                        img_scale: str | None, irstd_threshold: float) -> None:
-    """The evaluation arguments that fine-tuning and evaluation share; `ValueError` naming the first bad one."""
-    check_choice("task", task, TASKS)
-    check_choice("eval_mode", eval_mode, EVAL_MODES)
-    check_range("crop_size", crop_size, 1, optional=True)
-    check_range("eval_stride", eval_stride, 1, optional=True)
-    if img_scale and img_scale.lower() != "none":
-        parse_img_scale(img_scale, crop_size or 1)
-    check_range("irstd_threshold", irstd_threshold, 0, 1, low_open=True, high_open=True,
-                note="a probability threshold of the target class")
-
-
 
 
 def check_evaluation_args(args: EvaluationArguments) -> None:

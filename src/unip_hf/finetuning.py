@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
 from .argument_checks import check_choice, check_multiple_of, check_range
+from .choices import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES
 from .configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from .data import SegmentationTrainTransform, segmentation_metadata
-from .evaluation import SegmentationEvaluator, evaluate_model, format_metrics_table
+from .evaluation import SegmentationEvaluator, evaluate_model, format_metric, format_metrics_table
 from .finetuning_data import (
     EvalSegmentationDataset,
     HardNegativePool,
@@ -47,6 +49,7 @@ from .metrics.irstd.pd_fa_curve import OPERATING_THRESHOLDS, choose_threshold
 from .modeling_unip_small_target import UnipForSmallTargetSegmentation
 from .modeling_unip_segmentation import UnipForSemanticSegmentation
 from .small_target_distillation import SmallTargetDistiller
+from .vit_family import load_reported
 from .segmentation_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
@@ -74,10 +77,8 @@ from .training_curves import write_training_curves
 logger = logging.getLogger(__name__)
 
 
-DECODE_HEAD_CHOICES = ("ll_fpn", "multilevel_fpn")
-MODES = ("finetune", "linear_probe")
-#: `--architecture`: `auto` is `small_target` for small-target (irstd) data sets, `semantic` otherwise.
-ARCHITECTURES = ("auto", "small_target", "semantic")
+#: `--decode_head`, `--mode`, `--architecture` (`auto` is `small_target` for small-target (irstd) data sets,
+#: `semantic` otherwise): in the light `unip_hf.choices`, so that a typo is refused before anything loads.
 EVAL_LOG_NAME = "eval_log.json"
 
 
@@ -92,25 +93,6 @@ def parse_tmt_blocks(text: str | None, depth: int) -> list[int]:
     if any(not 0 <= b < depth for b in blocks):
         raise ValueError(f"--tmt_blocks {text!r} has blocks outside 0..{depth - 1}")
     return blocks
-
-
-def check_tmt_args(model_args: "ModelArguments") -> None:
-    """The TMT options, checked whether or not `--tmt` is given (a typo never waits for a TMT run)."""
-    check_choice("tmt_regions", model_args.tmt_regions, REGION_MODES)
-    check_choice("tmt_score", model_args.tmt_score, sorted(TRANSFERABILITY_SCORES))
-    check_range("tmt_loss_weight", model_args.tmt_loss_weight, 0)
-    check_range("tmt_max_clusters", model_args.tmt_max_clusters, 1)
-    check_range("tmt_explained_variance", model_args.tmt_explained_variance, 0, 1, low_open=True, high_open=True)
-    check_range("tmt_spatial_weight", model_args.tmt_spatial_weight, 0)
-    check_range("tmt_window", model_args.tmt_window, 1)
-    check_range("tmt_visualize", model_args.tmt_visualize, 0)
-    if model_args.tmt and model_args.tmt_attention and model_args.tmt_loss_weight:
-        raise ValueError("--tmt_loss_weight is the ablation without TMA: use it with --no_tmt_attention (the map then "
-                         "only weights the loss)")
-    if model_args.tmt_visualize and not model_args.tmt:
-        raise ValueError("--tmt_visualize draws the TMT transferability maps: add --tmt")
-    if model_args.mode == "linear_probe" and model_args.tmt:
-        raise ValueError("--tmt adapts the backbone; it has no effect with --mode linear_probe (frozen backbone)")
 
 
 def tmt_active(model_args: "ModelArguments") -> bool:
@@ -143,6 +125,7 @@ def check_finetuning_args(model_args: ModelArguments, data_args: DataArguments,
         raise ValueError("--data_dir is required (the data set's root folder)")
     if not os.path.isdir(data_args.data_dir):
         raise FileNotFoundError(f"--data_dir {data_args.data_dir!r} is not a folder")
+    check_choice("tmt_score", model_args.tmt_score, sorted(TRANSFERABILITY_SCORES))  # a registry: not in choices
     task = dataset_task(data_args.dataset, data_args.task)
     ranked = RANKED_METRICS["irstd" if task == "irstd" else "mean_iou"]
     if training_args.metric_for_best_model is not None and training_args.metric_for_best_model not in ranked:
@@ -229,8 +212,8 @@ def build_small_target_model(model_args: ModelArguments, id2label: dict[int, str
     saved = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     model_type = getattr(saved, "model_type", None)
     if model_type == "unip_small_target":
-        return UnipForSmallTargetSegmentation.from_pretrained(source, **labels, **overrides,
-                                                              trust_remote_code=model_args.trust_remote_code)
+        return _load_segmenter(UnipForSmallTargetSegmentation, source, **labels, **overrides,
+                               trust_remote_code=model_args.trust_remote_code)
     if model_type != "unip":
         raise ValueError(f"{source} is a {model_type!r} checkpoint; convert it first with `unip convert {source} OUT` "
                          "and fine-tune OUT")
@@ -238,8 +221,8 @@ def build_small_target_model(model_args: ModelArguments, id2label: dict[int, str
               if k not in ("model_type", "architectures", "auto_map", "transformers_version", "id2label", "label2id",
                            "num_labels", "decode_head", "semantic_loss_type")}
     config = UnipSmallTargetConfig(**{**fields, **labels, **overrides})
-    return UnipForSmallTargetSegmentation.from_pretrained(source, config=config,
-                                                          trust_remote_code=model_args.trust_remote_code)
+    return _load_segmenter(UnipForSmallTargetSegmentation, source, config=config,
+                           trust_remote_code=model_args.trust_remote_code)
 
 
 def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size: int, task: str = "semantic"):
@@ -297,10 +280,18 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         {int(k): v for k, v in (getattr(saved, "id2label", None) or {}).items()} == labels["id2label"])
     # a new class list or another head re-initialises the mismatched head weights (reported by transformers)
     same_head = getattr(saved, "decode_head", decode_head) == decode_head
-    return UnipForSemanticSegmentation.from_pretrained(
-        source, **labels, **overrides, ignore_mismatched_sizes=not (same_labels and same_head),
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    return _load_segmenter(UnipForSemanticSegmentation, source, **labels, **overrides,
+                           ignore_mismatched_sizes=not (same_labels and same_head),
+                           trust_remote_code=model_args.trust_remote_code)
+
+
+def _load_segmenter(model_class: type, source: str, **kwargs: Any):
+    """`model_class.from_pretrained(source, **kwargs)` saying in one line what was initialised fresh (a backbone's
+    new decode head) instead of transformers' per-key table (`vit_family.load_reported`)."""
+    model, line = load_reported(model_class.from_pretrained, source, **kwargs)
+    if line and PartialState().is_main_process:
+        print(f"{source}: {line}")
+    return model
 
 
 def freeze_unused_backbone_parameters(model) -> list[str]:
@@ -495,8 +486,9 @@ def run_finetuning(
         accelerator.wait_for_everyone()
         scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         accelerator.log(scalars, step=step)
-        accelerator.print(f"step {step}: eval {main_metric} = {value:.4f}"
-                          + (" (best)" if improved else f" (best {best['value']:.4f} at step {best['step']})"))
+        accelerator.print(f"step {step}: eval {format_metric(main_metric, value)}"
+                          + (" (best)" if improved else
+                             f" (best {format_metric(main_metric, best['value'])} at step {best['step']})"))
         return metrics
 
     def save_best_model(step: int, metrics: dict[str, Any]) -> None:
@@ -733,7 +725,7 @@ def finetune_from_arguments(arguments: tuple) -> int:
     if result is None:
         return code
     value = result.metrics.get(result.main_metric)
-    print(f"done: {result.global_step} steps, {result.main_metric} {value:.4f} (step {result.best_step}); "
+    print(f"done: {result.global_step} steps, {format_metric(result.main_metric, value)} (step {result.best_step}); "
           f"saved to {result.output_dir}")
     return 0
 

@@ -18,11 +18,12 @@ from .data import IndexedTransformDataset, load_segmentation_dataset
 from .data.segmentation import available_splits
 from .image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor, keep_ratio_size
 from .infrared_decoding import load_infrared_image
+from .argument_checks import parse_img_scale  # noqa: F401  (re-exported: the evaluation resolution)
+from .choices import TASKS
 
 
 #: Data sets evaluated with the small-target metrics (IoU, nIoU, Pd, Fa).
 IRSTD_DATASETS = ("sirst", "nudt-sirst", "irstd-1k")
-TASKS = ("auto", "semantic", "irstd")
 
 
 def dataset_task(name: str, override: str | None = None) -> str:
@@ -37,20 +38,6 @@ def dataset_task(name: str, override: str | None = None) -> str:
             raise ValueError(f"--task must be auto, semantic or irstd, got {override!r}")
         return override
     return "irstd" if name.lower().replace("_", "-") in IRSTD_DATASETS else "semantic"
-
-
-def parse_img_scale(text: str | None, crop_size: int) -> tuple[int, int]:
-    """`"2048x512"` -> `(2048, 512)` (long, short side targets); empty -> `(4 * crop_size, crop_size)` (mmseg's
-    2048x512 for 512 crops)."""
-    if not text:
-        return (4 * crop_size, crop_size)
-    try:
-        long_side, short_side = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--img_scale must look like 2048x512 (long x short side), got {text!r}") from None
-    if min(long_side, short_side) < 1:
-        raise ValueError(f"--img_scale sides must be >= 1 pixel, got {text!r}")
-    return (max(long_side, short_side), min(long_side, short_side))
 
 
 def rescale_size(width: int, height: int, img_scale: tuple[int, int]) -> tuple[int, int]:

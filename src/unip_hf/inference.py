@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-EVAL_MODES = ("whole", "slide")
+from .choices import EVAL_MODES
 
 
 def _pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:

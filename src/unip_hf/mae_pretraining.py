@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .configuration_unip import respect_umask
 from .recipe_arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
 from .training import create_accelerator, finish_run, run_recipe, train_loop
 from .recipe_arguments import parse_recipe_args
@@ -115,6 +116,7 @@ def run_mae_pretraining(mae: MaeArguments, data: PretrainDataArguments, train: P
                "first_loss": losses[0] if losses else None, "final_loss": result.final_loss}
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(train.output_dir)
+        respect_umask(train.output_dir)
         processor = _vit_image_processor()(size={"height": data.image_size, "width": data.image_size},
                                            image_mean=[data.image_mean] * data.num_channels,
                                            image_std=[data.image_std] * data.num_channels)

@@ -6,8 +6,8 @@ start at once.
   `DistillationArguments`, `PretrainDataArguments`, `PretrainingArguments` (NMI-HAD pre-training), `MaeArguments`
   (with the last two: ViT-MAE pre-training of a teacher, `unip pretrain-mae`), `ModelArguments`,
   `DataArguments`, `FinetuningArguments` (fine-tuning, linear probing) and `EvaluationArguments`. Each
-  `__post_init__` refuses out-of-range values naming the `--argument`; checks that need the model or metric code
-  import it there, when the arguments are built, never while the parser is.
+  `__post_init__` refuses out-of-range values and unknown choices naming the `--argument`, with no heavy import
+  (the choices live in the light `unip_hf.choices`), so `unip finetune` refuses them before torch loads.
 - `add_dataclass_arguments(parser, types)` adds their fields to any `argparse` parser exactly as
   `transformers.HfArgumentParser` would (the same `--name` / `--name-with-dashes` options, types, defaults, `nargs`,
   `--no_<flag>` negations; `tests/test_recipe_arguments.py` compares the two), without importing transformers, and
@@ -28,7 +28,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_type_hints
 
-from .argument_checks import check_choice, check_model_source, check_range
+from .argument_checks import check_choice, check_eval_protocol, check_model_source, check_range
+from .choices import (
+    ARCHITECTURES,
+    DECODE_HEAD_CHOICES,
+    DISTILL_TARGETS,
+    FA_RULES,
+    FEATURE_LOSSES,
+    LOSS_TYPES,
+    MODES,
+    PRESET_NAMES,
+    RANKED_METRICS,
+    REGION_MODES,
+    SEGMENTATION_DATASETS,
+)
 
 SCHEDULER_TYPES = ("cosine", "poly", "linear", "constant")
 MIXED_PRECISION_TYPES = ("no", "fp16", "bf16", "fp8")
@@ -150,11 +163,6 @@ class DistillationArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code when loading the teacher."})
 
     def __post_init__(self):
-        # the choices live with the code that uses them (torch / transformers): imported when the arguments are
-        # built, never for `--help`
-        from .configuration_unip import UNIP_PRESETS
-        from .distillation import DISTILL_TARGETS, FEATURE_LOSSES
-
         check_choice("distill_target", self.distill_target, DISTILL_TARGETS)
         if self.distill_target != "none" and not self.teacher_name_or_path:
             raise ValueError("--teacher_name_or_path is required unless --distill_target none")
@@ -169,7 +177,7 @@ class DistillationArguments:
                 raise ValueError(f"--student_config {self.student_config!r}: no such file or folder (a UnipConfig "
                                  "json file or a folder with config.json)")
         else:
-            check_choice("student_preset", self.student_preset, UNIP_PRESETS)
+            check_choice("student_preset", self.student_preset, PRESET_NAMES)
         check_choice("feature_loss", self.feature_loss, FEATURE_LOSSES)
         check_range("drop_path_rate", self.drop_path_rate, 0, 1, high_open=True)
 
@@ -196,7 +204,7 @@ class PretrainDataArguments:
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         for entry in self.train_data:
-            check_model_source("train_data", entry, hub_file=None)
+            check_model_source("train_data", entry, hub_file=None, folder=False)
         check_range("image_size", self.image_size, 1)
         check_range("crop_min_scale", self.crop_min_scale, 0, 1, low_open=True,
                     note="the smallest crop as a fraction of the image area")
@@ -302,11 +310,6 @@ class ModelArguments:
     tmt_visualize: int = field(default=0, metadata={"help": "Draw the maps of N evaluation images (tmt_maps.png)."})
 
     def __post_init__(self):
-        # the choices live with the code that uses them (torch / transformers): imported when the arguments are
-        # built, never for `--help`
-        from .configuration_unip import LOSS_TYPES, UNIP_PRESETS
-        from .finetuning import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES, check_tmt_args
-
         check_choice("architecture", self.architecture, ARCHITECTURES)
         if self.distill_from:
             check_model_source("distill_from", self.distill_from)
@@ -316,7 +319,7 @@ class ModelArguments:
         if self.model_name_or_path not in (None, "", "none"):
             check_model_source("model_name_or_path", self.model_name_or_path)
         else:
-            check_choice("preset", self.preset, UNIP_PRESETS)
+            check_choice("preset", self.preset, PRESET_NAMES)
         check_choice("mode", self.mode, MODES)
         check_choice("decode_head", self.decode_head, DECODE_HEAD_CHOICES)
         check_range("num_channels", self.num_channels, 1, optional=True)
@@ -332,6 +335,30 @@ class ModelArguments:
                 raise ValueError(f"--config_overrides must be a JSON object such as '{{\"num_hidden_layers\": 4}}', "
                                  f"got {self.config_overrides!r}")
         check_tmt_args(self)
+
+
+def check_tmt_args(model_args: ModelArguments) -> None:
+    """The TMT options, checked whether or not `--tmt` is given (a typo never waits for a TMT run); `--tmt_score`,
+    a registry that code may extend, is checked by `finetuning.check_finetuning_args`."""
+    check_choice("tmt_regions", model_args.tmt_regions, REGION_MODES)
+    check_range("tmt_loss_weight", model_args.tmt_loss_weight, 0)
+    check_range("tmt_max_clusters", model_args.tmt_max_clusters, 1)
+    check_range("tmt_explained_variance", model_args.tmt_explained_variance, 0, 1, low_open=True, high_open=True)
+    check_range("tmt_spatial_weight", model_args.tmt_spatial_weight, 0)
+    check_range("tmt_window", model_args.tmt_window, 1)
+    check_range("tmt_visualize", model_args.tmt_visualize, 0)
+    if model_args.tmt and model_args.tmt_attention and model_args.tmt_loss_weight:
+        raise ValueError("--tmt_loss_weight is the ablation without TMA: use it with --no_tmt_attention (the map then "
+                         "only weights the loss)")
+    if model_args.tmt_visualize and not model_args.tmt:
+        raise ValueError("--tmt_visualize draws the TMT transferability maps: add --tmt")
+    if model_args.mode == "linear_probe" and model_args.tmt:
+        raise ValueError("--tmt adapts the backbone; it has no effect with --mode linear_probe (frozen backbone)")
+
+
+def check_dataset(argument: str, value: str) -> None:
+    """`--dataset` names a segmentation builder (`unip_hf.choices.SEGMENTATION_DATASETS`; `_` and case ignored)."""
+    check_choice(argument, str(value).lower().replace("_", "-"), SEGMENTATION_DATASETS)
 
 
 @dataclass
@@ -377,8 +404,7 @@ class DataArguments:
                 "Fa (x 1e6) is at most this (small-target models)."})
 
     def __post_init__(self):
-        from .evaluation import check_eval_protocol  # heavy (torch): when the arguments are built, never for --help
-
+        check_dataset("dataset", self.dataset)
         check_range("crop_size", self.crop_size, 1)
         check_range("full_frame_ratio", self.full_frame_ratio, 0, 1)
         check_range("full_frame_scale_min", self.full_frame_scale_min, 0, low_open=True)
@@ -429,8 +455,6 @@ class FinetuningArguments(TrainingLoopArguments):
                                         "overall_accuracy, niou or pd."})
 
     def __post_init__(self):
-        from .metrics import RANKED_METRICS  # numpy / scipy: when the arguments are built, never for --help
-
         super().__post_init__()
         check_range("poly_power", self.poly_power, 0, low_open=True)
         check_range("layer_decay", self.layer_decay, 0, 1, low_open=True,
@@ -469,10 +493,8 @@ class EvaluationArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
-        from .evaluation import check_eval_protocol  # heavy (torch): when the arguments are built, never for --help
-        from .metrics.irstd.irstd import FA_RULES
-
         check_model_source("model_name_or_path", self.model_name_or_path)
+        check_dataset("dataset", self.dataset)
         check_eval_protocol(self.task, self.eval_mode, self.crop_size, self.eval_stride, self.img_scale,
                             self.irstd_threshold)
         check_choice("fa_rule", self.fa_rule, FA_RULES)
@@ -493,6 +515,8 @@ class ArgumentHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if "(default" in text:  # the help already says what an unset value means: no "(default: None)" after it
             return text
         if isinstance(action, argparse._StoreFalseAction):  # --no_<flag>: its default is the flag's
             return text

@@ -20,6 +20,7 @@ from .metrics.irstd.pd_fa_curve import save_pd_fa_plot
 from .hub import RESULTS_NOTE, make_model_card
 from .hub_upload import DEFAULT_PUSH_IGNORE_PATTERNS, push_to_hub
 from .hub_results import BenchmarkResult, write_eval_results
+from .vit_family import quiet_transformers_io
 
 
 BEST_MODEL_DIR = "best_model"
@@ -113,7 +114,8 @@ def save_segmentation_model(model, output_dir: str, results: Sequence[Any] = (),
     `img_scale`, see `make_processor`), `eval_results.json` and `.eval_results/*.yaml`, and the model card
     `README.md`."""
     os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir)
+    with quiet_transformers_io():  # no "Writing model shards" bar under the training bar
+        model.save_pretrained(output_dir)
     make_processor(model.config, img_scale).save_pretrained(output_dir)
     if results:
         write_eval_results(output_dir, list(results))

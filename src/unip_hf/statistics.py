@@ -68,12 +68,18 @@ def bootstrap_interval(differences: Sequence[float], confidence: float = 0.95, r
     return low, high
 
 
+#: Fewest seeds two arms must share before `paired_comparison` says "better" or "worse".
+MIN_PAIRED_SEEDS = 2
+
+
 def paired_comparison(arm: dict[int, float], reference: dict[int, float], confidence: float = 0.95,
                       resamples: int = 10000) -> dict[str, Any]:
     """Compare an arm with a reference arm on the seeds both have (`{seed: value}` each): differences arm - reference
     per seed, their mean and sample standard deviation, the sign test's p-value, a bootstrap interval of the mean
     difference, and a verdict: "better" / "worse" only when the interval excludes 0 *and* every seed agrees in sign
-    (with 3 seeds the sign test alone cannot reach 0.05), else "within noise".
+    (with 3 seeds the sign test alone cannot reach 0.05), else "within noise". With fewer than `MIN_PAIRED_SEEDS`
+    shared seeds there is no spread to judge a difference against: the verdict is "no verdict" and `verdict_reason`
+    says why.
 
     Raises:
         ValueError: when the two arms share no seed.
@@ -85,7 +91,12 @@ def paired_comparison(arm: dict[int, float], reference: dict[int, float], confid
     mean, std = mean_std(differences)
     low, high = bootstrap_interval(differences, confidence, resamples)
     p_value = sign_test_p_value(differences)
-    if low > 0 and all(d > 0 for d in differences):
+    reason = ""
+    if len(seeds) < MIN_PAIRED_SEEDS:
+        verdict = "no verdict"
+        reason = (f"{len(seeds)} paired seed{'s' if len(seeds) != 1 else ''}; a verdict needs at least "
+                  f"{MIN_PAIRED_SEEDS} (one difference has no spread to compare it with): run more --seeds")
+    elif low > 0 and all(d > 0 for d in differences):
         verdict = "better"
     elif high < 0 and all(d < 0 for d in differences):
         verdict = "worse"
@@ -93,7 +104,7 @@ def paired_comparison(arm: dict[int, float], reference: dict[int, float], confid
         verdict = "within noise"
     return {"seeds": seeds, "differences": differences, "mean_difference": mean, "std_difference": std,
             "sign_test_p": p_value, "bootstrap_low": low, "bootstrap_high": high, "confidence": confidence,
-            "verdict": verdict}
+            "verdict": verdict, "verdict_reason": reason}
 
 
 __all__ = ["bootstrap_interval", "format_mean_std", "mean_std", "paired_comparison", "sign_test_p_value"]

@@ -29,6 +29,8 @@ from unip_hf.training_state_files import (
 )
 from unip_hf.training_step_log import STEP_LOG_NAME, StepLog
 
+from .configuration_unip import respect_umask
+
 logger = logging.getLogger(__name__)
 
 
@@ -342,6 +344,7 @@ class CheckpointManager:
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:
             save_state_file(folder, "scaler", scaler.state_dict())
+        respect_umask(folder)
 
     def _publish(self, tmp: str, path: str) -> None:
         if os.path.exists(path):  # the same step saved again (e.g. after a resume): swap, then drop the old one

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-REGION_MODES = ("acte", "windows")
+from .choices import REGION_MODES
 
 
 # ------------------------------------------------------------------------------------------------------ clustering

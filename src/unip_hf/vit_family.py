@@ -214,6 +214,67 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class _LoadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextmanager
+def quiet_transformers_io():
+    """Inside: transformers' per-key load report (20-35 lines of MISSING / UNEXPECTED) and its "Loading weights" /
+    "Writing model shards" bars stay silent (the bars, nested under a training bar, left `[A` cursor codes in logs).
+    Callers say what matters in one line (`load_summary`). Restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    # a filter, not a level: transformers runs a tensor-parallel check (and warns) when that logger's level is raised
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _LoadReportFilter()
+    bars = hf_logging.is_progress_bar_enabled()
+    report_logger.addFilter(report_filter)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(report_filter)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _by_part(keys: Sequence[str]) -> str:
+    parts: dict[str, int] = {}
+    for key in keys:
+        part = key.split(".")[0]
+        parts[part] = parts.get(part, 0) + 1
+    return ", ".join(f"{part.replace('_', ' ')} {count}" for part, count in parts.items())
+
+
+def load_summary(info: dict[str, Any]) -> str:
+    """One line about a `from_pretrained(..., output_loading_info=True)` load, instead of transformers' table: the
+    tensors initialised fresh (missing from the checkpoint; e.g. a decode head on a backbone), those of the checkpoint
+    left unused (e.g. a ViT-MAE decoder) and those re-initialised for another shape; empty when everything matched."""
+    missing = [key for key in info.get("missing_keys", ()) if not key.endswith("num_batches_tracked")]
+    unexpected = list(info.get("unexpected_keys", ()))
+    mismatched = [item[0] if isinstance(item, (tuple, list)) else item for item in info.get("mismatched_keys", ())]
+    parts = []
+    if missing:
+        heads = sorted({key.split(".")[0] for key in missing})
+        what = "decode head" if set(heads) <= {"decode_head", "auxiliary_head", "neck"} else ", ".join(heads)
+        parts.append(f"{what} initialised fresh: {len(missing)} tensors ({_by_part(missing)})")
+    if unexpected:
+        parts.append(f"not used from the checkpoint: {len(unexpected)} tensors ({_by_part(unexpected)})")
+    if mismatched:
+        parts.append(f"re-initialised for a new shape: {len(mismatched)} tensors ({_by_part(mismatched)})")
+    return "; ".join(parts)
+
+
+def load_reported(loader: Any, name_or_path: str, **kwargs: Any):
+    """`loader(name_or_path, **kwargs)` (a `from_pretrained`) without transformers' load report and bars; returns
+    `(model, line)`, `line` from `load_summary` (empty when every tensor matched)."""
+    with quiet_transformers_io():
+        model, info = loader(name_or_path, output_loading_info=True, **kwargs)
+    return model, load_summary(info)
+
+
 def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pretrained_kwargs: Any):
     """Load a ViT-family model with `AutoModel.from_pretrained` for its attention (teacher of NMI-HAD, subject of the
     analysis): its config is checked first (`require_vision_config`), and a class that takes `add_pooling_layer`
@@ -238,7 +299,10 @@ def load_vision_backbone(name_or_path: str, name: str | None = None, **from_pret
         if keys is not None:  # keep a pooler the checkpoint has (dropping it would report its weights as unexpected)
             from_pretrained_kwargs.setdefault("add_pooling_layer",
                                               any(".pooler." in f".{key}" for key in keys))
-    return AutoModel.from_pretrained(name_or_path, config=config, **from_pretrained_kwargs)
+    model, line = load_reported(AutoModel.from_pretrained, name_or_path, config=config, **from_pretrained_kwargs)
+    if line:  # unused tensors (a ViT-MAE decoder) are expected; fresh ones in a backbone are worth a warning
+        (logger.warning if "initialised fresh" in line else logger.info)("%s: %s", name or name_or_path, line)
+    return model
 
 
 def _checkpoint_keys(name_or_path: str, kwargs: dict[str, Any]) -> set[str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import non_negative_int, positive_int
+from ..argument_checks import check_model_source, non_negative_int, positive_int
 from . import add_command, flags, load
 
 
@@ -36,4 +36,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_analyze_attention(args: argparse.Namespace) -> int:
+    check_model_source("MODEL", args.model)  # before anything loads: a mistyped path is one line, no Hub retries
     return load("unip_hf.analysis_commands").command_analyze_attention(args)

@@ -10,8 +10,8 @@ import os
 from collections.abc import Sequence
 
 from ..ablation import BASE_ARMS, DOWNSTREAM_PROTOCOLS
-from ..benchmark import BUDGETS, PROTOCOLS
-from ..argument_checks import non_negative_int
+from ..benchmark import BUDGETS, PROTOCOLS, resolve_budget
+from ..argument_checks import check_model_source, non_negative_int
 from . import add_command, flags, load
 
 
@@ -27,9 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     """Run `unip benchmark`; returns the exit status."""
+    for model in args.models:
+        if not model.startswith("scratch:"):
+            check_model_source("models", model)
+    budget = resolve_budget(args.budget, args.budget_set)  # a bad field or value: one line, before anything loads
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = load("unip_hf.benchmark").run_benchmark(args.models, args.dataset, args.data_dir, args.out, args.protocols, args.seeds,
-                          args.budget, args.eval_split, attention=not args.no_attention)
+                          budget, args.eval_split, attention=not args.no_attention)
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print(f"{len(store.entries)} runs in {os.path.join(args.out, 'results.json')}")
     return 0
@@ -40,7 +44,12 @@ def add_budget_argument(parser: argparse.ArgumentParser) -> None:
     summary = "; ".join(f"{b.name}: crop {b.crop_size}, fine-tune {b.finetune_steps} steps lr {b.finetune_lr:g}, "
                         f"probe {b.probe_steps} lr {b.probe_lr:g}, layer-wise {b.layerwise_steps} lr {b.layerwise_lr:g}"
                         for b in BUDGETS.values())
-    parser.add_argument(*flags("budget"), choices=sorted(BUDGETS), default="smoke", help=f"named preset ({summary})")
+    parser.add_argument(*flags("budget"), default="smoke", metavar="PRESET|FILE.json",
+                        help=f"a named preset ({summary}), or a JSON file of Budget fields (those it leaves out come "
+                             "from its \"base\" preset, default cpu)")
+    parser.add_argument(*flags("budget_set"), nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="change single budget fields, e.g. finetune_steps=300 pretrain_image_size=128 (recorded "
+                             "in results.json; the budget's name records them)")
 
 
 def register_benchmark(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +89,9 @@ def _parse_downstream(values: Sequence[str]) -> list[tuple[str, str, str | None]
 
 def _run_ablation(args: argparse.Namespace) -> int:
     """Run `unip ablation`; returns the exit status."""
+    check_model_source("teacher", args.teacher)
+    check_model_source("student_config", args.student_config, hub_file=None, folder=False)
+    budget = resolve_budget(args.budget, args.budget_set)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     datasets = []
     if args.dataset or args.data_dir:
@@ -89,7 +101,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     datasets += _parse_downstream(args.downstream or [])
     if not datasets:
         raise SystemExit("unip ablation: error: give --dataset/--data_dir or --downstream NAME:DIR[:SPLIT]")
-    store = load("unip_hf.ablation").run_ablation(args.teacher, args.student_preset, args.infmix_root, datasets, args.seeds, args.budget,
+    store = load("unip_hf.ablation").run_ablation(args.teacher, args.student_preset, args.infmix_root, datasets, args.seeds, budget,
                          args.out, args.arms, args.protocols, student_config=args.student_config)
     print(open(os.path.join(args.out, "results.md"), encoding="utf-8").read())
     print(f"{len(store.entries)} runs in {os.path.join(args.out, 'results.json')}")
@@ -109,7 +121,7 @@ def register_ablation(subparsers: argparse._SubParsersAction) -> None:
                     "fine-tuning and linear probing, over seeds; results.md holds mean ± std and the paired "
                     "comparison with nmi_had. A re-run with the same --out skips finished runs.")
     p.add_argument(*flags("teacher"), required=True, help="ViT-family teacher folder or Hub id")
-    p.add_argument(*flags("student_preset"), default="unip-tiny", help="UNIP preset of the student (default unip-tiny)")
+    p.add_argument(*flags("student_preset"), default="unip-tiny", help="UNIP preset of the student")
     p.add_argument(*flags("student_config"), default=None, help="a UnipConfig json file or folder instead of the preset")
     p.add_argument(*flags("infmix_root"), required=True,
                    help="InfMix root (infrared/<source>/, rgb/<source>/) or manifest (.json/.yaml)")

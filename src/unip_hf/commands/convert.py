@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import positive_int
+from ..argument_checks import check_model_source, positive_int
 from . import add_command, flags, load
 
 SOURCES = ("auto", "unip", "timm", "mmseg", "transformers")
@@ -85,6 +85,7 @@ def _block_list(text: str) -> list[int]:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    check_model_source("SOURCE", args.source, hub_file=None, folder=False)  # a checkpoint file is fine here
     module = load("unip_hf.convert")
     try:
         return module.command_convert(args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import positive_float
+from ..argument_checks import check_model_source, positive_float
 from . import add_command, load
 
 DEFAULT_OPSET = 20
@@ -15,7 +15,7 @@ DEFAULT_OPSET = 20
 MIN_OPSET, MAX_OPSET = 18, 23
 #: Largest max-abs logit difference between onnxruntime and PyTorch (fp32) that an export accepts.
 DEFAULT_TOLERANCE = 1e-3
-INSTALL_HINT = "pip install 'unip-hf[onnx]'"
+INSTALL_HINT = 'pip install -e ".[onnx]" (from the repository folder)'
 
 
 def opset_version(text: str) -> int:
@@ -76,4 +76,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
+    check_model_source("MODEL_DIR", args.source, hub_file=None, folder=not args.check)
     return load("unip_hf.onnx_export").command_export_onnx(args)

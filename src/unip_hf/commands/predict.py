@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argument_checks import check_range
+from ..argument_checks import check_model_source, check_range
 from . import add_command, flags, load
 
 RADIOMETRIC_CHOICES = ("raw", "celsius", "preview")
@@ -70,4 +70,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    check_model_source("MODEL", args.model)  # a mistyped local path: one line now, not Hub retries
     return load("unip_hf.prediction").command_predict(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..argument_checks import check_model_source
 from . import add_command, flags, load
 
 
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_space_create(args: argparse.Namespace) -> int:
+    check_model_source("MODEL_DIR_OR_HUB_ID", args.model)
     return load("unip_hf.space").command_space_create(args)
 
 

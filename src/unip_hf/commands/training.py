@@ -16,6 +16,7 @@ from ..recipe_arguments import (
     add_dataclass_arguments,
     dataclasses_from_namespace,
 )
+from ..argument_checks import UsageError
 from . import add_command, load
 
 # command -> (dataclasses, module doing the work, its cross-argument check, its runner, help, description)
@@ -61,12 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_recipe(name: str, args: argparse.Namespace) -> int:
     types, module_name, check_name, runner_name = RECIPES[name][:4]
-    module = load(module_name)
     try:
+        # the dataclasses' own checks (ranges, choices, paths) are light: they run before torch or any data loads
         arguments = dataclasses_from_namespace(types, args)
-        getattr(module, check_name)(*arguments)
-    except (ValueError, FileNotFoundError) as err:  # as the recipes: usage, "error: ...", exit status 2
-        args.command_parser.error(str(err))
+        module = load(module_name)
+        getattr(module, check_name)(*arguments)  # checks across the arguments (output folder, data folder, ...)
+    except (ValueError, FileNotFoundError) as err:  # a user error: one line, exit status 2 (`unip_hf.cli.main`)
+        raise UsageError(str(err)) from None
     return getattr(module, runner_name)(arguments)
 
 
