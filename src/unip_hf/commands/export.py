@@ -76,5 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    check_model_source("MODEL_DIR", args.source, hub_file=None, folder=not args.check)
+    if not args.check:  # with --check the source is an .onnx file, which the export module checks
+        check_model_source("MODEL_DIR", args.source, hub_file=None)
     return load("unip_hf.onnx_export").command_export_onnx(args)
