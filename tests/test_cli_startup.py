@@ -66,7 +66,7 @@ def test_exported_names_load_on_first_use():
             "from transformers import CONFIG_MAPPING\n"
             "print(UnipForSemanticSegmentation.__module__, 'unip' in CONFIG_MAPPING)")
     lines = _python(code).split()
-    assert lines == ["False", "unip_hf.modeling_unip", "True"]
+    assert lines == ["False", "unip_hf.modeling_unip_segmentation", "True"]
 
 
 def test_unknown_attribute_is_an_attribute_error():

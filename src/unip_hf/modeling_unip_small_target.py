@@ -165,7 +165,8 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
         # the coarsest stage's size: ceil-mode 2x2 poolings, one per stage after the first
         coarse_h, coarse_w = height, width
         for _ in range(len(self.config.detail_channels) - 1):
-            coarse_h, coarse_w = -(-coarse_h // 2), -(-coarse_w // 2)
+            # ceil(n / 2) as (n + 1) // 2: ONNX integer Div truncates, so a negative floor division would export wrong
+            coarse_h, coarse_w = (coarse_h + 1) // 2, (coarse_w + 1) // 2
         extent = (torch.sym_max(coarse_h, _rounded_ratio(padded.shape[-2] * coarse_h, height)),
                   torch.sym_max(coarse_w, _rounded_ratio(padded.shape[-1] * coarse_w, width)))
         context = self.context_projection(context)
