@@ -222,12 +222,12 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
     - `scratch:PRESET`: a randomly initialised UNIP of that preset (no pre-training);
     - a folder whose `config.json` has `model_type` `unip`: used as is;
     - a transformers ViT / ViT-MAE / DeiT / DINOv2 / CLIP (vision) folder or Hub id (`model_type` in
-      `commands.convert.TRANSFORMERS_FAMILIES`): converted once into `OUT/converted/<slug>`.
+      `choices.TRANSFORMERS_FAMILIES`): converted once into `OUT/converted/<slug>`.
 
     Raises:
         ValueError: an unknown preset, or a model family the conversion does not support (named).
     """
-    from .commands.convert import unsupported_family
+    from .choices import unsupported_family
     from .configuration_unip import UNIP_PRESETS
 
     slug = slugify(spec)

@@ -2,7 +2,9 @@
 imports), so that `unip finetune --dataset sirts` or `--decode_head fpn` is refused before torch, transformers or a
 data set loads (issue 22).
 
-The modules that use a choice import it from here. Three live where this module cannot be imported and are copied
+The modules that use a choice import it from here, and so do the command modules and the library modules behind them
+for the values both need (the default opset, the tolerance and install hint of `unip export onnx`, the layouts and
+model families of `unip convert`): the library never imports the command line. Three live where this module cannot be imported and are copied
 here, kept equal by `tests/test_first_five_minutes.py`: the preset names and loss types of `configuration_unip` (a
 remote-code file that imports only torch, transformers and its siblings), the metric names of the `metrics` modules
 (loaded by path) and the data set builders of `unip_hf.data.segmentation`.
@@ -26,6 +28,33 @@ TASKS = ("auto", "semantic", "irstd")
 EVAL_MODES = ("whole", "slide")
 #: `--tmt_regions` (TMT's region proposals, `unip_hf.transferability`).
 REGION_MODES = ("acte", "windows")
+
+# values that a command and the library module doing its work both need (the library imports them from here)
+#: `unip export onnx --opset` (default).
+DEFAULT_OPSET = 20
+#: Opsets that torch's exporter writes as asked (torch 2.13: below 18 it silently writes 18; above 23 it has no
+#: translations); the TorchScript fallback stops at 20.
+MIN_OPSET, MAX_OPSET = 18, 23
+#: Largest max-abs logit difference between onnxruntime and PyTorch (fp32) that an export accepts.
+DEFAULT_TOLERANCE = 1e-3
+INSTALL_HINT = 'pip install -e ".[onnx]" (from the repository folder)'
+#: `unip convert --from`.
+CONVERT_SOURCES = ("auto", "unip", "timm", "mmseg", "transformers")
+#: The transformers `model_type`s that `--from transformers` converts (ViT, ViT-MAE, DeiT, DINOv2, and CLIP: a CLIP
+#: model's vision tower or a CLIP vision model); read by `unip_hf.convert`, `unip convert` and `unip benchmark`.
+TRANSFORMERS_FAMILIES = ("vit", "vit_mae", "deit", "dinov2", "clip", "clip_vision_model")
+
+
+def unsupported_family(model_type: str | None) -> str | None:
+    """Why a transformers checkpoint of `model_type` cannot be converted into a UnipViTModel; `None` when it can."""
+    if model_type in TRANSFORMERS_FAMILIES:
+        return None
+    if model_type == "dinov2_with_registers":
+        return ("model_type 'dinov2_with_registers' cannot be converted: UnipViTModel has a CLS token and no register "
+                "tokens, and dropping the registers would change every output (use a Dinov2Model checkpoint)")
+    return (f"model_type {model_type!r} cannot be converted; the transformers conversion supports "
+            f"{', '.join(TRANSFORMERS_FAMILIES)}")
+
 
 # copies (see the module docstring)
 #: `UNIP_PRESETS` of `configuration_unip`: `--preset`, `--student_preset`.

@@ -37,7 +37,7 @@ from unip_hf.checkpoint_reading import (
 )
 from unip_hf.convert_mmseg import convert_mmseg_state_dict, is_mmseg_checkpoint, parse_mmseg_config
 
-from .commands.convert import SOURCES, unsupported_family
+from .choices import CONVERT_SOURCES, unsupported_family
 from .configuration_unip import UnipConfig
 from .hub import make_model_card
 from .hub_upload import push_to_hub
@@ -125,7 +125,7 @@ def _transformers_to_unip_keys(
 
 
 def unip_config_from_transformers(cfg, num_channels: int | None = None) -> UnipConfig:
-    """The `UnipConfig` of a transformers vision config of one of `commands.convert.TRANSFORMERS_FAMILIES` (for CLIP: its vision
+    """The `UnipConfig` of a transformers vision config of one of `choices.TRANSFORMERS_FAMILIES` (for CLIP: its vision
     config): sizes, activation, norms, and the family's options (DINOv2: layer scale; CLIP vision: no patch bias,
     `pre_layernorm`, `layernorm_pooled_only`). Raises `ConversionError` for what UNIP cannot represent (DINOv2's
     SwiGLU MLP, non-square sizes)."""
@@ -169,7 +169,7 @@ def convert_transformers_model(
 ) -> UnipViTModel:
     """Convert a transformers `ViTModel`, `ViTMAEModel`, `DeiTModel`, `Dinov2Model`, `CLIPVisionModel` or `CLIPModel`
     (its vision tower) into a `UnipViTModel` (instance or checkpoint directory/id; the families of
-    `commands.convert.TRANSFORMERS_FAMILIES`).
+    `choices.TRANSFORMERS_FAMILIES`).
 
     The converted model computes the same `last_hidden_state` as the source (for ViTMAE: with masking disabled;
     for DeiT: without the distillation token, which UNIP has no slot for; for DINOv2: without the mask token, used
@@ -295,8 +295,8 @@ def convert(
 ) -> Conversion:
     """Convert `source` (a file for `unip` / `timm` / `mmseg`, a directory or Hub id for `transformers`; `auto`
     recognises which) into a `UnipViTModel` (a `UnipForSemanticSegmentation` from `mmseg`), without saving."""
-    if source_format not in SOURCES:
-        raise ValueError(f"source format must be one of {SOURCES}, got {source_format!r}")
+    if source_format not in CONVERT_SOURCES:
+        raise ValueError(f"source format must be one of {CONVERT_SOURCES}, got {source_format!r}")
     checkpoint = None
     if source_format != "transformers" and Path(source).is_file():
         checkpoint = read_checkpoint(source)

@@ -36,7 +36,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from . import register_auto_classes
-from .commands.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
+from .choices import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
 from .data.synthetic import make_thermal_scene
 from .demo import overlay_panels
 from .image_processing_unip import UnipImageProcessor

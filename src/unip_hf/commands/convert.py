@@ -7,24 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ..argument_checks import check_model_source, positive_int
+from ..choices import CONVERT_SOURCES, TRANSFORMERS_FAMILIES
 from . import add_command, flags, load
-
-SOURCES = ("auto", "unip", "timm", "mmseg", "transformers")
-# The transformers `model_type`s that `--from transformers` converts (ViT, ViT-MAE, DeiT, DINOv2, and CLIP: a CLIP
-# model's vision tower or a CLIP vision model). The one list, read by `unip_hf.convert` and `unip benchmark`.
-TRANSFORMERS_FAMILIES = ("vit", "vit_mae", "deit", "dinov2", "clip", "clip_vision_model")
-
-
-def unsupported_family(model_type: str | None) -> str | None:
-    """Why a transformers checkpoint of `model_type` cannot be converted into a UnipViTModel; `None` when it can."""
-    if model_type in TRANSFORMERS_FAMILIES:
-        return None
-    if model_type == "dinov2_with_registers":
-        return ("model_type 'dinov2_with_registers' cannot be converted: UnipViTModel has a CLS token and no register "
-                "tokens, and dropping the registers would change every output (use a Dinov2Model checkpoint)")
-    return (f"model_type {model_type!r} cannot be converted; the transformers conversion supports "
-            f"{', '.join(TRANSFORMERS_FAMILIES)}")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `convert` sub-command.
@@ -45,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "directory / Hub id (model_type " + ", ".join(TRANSFORMERS_FAMILIES) + ")")
     parser.add_argument("output", help="output directory (save_pretrained layout); must be new or empty unless "
                                        "--overwrite")
-    parser.add_argument("--from", dest="source_format", choices=SOURCES, default="auto",
+    parser.add_argument("--from", dest="source_format", choices=CONVERT_SOURCES, default="auto",
                         help="source layout: unip (official UNIP pre-training .pth), timm, mmseg (an mmsegmentation "
                              "0.x UPerNet segmenter -> UnipForSemanticSegmentation), transformers; auto recognises "
                              "it and says which it chose")

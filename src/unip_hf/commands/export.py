@@ -7,16 +7,8 @@ from __future__ import annotations
 import argparse
 
 from ..argument_checks import check_model_source, positive_float
+from ..choices import DEFAULT_OPSET, DEFAULT_TOLERANCE, INSTALL_HINT, MAX_OPSET, MIN_OPSET
 from . import add_command, load
-
-DEFAULT_OPSET = 20
-#: Opsets that torch's exporter writes as asked (torch 2.13: below 18 it silently writes 18; above 23 it has no
-#: translations); the TorchScript fallback stops at 20.
-MIN_OPSET, MAX_OPSET = 18, 23
-#: Largest max-abs logit difference between onnxruntime and PyTorch (fp32) that an export accepts.
-DEFAULT_TOLERANCE = 1e-3
-INSTALL_HINT = 'pip install -e ".[onnx]" (from the repository folder)'
-
 
 def opset_version(text: str) -> int:
     """argparse `type=` for `--opset`: an integer in [MIN_OPSET, MAX_OPSET] (argparse names the option, exit 2)."""
