@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.attention_analysis import analyze_attention
-from unip_hf.files import find_images
+from unip_hf.analysis.attention_analysis import analyze_attention
+from unip_hf.data.files import find_images
 
 __all__ = ["main"]
 

@@ -1,4 +1,4 @@
-"""Benchmark of one NMI-HAD optimisation step (UNIP, Zhang et al., ICLR 2025): `unip_hf.distillation` against a naive
+"""Benchmark of one NMI-HAD optimisation step (UNIP, Zhang et al., ICLR 2025): `unip_hf.pretraining.distillation` against a naive
 transformers version.
 
 Step = teacher forward + student forward/backward + AdamW step, unip-small teacher (12 layers, 6 heads, distilled
@@ -38,8 +38,8 @@ TEACHER_LAYER = 8  # 0-based: block 9 of 12
 
 def _ours(batch_size: int, image_size: int):
     from unip_hf import UnipConfig, UnipViTModel
-    from unip_hf.distillation import AttentionTeacher, NmiHadStudent, nmi_had_loss
-    from unip_hf.training_optimization import create_optimizer
+    from unip_hf.pretraining.distillation import AttentionTeacher, NmiHadStudent, nmi_had_loss
+    from unip_hf.training.optimization import create_optimizer
 
     torch.manual_seed(0)
     teacher = AttentionTeacher(UnipViTModel(UnipConfig.from_preset("unip-small", image_size=image_size)), TEACHER_LAYER)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.finetuning_data import EvalSegmentationDataset, load_split
-from unip_hf.layerwise_probe import layerwise_probe
+from unip_hf.data.finetuning_data import EvalSegmentationDataset, load_split
+from unip_hf.studies.layerwise_probe import layerwise_probe
 
 __all__ = ["main"]
 

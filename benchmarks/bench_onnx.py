@@ -4,7 +4,7 @@ LL-FPN + UPerNet) and UnipForSmallTargetSegmentation (unip-small backbone + full
 PyTorch eager mode, in one run on the same inputs.
 
 Each model (random weights, seed 0) is saved with its processor to a temporary folder and exported with
-`unip_hf.onnx_export.export_onnx` (dynamic batch, height and width, the default: the graph users deploy), which also
+`unip_hf.deploy.onnx_export.export_onnx` (dynamic batch, height and width, the default: the graph users deploy), which also
 checks the logits against PyTorch. Both sides get the same number of threads.
 
 Prints, per model, images/s of both and the ratio onnxruntime / PyTorch (target >= 1.2), the max abs logit
@@ -36,8 +36,8 @@ from unip_hf import (  # noqa: E402
     UnipImageProcessor,
     UnipSmallTargetConfig,
 )
-from unip_hf.onnx_export import export_onnx, require_onnx  # noqa: E402
-from unip_hf.segmentation_saving import make_processor  # noqa: E402
+from unip_hf.deploy.onnx_export import export_onnx, require_onnx  # noqa: E402
+from unip_hf.hub.model_saving import make_processor  # noqa: E402
 
 NUM_LABELS = 2
 #: model kind -> (class, what it is)

@@ -1,4 +1,4 @@
-"""Training-step overhead of transferability-aware fine-tuning (TMT, arXiv 2504.05774; `unip_hf.transferability`)
+"""Training-step overhead of transferability-aware fine-tuning (TMT, arXiv 2504.05774; `unip_hf.training.transferability`)
 against vanilla fine-tuning, in one run on the same inputs: one AdamW step (forward with labels, backward, update) of
 UnipForSemanticSegmentation (LL-FPN + UPerNet + auxiliary head, fp32, CPU).
 
@@ -23,7 +23,7 @@ import torch
 from common import interleaved_times, peak_memory_mib
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
-from unip_hf.transferability import TransferabilityEstimator, loss_weights_from_map
+from unip_hf.training.transferability import TransferabilityEstimator, loss_weights_from_map
 
 WORKLOADS = ("vanilla", "tmt", "tmt_windows", "acte_loss_only")
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from unip_hf.data import load_segmentation_dataset
-from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
+from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
 
 DATA = os.environ.get("UNIP_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 MODEL = {"hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 2, "decoder_hidden_size": 32,

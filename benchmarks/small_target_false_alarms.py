@@ -19,8 +19,8 @@ import json
 import os
 from collections import defaultdict
 
-from unip_hf.infrared_decoding import load_infrared_image
-from unip_hf.prediction import class_probabilities, find_targets, load_predictor, operating_threshold
+from unip_hf.models.infrared_decoding import load_infrared_image
+from unip_hf.deploy.predict import class_probabilities, find_targets, load_predictor, operating_threshold
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

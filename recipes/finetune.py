@@ -1,7 +1,7 @@
 """Fine-tuning or linear probing of a UNIP segmentation model (Zhang et al., "UNIP", ICLR 2025) under `accelerate`.
 
 A thin entry point: arguments are parsed into dataclasses (`HfArgumentParser`) and passed to
-`unip_hf.finetuning.run_finetuning`, which holds the logic (and is what the tests cover).
+`unip_hf.training.finetuning.run_finetuning`, which holds the logic (and is what the tests cover).
 
     accelerate launch recipes/finetune.py --model_name_or_path unip-small-infmix --dataset soda \
         --data_dir data/SODA --crop_size 512 --max_steps 40000 --eval_steps 4000 --eval_mode slide \
@@ -14,7 +14,7 @@ Run `python recipes/finetune.py --help` for every argument (or pass one JSON/YAM
 
 import sys
 
-from unip_hf.finetuning import finetune_main
+from unip_hf.training.finetuning import finetune_main
 
 if __name__ == "__main__":
     sys.exit(finetune_main())

@@ -13,16 +13,16 @@ import transformers as T
 from PIL import Image
 
 from unip_hf import cli
-from unip_hf.analysis_commands import _load_model
-from unip_hf.distillation import AttentionTeacher
-from unip_hf.pretraining import (
+from unip_hf.cli.run_analysis import _load_model
+from unip_hf.pretraining.distillation import AttentionTeacher
+from unip_hf.pretraining.nmi_had import (
     DistillationArguments,
     PretrainDataArguments,
     PretrainingArguments,
     main as pretrain_main,
 )
-from unip_hf.evaluation import EvaluationArguments, evaluate_main
-from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, run_finetuning
+from unip_hf.evaluation.evaluator import EvaluationArguments, evaluate_main
+from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, run_finetuning
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,15 +14,15 @@ import torch
 from PIL import Image
 
 from conftest import data_path
-from unip_hf.attention_analysis import analyze_attention, query_attention_maps
-from unip_hf.attention_measures import (
+from unip_hf.analysis.attention_analysis import analyze_attention, query_attention_maps
+from unip_hf.analysis.measures import (
     attention_entropy,
     attention_measures,
     mean_attention_distance,
     normalized_mutual_information,
     patch_distance_matrix,
 )
-from unip_hf.attention_patterns import (
+from unip_hf.analysis.patterns import (
     AttentionReport,
     PatternThresholds,
     choose_teacher_layer,
@@ -30,9 +30,9 @@ from unip_hf.attention_patterns import (
     label_layer,
     label_pattern,
 )
-from unip_hf.attention_plots import plot_attention_maps, plot_layer_curves
-from unip_hf.files import find_images
-from unip_hf.vit_family import eager_attention, model_attentions
+from unip_hf.analysis.plots import plot_attention_maps, plot_layer_curves
+from unip_hf.data.files import find_images
+from unip_hf.models.vit_family import eager_attention, model_attentions
 
 GRID = 14
 P = GRID * GRID
@@ -470,8 +470,8 @@ def test_cli_names_and_counts_scan_skips(tmp_path, capsys):
 
 
 def test_readme_names_stay_importable_from_attention_analysis():
-    """The README's usage block imports these from `unip_hf.attention_analysis`; they live in their own modules."""
-    import unip_hf.attention_analysis as analysis
+    """The README's usage block imports these from `unip_hf.analysis.attention_analysis`; they live in their own modules."""
+    import unip_hf.analysis.attention_analysis as analysis
 
     assert analysis.AttentionReport is AttentionReport and analysis.choose_teacher_layer is choose_teacher_layer
     assert analysis.plot_layer_curves is plot_layer_curves and analysis.analyze_attention is analyze_attention
@@ -531,7 +531,7 @@ def test_no_hybrid_layer_is_warned_once(caplog):
     import logging
 
     from unip_hf import UnipConfig, UnipViTModel
-    from unip_hf.distillation import resolve_teacher_layer
+    from unip_hf.pretraining.distillation import resolve_teacher_layer
 
     config = UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                         image_size=32, patch_size=8)

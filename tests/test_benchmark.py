@@ -15,7 +15,7 @@ import torch
 
 from conftest import data_path
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.statistics import (
+from unip_hf.studies.statistics import (
     bootstrap_interval,
     format_mean_std,
     mean_std,
@@ -66,7 +66,7 @@ def test_bootstrap_interval_and_paired_comparison():
 
 def test_command_modules_import_nothing_heavy_at_import_time():
     heavy = {"torch", "transformers", "datasets", "accelerate", "numpy", "matplotlib"}
-    for name in ("benchmark.py", "ablation.py", "benchmark_results.py", "statistics.py"):
+    for name in ("studies/benchmark.py", "studies/ablation.py", "studies/results.py", "studies/statistics.py"):
         tree = ast.parse((SRC / name).read_text())
         for node in tree.body:
             if isinstance(node, ast.Import):
@@ -88,8 +88,8 @@ def tiny_unip(folder: Path, layers: int = 3) -> str:
 
 
 def test_layerwise_probe_matches_separate_runs_and_caches(tmp_path):
-    from unip_hf.finetuning_data import EvalSegmentationDataset, load_split
-    from unip_hf.layerwise_probe import layerwise_probe
+    from unip_hf.data.finetuning_data import EvalSegmentationDataset, load_split
+    from unip_hf.studies.layerwise_probe import layerwise_probe
 
     root = str(data_path("buffalo-udder"))
     backbone = UnipViTModel.from_pretrained(tiny_unip(tmp_path / "m")).eval()
@@ -113,7 +113,7 @@ def test_layerwise_probe_matches_separate_runs_and_caches(tmp_path):
 
 
 def test_benchmark_smoke_files_and_resume(tmp_path):
-    from unip_hf.benchmark import run_benchmark
+    from unip_hf.studies.benchmark import run_benchmark
 
     root = str(data_path("buffalo-udder"))
     model = tiny_unip(tmp_path / "tiny")
@@ -146,7 +146,7 @@ def test_benchmark_smoke_files_and_resume(tmp_path):
 
 
 def test_benchmark_interrupted_run_leaves_no_entry(tmp_path, monkeypatch):
-    import unip_hf.benchmark as benchmark
+    import unip_hf.studies.benchmark as benchmark
 
     root = str(data_path("sirst"))
     model = tiny_unip(tmp_path / "tiny", layers=2)
@@ -193,7 +193,7 @@ def test_benchmark_cli_finetunes_a_converted_transformers_vit(tmp_path, capsys):
 def test_benchmark_converts_dinov2_and_clip_folders_and_probes_one(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
 
-    from unip_hf.benchmark import resolve_model, run_benchmark
+    from unip_hf.studies.benchmark import resolve_model, run_benchmark
 
     root = str(data_path("buffalo-udder"))
     torch.manual_seed(0)
@@ -221,7 +221,7 @@ def test_benchmark_converts_dinov2_and_clip_folders_and_probes_one(tmp_path):
 
 
 def test_budget_sides_fit_the_patch_size():
-    from unip_hf.benchmark import BUDGETS, fit_budget_to_patch
+    from unip_hf.studies.benchmark import BUDGETS, fit_budget_to_patch
 
     sides = {name: (b.crop_size, b.attention_size) for name, b in BUDGETS.items()}
     assert sides == {"smoke": (32, 32), "cpu": (64, 112), "paper": (512, 224)}
@@ -235,7 +235,7 @@ def test_budget_sides_fit_the_patch_size():
 
 
 def test_benchmark_refuses_bad_models(tmp_path):
-    from unip_hf.benchmark import resolve_model
+    from unip_hf.studies.benchmark import resolve_model
 
     assert resolve_model("scratch:unip-tiny", str(tmp_path)).preset == "unip-tiny"
     with pytest.raises(ValueError, match="unknown preset"):
@@ -251,7 +251,7 @@ def test_benchmark_refuses_bad_models(tmp_path):
 
 
 def test_ablation_smoke_paired_comparison_and_resume(tmp_path):
-    from unip_hf.ablation import arm_plan, run_ablation
+    from unip_hf.studies.ablation import arm_plan, run_ablation
 
     pool, rgb, root = data_path("infrared-pool", "tno"), data_path("rgb-pool", "tno"), data_path("buffalo-udder")
     manifest = tmp_path / "infmix.json"
@@ -292,7 +292,7 @@ def test_budget_small_target_img_scale_reaches_the_finetuning_run(tmp_path):
     300x200 instead of 4*crop x crop, which would shrink 2-10 px targets below one patch)."""
     import dataclasses
 
-    from unip_hf.benchmark import BUDGETS, ModelSource, run_training_protocol
+    from unip_hf.studies.benchmark import BUDGETS, ModelSource, run_training_protocol
 
     assert BUDGETS["cpu"].small_target_img_scale == "320x256" and BUDGETS["smoke"].small_target_img_scale is None
     budget = dataclasses.replace(BUDGETS["smoke"], small_target_img_scale="96x72")

@@ -1,4 +1,4 @@
-"""Tests of checkpoint and training-state trust (`unip_hf.training`): no non-finite checkpoint, atomic saves and a
+"""Tests of checkpoint and training-state trust (`unip_hf.training.loop`): no non-finite checkpoint, atomic saves and a
 `latest` that skips incomplete ones, a pickle-free format that never unpickles what it finds, Ctrl-C, resuming with
 other settings, and fine-tuning evaluations redone after an interruption. Tiny models, seconds each."""
 
@@ -13,13 +13,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from test_training import KeyedNoise, Tiny, fresh_accelerator
-from unip_hf.training import TrainingInterrupted, train_loop
-from unip_hf.training_checkpoints import CheckpointManager, list_checkpoints
-from unip_hf.training_state_files import CheckpointError
-from unip_hf.training_optimization import create_optimizer, create_scheduler
-from unip_hf.training_sampler import EpochSampler
-from unip_hf.training_nan_guard import NonFiniteLossError, NonFiniteStateError
-from unip_hf.training_state_files import file_sha256
+from unip_hf.training.loop import TrainingInterrupted, train_loop
+from unip_hf.training.checkpoints import CheckpointManager, list_checkpoints
+from unip_hf.training.state_files import CheckpointError
+from unip_hf.training.optimization import create_optimizer, create_scheduler
+from unip_hf.training.sampler import EpochSampler
+from unip_hf.training.nan_guard import NonFiniteLossError, NonFiniteStateError
+from unip_hf.training.state_files import file_sha256
 
 
 def tiny_run(out, max_steps, *, lr=0.05, bs=2, sgd=False, lr_lambda=None, checkpointing_steps=0, total_limit=None,
@@ -147,7 +147,7 @@ def test_latest_skips_empty_and_half_written_checkpoints(tmp_path, caplog):
     data = (truncated / "optimizer.safetensors").read_bytes()
     (truncated / "optimizer.safetensors").write_bytes(data[: len(data) // 2])
     manager = CheckpointManager(None, str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.loop"):
         assert manager.resolve("latest").endswith("checkpoint-4")
     for skipped in ("checkpoint-25", "checkpoint-30", "checkpoint-40"):
         assert skipped in caplog.text
@@ -161,7 +161,7 @@ def test_latest_skips_empty_and_half_written_checkpoints(tmp_path, caplog):
 
 
 def test_killed_save_leaves_no_checkpoint_and_is_cleaned_up(tmp_path, monkeypatch):
-    import unip_hf.training_checkpoints as training  # where CheckpointManager calls save_state_file
+    import unip_hf.training.checkpoints as training  # where CheckpointManager calls save_state_file
 
     real = training.save_state_file
 
@@ -227,7 +227,7 @@ def test_accelerate_format_checkpoint_is_refused_unless_asked_for(tmp_path, capl
     (folder / "random_states_0.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
     with pytest.raises(CheckpointError, match="pickle.*--checkpoint_format accelerate"):
         tiny_run(tmp_path, 4, resume=str(folder))
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.loop"):
         result, _ = tiny_run(tmp_path, 4, resume="latest")  # skipped, so it starts fresh
     assert result.resumed_from is None and "checkpoint-2" in caplog.text
     assert not marker.exists()
@@ -289,8 +289,8 @@ def test_ctrl_c_before_the_first_step_saves_nothing(tmp_path):
 
 
 def test_recipe_mains_return_130_without_a_traceback(monkeypatch, capsys, tmp_path):
-    import unip_hf.pretraining as pretraining
-    import unip_hf.finetuning as finetuning
+    import unip_hf.pretraining.nmi_had as pretraining
+    import unip_hf.training.finetuning as finetuning
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -316,7 +316,7 @@ def test_resume_with_another_batch_size_and_learning_rate_says_what_changed(tmp_
     out = capsys.readouterr().out
     assert "total batch size 2 -> 4" in out and "peak learning rate 0.05 -> 0.01" in out
     assert "kept from the checkpoint" in out and "data position is recomputed" in out
-    from unip_hf.training_optimization import schedule_factor
+    from unip_hf.training.optimization import schedule_factor
 
     # the new peak is applied from the resumed step on (before the fix the checkpoint's 0.05 silently stayed)
     assert result.step_log.history[-1]["learning_rate"] == pytest.approx(0.01 * schedule_factor(2, "cosine", 2, 10))
@@ -332,7 +332,7 @@ class EvalKilled(RuntimeError):
 
 
 def test_finetuning_redoes_an_evaluation_that_did_not_complete(tmp_path, monkeypatch):
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
     from unip_hf.data import write_synthetic_dataset
 
@@ -411,7 +411,7 @@ def test_finetuning_resume_never_keeps_a_best_model_of_a_later_step(tmp_path, ca
     # The killed run evaluated steps 1-3 (best_model/ = step 3) but its last checkpoint is step 2. Resumed, the best
     # evaluation up to step 2 is step `best_logged_at` (the log is edited so no later evaluation beats it): the run
     # must not keep best_model/ (the step-3 model of the killed run) under the metrics of another step.
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
     from safetensors.torch import load_file
     from unip_hf.data import write_synthetic_dataset
@@ -470,7 +470,7 @@ def test_latest_follows_the_newest_lineage_after_a_rewind(tmp_path, caplog):
         tiny_run(tmp_path, 4, checkpointing_steps=2, resume=str(tmp_path / "checkpoint-2"), on_step_end=stop_at(3))
     runs = json.loads((tmp_path / "run_lineage.json").read_text())["runs"]
     assert [len(run["lineage"]) for run in runs] == [1, 2] and runs[1]["lineage"][1]["from_step"] == 2
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.loop"):
         result, resumed = tiny_run(tmp_path, 4, checkpointing_steps=2, resume="latest")
     assert result.resumed_from.endswith("checkpoint-2") and result.global_step == 4
     assert "ignored 1 checkpoint(s) of a branch it abandoned: checkpoint-4" in caplog.text
@@ -481,7 +481,7 @@ def test_latest_follows_the_newest_lineage_after_a_rewind(tmp_path, caplog):
     _, straight = tiny_run(tmp_path / "straight", 4)
     assert_same(resumed, straight)  # the rewound branch, resumed, is the uninterrupted run
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):  # the new checkpoint-4 is on the lineage
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.loop"):  # the new checkpoint-4 is on the lineage
         assert CheckpointManager(None, str(tmp_path)).resolve("latest").endswith("checkpoint-4")
     assert "abandoned" not in caplog.text
 
@@ -502,7 +502,7 @@ def test_resume_onto_other_labels_is_refused_and_data_set_changes_are_reported(t
     """Guards issue 24 item 7: before, a resume onto another data set reported only `max_steps 2 -> 3` and trained
     the old classes under the new names; now a change of labels is refused (a `CheckpointError`, exit 2 with one
     `error:` line through `run_recipe`), and a change of data set or architecture is in the change report."""
-    from unip_hf.training import run_recipe
+    from unip_hf.training.loop import run_recipe
 
     tiny_run(tmp_path, 2, checkpointing_steps=2, run_settings=DATA_A)
     state = json.loads((tmp_path / "checkpoint-2" / "training_state.json").read_text())
@@ -536,7 +536,7 @@ def test_overwritten_bytes_in_a_checkpoint_are_detected_by_hash(tmp_path, caplog
     victim.write_bytes(bytes(data))  # same size: the size check passes
     with pytest.raises(CheckpointError, match="corrupted rng_state_0.safetensors"):
         tiny_run(tmp_path, 6, resume=str(tmp_path / "checkpoint-4"))
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.loop"):
         result, _ = tiny_run(tmp_path, 6, resume="latest")
     assert result.resumed_from.endswith("checkpoint-2") and "corrupted rng_state_0.safetensors" in caplog.text
     weights = tmp_path / "checkpoint-2" / "model.safetensors"
@@ -554,7 +554,7 @@ def test_ctrl_c_during_rotation_leaves_nothing_half_deleted(tmp_path, monkeypatc
     folder to `.trash-checkpoint-2` before deleting it, and removes such leftovers at the next start and rotation."""
     import shutil
 
-    from unip_hf.training_checkpoints import checkpoint_problem
+    from unip_hf.training.checkpoints import checkpoint_problem
 
     real = shutil.rmtree
     fired = []
@@ -593,7 +593,7 @@ def test_resume_with_other_max_steps_uses_the_new_schedule_from_the_first_resume
     """Guards issue 22 item 4 (the loop): the optimizer restored from a checkpoint held the learning rate the old
     schedule had set for the next step, so the first resumed step ran on the old schedule. With a scheduler built
     for 8 steps instead of 4, the first resumed step (3) now logs the new schedule's value."""
-    from unip_hf.training_optimization import schedule_factor
+    from unip_hf.training.optimization import schedule_factor
 
     def sched(max_steps):
         return lambda step: schedule_factor(step, "linear", 1, max_steps)
@@ -620,7 +620,7 @@ def test_overwrite_output_dir_leaves_nothing_of_the_earlier_run(tmp_path):
     """Guards issue 24 item 5: `--overwrite_output_dir` deleted the checkpoints and the step log only; after an
     overwrite and a resume, `eval_log.json` and `best_model/` of the earlier run came back (its mIoU in the card, its
     evaluations in the new run's log). Now everything the earlier run wrote is deleted before the new run starts."""
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
 
     scenes = _scenes(tmp_path)
@@ -653,9 +653,9 @@ def test_overwrite_output_dir_never_deletes_what_the_run_reads(tmp_path):
     into the folder the run fine-tunes from (`--model_name_or_path OUT --output_dir OUT`) would delete the source
     model before it loads. Refused, naming the argument; nothing is deleted. A data folder inside --output_dir that
     is not a run output is kept and allowed."""
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.training_output_dir import OutputDirError, run_output_holding
+    from unip_hf.training.output_dir import OutputDirError, run_output_holding
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -678,7 +678,7 @@ def test_a_resume_ignores_the_evaluations_of_an_unrelated_earlier_run(tmp_path, 
     `best_model/` (a new run is allowed there); the new run, killed before its first evaluation and resumed, read
     that log as its own (its evaluations in the history, its best kept). Evaluations now carry the run id, and a
     resume keeps only those of its lineage."""
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
 
     scenes = _scenes(tmp_path)
@@ -711,11 +711,11 @@ def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_
     import subprocess
     import sys
 
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.recipe_arguments import TrainingLoopArguments
-    from unip_hf.training import create_accelerator, finish_run, run_recipe
-    from unip_hf.training_output_dir import LOCK_NAME, OutputDirError
+    from unip_hf.training.arguments import TrainingLoopArguments
+    from unip_hf.training.loop import create_accelerator, finish_run, run_recipe
+    from unip_hf.training.output_dir import LOCK_NAME, OutputDirError
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -757,9 +757,9 @@ def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_
 def test_finetuning_resumed_with_other_max_steps_runs_its_first_step_on_the_new_schedule(tmp_path):
     """Guards issue 22 item 4 (fine-tuning): a run of 4 steps resumed from checkpoint-2 with --max_steps 3 ran step 3
     at the learning rate of the 4-step schedule; it now logs the 3-step schedule's value."""
-    import unip_hf.finetuning as finetuning
+    import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.training_optimization import num_warmup_steps, schedule_factor
+    from unip_hf.training.optimization import num_warmup_steps, schedule_factor
 
     scenes = _scenes(tmp_path)
     out = tmp_path / "ft"
@@ -788,9 +788,9 @@ def test_pretraining_resumed_with_more_steps_runs_its_first_step_on_the_new_sche
     from PIL import Image
 
     from test_finetuning import reset_accelerate
-    from unip_hf.pretraining import run_pretraining
-    from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
-    from unip_hf.training_optimization import schedule_factor
+    from unip_hf.pretraining.nmi_had import run_pretraining
+    from unip_hf.training.arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
+    from unip_hf.training.optimization import schedule_factor
 
     torch.manual_seed(0)
     T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

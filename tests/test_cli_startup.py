@@ -61,12 +61,12 @@ def test_import_unip_hf_registers_the_auto_classes():
 
 
 def test_exported_names_load_on_first_use():
-    code = ("import sys, unip_hf.cli\nimport unip_hf\nprint('unip_hf.modeling_unip' in sys.modules)\n"
+    code = ("import sys, unip_hf.cli\nimport unip_hf\nprint('unip_hf.models.modeling_unip' in sys.modules)\n"
             "from unip_hf import UnipForSemanticSegmentation\n"
             "from transformers import CONFIG_MAPPING\n"
             "print(UnipForSemanticSegmentation.__module__, 'unip' in CONFIG_MAPPING)")
     lines = _python(code).split()
-    assert lines == ["False", "unip_hf.modeling_unip_segmentation", "True"]
+    assert lines == ["False", "unip_hf.models.modeling_unip_segmentation", "True"]
 
 
 def test_unknown_attribute_is_an_attribute_error():

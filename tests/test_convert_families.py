@@ -1,7 +1,7 @@
 """Tests of the conversion of the other transformers ViT families into UnipViTModel: DINOv2 (layer scale, mask token
 dropped, bicubic position interpolation) and CLIP vision (no patch bias, the norm before the blocks, the final norm on
 the pooled CLS token only), from saved folders, at the native size and at one where the positions are interpolated;
-their attention maps read through `unip_hf.vit_family`; what is refused (SwiGLU, register tokens)."""
+their attention maps read through `unip_hf.models.vit_family`; what is refused (SwiGLU, register tokens)."""
 
 import json
 
@@ -10,9 +10,9 @@ import torch
 import transformers as T
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.convert import convert_checkpoint, convert_transformers_model
-from unip_hf.checkpoint_reading import ConversionError
-from unip_hf.vit_family import eager_attention, model_attentions
+from unip_hf.models.convert import convert_checkpoint, convert_transformers_model
+from unip_hf.models.checkpoint_reading import ConversionError
+from unip_hf.models.vit_family import eager_attention, model_attentions
 
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 DINOV2 = dict(**COMMON, mlp_ratio=2, image_size=42, patch_size=14)  # a 3x3 grid

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unip_hf.commands import data as commands
+from unip_hf.cli.commands import data as commands
 from unip_hf.data import write_synthetic_dataset
 
 

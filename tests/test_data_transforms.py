@@ -18,7 +18,7 @@ from unip_hf.data import (
     make_thermal_scene,
     write_synthetic_dataset,
 )
-from unip_hf.inference import merge_window_logits, sliding_window_inference, sliding_window_positions
+from unip_hf.evaluation.inference import merge_window_logits, sliding_window_inference, sliding_window_positions
 
 
 def _jpeg(h=300, w=400, mode="RGB", seed=0):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from unip_hf.cli import build_parser
-from unip_hf.demo import overlay_panels, run_demo
+from unip_hf.studies.demo import overlay_panels, run_demo
 from conftest import reset_accelerate
 
 

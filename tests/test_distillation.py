@@ -1,5 +1,5 @@
-"""Tests of NMI-HAD distillation (`unip_hf.distillation`): the loss, the teacher adapter for every supported family,
-the student side, teacher-layer choice, and the pre-training data (`unip_hf.pretraining_data`)."""
+"""Tests of NMI-HAD distillation (`unip_hf.pretraining.distillation`): the loss, the teacher adapter for every supported family,
+the student side, teacher-layer choice, and the pre-training data (`unip_hf.data.pretraining_data`)."""
 
 import math
 import os
@@ -11,7 +11,7 @@ import transformers as T
 from PIL import Image
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.distillation import (
+from unip_hf.pretraining.distillation import (
     AttentionTeacher,
     NmiHadStudent,
     check_student_heads,
@@ -21,7 +21,7 @@ from unip_hf.distillation import (
     student_attention_logits,
     unused_by_attention_target,
 )
-from unip_hf.pretraining_data import PretrainImageDataset, load_training_sources, scan_image_folder
+from unip_hf.data.pretraining_data import PretrainImageDataset, load_training_sources, scan_image_folder
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
             patch_size=8)
@@ -184,7 +184,7 @@ def test_from_pretrained_and_auto_layer(tmp_path):
     model = tiny_teacher("unip")
     model.save_pretrained(tmp_path / "teacher")
     sample = torch.randn(4, 3, 32, 32)
-    from unip_hf.attention_analysis import analyze_attention, choose_teacher_layer
+    from unip_hf.analysis.attention_analysis import analyze_attention, choose_teacher_layer
 
     expected = choose_teacher_layer(analyze_attention(model, sample, progress=False))
     assert resolve_teacher_layer(model, "auto", sample) == expected

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unip_hf.files import data_fingerprint, printable_path, scan_files
+from unip_hf.data.files import data_fingerprint, printable_path, scan_files
 
 BAD_NAME = b"a\xff.png"
 
@@ -115,7 +115,7 @@ def test_infmix_skips_bad_names_fifo_and_loop(messy, tmp_path):
 
 
 def test_infmix_cli_names_bad_file(messy, tmp_path, capsys):
-    from unip_hf.commands import data as commands
+    from unip_hf.cli.commands import data as commands
 
     root = tmp_path / "root"
     os.makedirs(root / "infrared")
@@ -195,7 +195,7 @@ def test_segmentation_fifo_mask_refused_by_name(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ other users
 def test_pretraining_sources_skip_bad_names_fifos_and_loops(messy):
-    from unip_hf.pretraining_data import load_training_sources, scan_image_folder
+    from unip_hf.data.pretraining_data import load_training_sources, scan_image_folder
 
     sources, skipped, described = _in_thread(lambda: load_training_sources([str(messy), str(messy / "sub")]))
     assert len(sources) == 2  # x.png once (through again.png), sub/y.png once although named twice
@@ -207,7 +207,7 @@ def test_pretraining_sources_skip_bad_names_fifos_and_loops(messy):
 
 
 def test_attention_find_images_skips_and_names(messy):
-    from unip_hf.files import find_images
+    from unip_hf.data.files import find_images
 
     skipped = []
     found = _in_thread(lambda: find_images(messy, skipped=skipped))
@@ -217,7 +217,7 @@ def test_attention_find_images_skips_and_names(messy):
 
 
 def test_data_inspect_reports_scan_skips(tmp_path, capsys):
-    from unip_hf.commands import data as commands
+    from unip_hf.cli.commands import data as commands
 
     root = tmp_path / "f"
     os.makedirs(root / "masks")
@@ -237,7 +237,7 @@ def test_data_inspect_reports_scan_skips(tmp_path, capsys):
 def test_bad_folder_names_and_control_files_are_named(tmp_path):
     from unip_hf.data import load_segmentation_dataset
     from unip_hf.data.infmix import discover_sources
-    from unip_hf.pretraining_data import contains_parquet
+    from unip_hf.data.pretraining_data import contains_parquet
 
     root = tmp_path / "root"
     _png(str(root / "infrared" / "ok" / "a.png"))

@@ -1,4 +1,4 @@
-"""Tests of UNIP fine-tuning (`unip_hf.finetuning`): layer-wise decay, both modes, sliding-window evaluation, metrics,
+"""Tests of UNIP fine-tuning (`unip_hf.training.finetuning`): layer-wise decay, both modes, sliding-window evaluation, metrics,
 best-checkpoint keeping, exact resume, eval results and the patched push. Tiny configs (hidden 32, 2 blocks, patch 8,
 32-64 px synthetic scenes)."""
 
@@ -16,13 +16,13 @@ from torch import nn
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.evaluation import SegmentationEvaluator
-from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, build_model, run_finetuning
-from unip_hf.finetuning_data import dataset_task, parse_img_scale, rescale_size
-from unip_hf.inference import predict_logits
-from unip_hf.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
-from unip_hf.metrics import compute_irstd, compute_mean_iou
-from unip_hf.training_optimization import create_optimizer
+from unip_hf.evaluation.evaluator import SegmentationEvaluator
+from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, build_model, run_finetuning
+from unip_hf.data.finetuning_data import dataset_task, parse_img_scale, rescale_size
+from unip_hf.evaluation.inference import predict_logits
+from unip_hf.training.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
+from unip_hf.evaluation.metrics import compute_irstd, compute_mean_iou
+from unip_hf.training.optimization import create_optimizer
 from conftest import data_path, reset_accelerate
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16,
@@ -163,8 +163,8 @@ def test_finetuning_from_a_checkpoint_keeps_the_sincos_table_fixed(tmp_path):
     """Loaded with `from_pretrained`, the fixed table is no trainable parameter: not in the optimizer, unchanged after
     3 steps at the checkpoint's size; at another crop size every optimised parameter gets a gradient (what DDP
     needs)."""
-    from unip_hf.finetuning import freeze_unused_backbone_parameters
-    from unip_hf.modeling_unip import sincos_position_embedding
+    from unip_hf.training.finetuning import freeze_unused_backbone_parameters
+    from unip_hf.models.modeling_unip import sincos_position_embedding
 
     source = backbone_checkpoint(tmp_path / "backbone")
     labels = {0: "bg", 1: "fg"}
@@ -448,9 +448,9 @@ def test_saved_processor_reproduces_the_evaluated_predictions(tmp_path):
     from transformers import pipeline
 
     from unip_hf.data import load_segmentation_dataset
-    from unip_hf.evaluation import EvaluationArguments, run_evaluation
-    from unip_hf.finetuning_data import EvalSegmentationDataset
-    from unip_hf.image_processing_unip import UnipImageProcessor
+    from unip_hf.evaluation.evaluator import EvaluationArguments, run_evaluation
+    from unip_hf.data.finetuning_data import EvalSegmentationDataset
+    from unip_hf.models.image_processing_unip import UnipImageProcessor
 
     data_dir = tmp_path / "data"
     write_real_binary_set(data_dir, data_path)

@@ -50,8 +50,8 @@ def test_checkpoint_files_have_the_umask_mode(tmp_path):
 def test_one_paired_seed_gives_no_verdict_and_says_why():
     """Guards issue 22 item 5: a one-seed ablation printed `| scratch | ... | 1 | +0.1 | ... | better |`; one
     difference has no spread, so no verdict, with the reason in the table."""
-    from unip_hf.ablation import paired_markdown
-    from unip_hf.statistics import paired_comparison
+    from unip_hf.studies.ablation import paired_markdown
+    from unip_hf.studies.statistics import paired_comparison
 
     one = paired_comparison({0: 0.5}, {0: 0.4})
     assert one["verdict"] == "no verdict" and "1 paired seed" in one["verdict_reason"]
@@ -129,7 +129,7 @@ def test_mae_teacher_loads_for_analysis_without_a_load_report(tmp_path, caplog, 
 
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    from unip_hf.vit_family import load_vision_backbone
+    from unip_hf.models.vit_family import load_vision_backbone
 
     ViTMAEForPreTraining(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                       num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
@@ -221,11 +221,11 @@ def test_light_choice_copies_match_their_owners():
     """`unip_hf.choices` copies the choices of modules it cannot be imported by (the remote-code config, the metric
     modules, the data builders): they must stay equal."""
     from unip_hf import choices
-    from unip_hf.configuration_unip import LOSS_TYPES, UNIP_PRESETS
+    from unip_hf.models.configuration_unip import LOSS_TYPES, UNIP_PRESETS
     from unip_hf.data.segmentation import SEGMENTATION_BUILDERS
-    from unip_hf.metrics import RANKED_METRICS
-    from unip_hf.metrics.irstd.irstd import FA_RULES
-    from unip_hf.transferability import REGION_MODES
+    from unip_hf.evaluation.metrics import RANKED_METRICS
+    from unip_hf.evaluation.metrics.irstd.irstd import FA_RULES
+    from unip_hf.training.transferability import REGION_MODES
 
     assert choices.PRESET_NAMES == tuple(UNIP_PRESETS) and choices.LOSS_TYPES == LOSS_TYPES
     assert choices.RANKED_METRICS == RANKED_METRICS and choices.FA_RULES == FA_RULES
@@ -241,7 +241,7 @@ def test_budget_file_and_overrides_are_resolved_and_named(tmp_path):
     import json
 
     from unip_hf.argument_checks import UsageError
-    from unip_hf.benchmark import BUDGETS, resolve_budget
+    from unip_hf.studies.benchmark import BUDGETS, resolve_budget
 
     path = tmp_path / "my_budget.json"
     path.write_text(json.dumps({"base": "cpu", "pretrain_steps": 800, "pretrain_image_size": 128}))
@@ -270,7 +270,7 @@ def test_budget_is_recorded_and_another_budget_of_the_same_name_is_refused(tmp_p
     from conftest import data_path
     from test_benchmark import tiny_unip
     from unip_hf.argument_checks import UsageError
-    from unip_hf.benchmark import resolve_budget, run_benchmark
+    from unip_hf.studies.benchmark import resolve_budget, run_benchmark
 
     root = str(data_path("buffalo-udder"))
     model = tiny_unip(tmp_path / "tiny")
@@ -300,7 +300,7 @@ def test_every_runnable_command_has_num_threads_and_the_policy_is_explicit(monke
     with 2 threads, 29 s with one). Every runnable command takes --num_threads; unset, OMP_NUM_THREADS wins, then
     one thread for `unip demo`, then torch's default."""
     from unip_hf.cli import build_parser
-    from unip_hf.commands import thread_policy
+    from unip_hf.cli.commands import thread_policy
 
     leaves = [(name, parser) for name, parser in _all_parsers() if parser.get_default("func") is not None]
     assert len(leaves) > 10
@@ -324,7 +324,8 @@ def test_readme_blocks_write_only_under_demo_out_and_extras_come_from_the_checko
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     for name in ("my_space", "unip.onnx", "overlay.png"):
         for block in blocks:

@@ -9,9 +9,9 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard, parse_eval_result_ent
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 import unip_hf
-from unip_hf.hub import make_dataset_card, make_model_card, template_path
-from unip_hf.hub_results import BenchmarkResult, PretrainingSummary, headline_metrics, read_eval_results, write_eval_results
-from unip_hf.hub_upload import list_upload_files, missing_remote_code, push_to_hub
+from unip_hf.hub.cards import make_dataset_card, make_model_card, template_path
+from unip_hf.hub.results import BenchmarkResult, PretrainingSummary, headline_metrics, read_eval_results, write_eval_results
+from unip_hf.hub.upload import list_upload_files, missing_remote_code, push_to_hub
 
 REMOTE_CODE = ("configuration_unip.py", "modeling_unip.py", "image_processing_unip.py")
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from unip_hf import UnipImageProcessor
-from unip_hf import infrared_decoding as ipu
+from unip_hf.models import infrared_decoding as ipu
 from unip_hf.data import load_segmentation_dataset, segmentation_metadata
 from unip_hf.data.transforms import (
     IndexedTransformDataset,
@@ -23,8 +23,8 @@ from unip_hf.data.transforms import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
 )
-from unip_hf.image_processing_unip import INFRARED_MEAN, INFRARED_STD
-from unip_hf.infrared_decoding import MAX_IMAGE_PIXELS, InfraredImageError, decode_intensity, load_infrared_image
+from unip_hf.models.image_processing_unip import INFRARED_MEAN, INFRARED_STD
+from unip_hf.models.infrared_decoding import MAX_IMAGE_PIXELS, InfraredImageError, decode_intensity, load_infrared_image
 
 
 def _folder_set(root, images: dict, size=None) -> None:
@@ -229,7 +229,7 @@ def test_analyze_attention_skips_names_and_counts_dangling_links_and_nan_tiffs(t
     assert code == 0
     assert "skipped 2 unreadable or unusable file(s)" in printed and "dangling.png" in printed and "nan.tif" in printed
 
-    from unip_hf.attention_analysis import AttentionReport
+    from unip_hf.analysis.attention_analysis import AttentionReport
 
     report = AttentionReport.load(tmp_path / "out" / "report.json")
     assert report.num_images == 3 and len(report.skipped_images) == 2
@@ -238,7 +238,7 @@ def test_analyze_attention_skips_names_and_counts_dangling_links_and_nan_tiffs(t
 
 def test_analysis_preprocessing_uses_the_processor_decoding():
     """The analysis' own preprocessor (for non-UNIP models) decodes like the processor: 16-bit percentile stretch."""
-    from unip_hf.attention_analysis import SimplePreprocessor
+    from unip_hf.analysis.attention_analysis import SimplePreprocessor
 
     raw = (7000 + 900 * np.random.default_rng(0).random((32, 32))).astype(np.uint16)
     out = SimplePreprocessor(32, num_channels=1)([Image.fromarray(raw)])[0, 0].numpy()
@@ -279,7 +279,7 @@ def test_infmix_build_decodes_like_training(tmp_path):
 
 
 def test_pretraining_skips_an_oversized_image_naming_it(tmp_path, monkeypatch, caplog):
-    from unip_hf.pretraining_data import PretrainImageDataset
+    from unip_hf.data.pretraining_data import PretrainImageDataset
 
     for name, side in (("a.png", 8), ("huge.png", 40)):
         Image.fromarray(np.full((side, side), 100, np.uint8)).save(tmp_path / name)

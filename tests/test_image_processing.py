@@ -520,7 +520,7 @@ def test_percentile_stretch_matches_numpy_for_both_byte_orders(byte_order):
 
 # ------------------------------------------------------------------------------------------------- evaluation protocol
 def test_img_scale_keeps_the_ratio_pads_to_the_divisor_and_post_processing_inverts_it(tmp_path):
-    from unip_hf.image_processing_unip import keep_ratio_size
+    from unip_hf.models.image_processing_unip import keep_ratio_size
 
     processor = UnipImageProcessor(img_scale=[60, 44], size_divisor=8)
     assert keep_ratio_size(480, 640, (60, 44)) == (44, 59) and keep_ratio_size(222, 338, (44, 60)) == (39, 60)
@@ -550,7 +550,7 @@ def test_img_scale_keeps_the_ratio_pads_to_the_divisor_and_post_processing_inver
 
 
 def test_gray_stored_as_rgb_decodes_exactly_like_l():
-    from unip_hf.infrared_decoding import decode_intensity
+    from unip_hf.models.infrared_decoding import decode_intensity
 
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert np.array_equal(decode_intensity(np.stack([gray] * 3, -1)), decode_intensity(gray))

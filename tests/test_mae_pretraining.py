@@ -1,4 +1,4 @@
-"""Tests of `unip pretrain-mae` (`unip_hf.mae_pretraining`): a transformers ViT-MAE pre-trained on real infrared
+"""Tests of `unip pretrain-mae` (`unip_hf.pretraining.mae`): a transformers ViT-MAE pre-trained on real infrared
 images with the NMI-HAD recipe's data and loop, saved so that `AutoModel` and the attention analysis / NMI-HAD teacher
 take it, exact resume, and bad input."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import transformers as T
 
-from unip_hf.mae_pretraining import run_mae_pretraining
-from unip_hf.recipe_arguments import MaeArguments, PretrainDataArguments, PretrainingArguments
-from unip_hf.training_checkpoints import list_checkpoints
+from unip_hf.pretraining.mae import run_mae_pretraining
+from unip_hf.training.arguments import MaeArguments, PretrainDataArguments, PretrainingArguments
+from unip_hf.training.checkpoints import list_checkpoints
 
 from conftest import data_path
 
@@ -65,8 +65,8 @@ def test_end_to_end_loads_as_vit_mae_teacher(images, tmp_path):
     processor = T.AutoImageProcessor.from_pretrained(tmp_path / "run")
     assert processor.image_mean == pytest.approx([0.3801] * 3) and processor.size["height"] == 32
 
-    from unip_hf.attention_analysis import analyze_attention
-    from unip_hf.distillation import AttentionTeacher
+    from unip_hf.analysis.attention_analysis import analyze_attention
+    from unip_hf.pretraining.distillation import AttentionTeacher
 
     report = analyze_attention(encoder, str(images), image_size=32, num_images=3, progress=False)
     assert len(report.nmi_mean) == 2 and all(0.0 <= v <= 1.0 for v in report.nmi_mean)

@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 
-from unip_hf.metrics import (
+from unip_hf.evaluation.metrics import (
     compute_irstd,
     compute_mean_iou,
     confusion_matrix,

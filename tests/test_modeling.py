@@ -19,8 +19,8 @@ from transformers.utils import ModelOutput
 
 import unip_hf
 from unip_hf import UnipBackbone, UnipConfig, UnipForSemanticSegmentation, UnipViTModel
-from unip_hf import modeling_unip
-from unip_hf.modeling_unip import UnipModelOutput, sincos_position_embedding
+from unip_hf.models import modeling_unip
+from unip_hf.models.modeling_unip import UnipModelOutput, sincos_position_embedding
 
 DECODE_HEADS = ("ll_fpn", "multilevel_fpn", "linear_probe")
 
@@ -712,7 +712,7 @@ class TestUnipForSemanticSegmentation(ModelTesterMixin):
         assert loss.ndim == 0 and logits.shape == plain.shape
 
     def test_soft_iou_loss(self, tester):
-        from unip_hf.modeling_unip_segmentation import soft_iou_loss
+        from unip_hf.models.modeling_unip_segmentation import soft_iou_loss
 
         labels = torch.zeros(1, 4, 4, dtype=torch.long)
         labels[0, 1:3, 1:3] = 1

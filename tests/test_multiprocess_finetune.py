@@ -12,8 +12,8 @@ import torch
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation, UnipViTModel
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
-from unip_hf.modeling_unip import sincos_position_embedding
+from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, run_finetuning
+from unip_hf.models.modeling_unip import sincos_position_embedding
 
 BACKBONE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 HEADS = {"decoder_hidden_size": 16, "auxiliary_channels": 8, "out_indices": [0, 1, 1, 1]}

@@ -29,8 +29,8 @@ from unip_hf import (
     UnipSmallTargetConfig,
 )
 from unip_hf.cli import build_parser, main
-from unip_hf.modeling_unip_small_target import _rounded_ratio
-from unip_hf.onnx_export import (
+from unip_hf.models.modeling_unip_small_target import _rounded_ratio
+from unip_hf.deploy.onnx_export import (
     REGISTRY_LOGGER,
     PortableAdaptiveAvgPool2d,
     _NoTorchvisionNotice,
@@ -40,7 +40,7 @@ from unip_hf.onnx_export import (
     require_onnx,
     settings_path,
 )
-from unip_hf.segmentation_saving import make_processor
+from unip_hf.hub.model_saving import make_processor
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ID2LABEL = {0: "background", 1: "target"}
@@ -222,7 +222,7 @@ def test_check_needs_the_settings_file(exported, tmp_path):
 
 def test_graph_that_disagrees_with_pytorch_is_refused(exported, tmp_path, monkeypatch):
     """A graph whose logits differ from the model's (here: another model's graph) stops the export."""
-    import unip_hf.onnx_export as onnx_export
+    import unip_hf.deploy.onnx_export as onnx_export
 
     _, _, out = exported
     save_tiny_model(tmp_path / "other", seed=1)
@@ -242,7 +242,7 @@ def test_refused_graph_replaces_nothing(exported, tmp_path, monkeypatch, capsys)
     """Issue 24 item 4: a graph that fails its check leaves the earlier good graph and its settings as they were
     (the old code wrote the graph first, so the refused one replaced the good one beside the old settings), keeps
     the refused graph under another name and leaves no temporary file; the command says so with status 1."""
-    import unip_hf.onnx_export as onnx_export
+    import unip_hf.deploy.onnx_export as onnx_export
 
     _, model_dir, out = exported
     good, good_settings = tmp_path / "model.onnx", settings_path(tmp_path / "model.onnx")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from unip_hf.evaluation import SegmentationEvaluator
-from unip_hf.hub_results import BenchmarkResult
-from unip_hf.metrics import pd_fa_curve, save_pd_fa_plot
-from unip_hf.segmentation_saving import PD_FA_PLOT_NAME, write_pd_fa_plot
+from unip_hf.evaluation.evaluator import SegmentationEvaluator
+from unip_hf.hub.results import BenchmarkResult
+from unip_hf.evaluation.metrics import pd_fa_curve, save_pd_fa_plot
+from unip_hf.hub.model_saving import PD_FA_PLOT_NAME, write_pd_fa_plot
 
 
 def hand_made_images():

@@ -13,8 +13,8 @@ from PIL import Image
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.cli import main
-from unip_hf.prediction import TARGET_COLUMNS, collect_images, find_targets, predict_images
-from unip_hf.segmentation_saving import make_processor
+from unip_hf.deploy.predict import TARGET_COLUMNS, collect_images, find_targets, predict_images
+from unip_hf.hub.model_saving import make_processor
 from conftest import data_path
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,
@@ -109,7 +109,7 @@ def test_predict_takes_files_and_globs_and_disambiguates_names(images, tmp_path)
 def test_multiclass_model_writes_no_targets_and_radiometric_is_passed_only_when_given(images, tmp_path, monkeypatch):
     model = _save_model(tmp_path / "three", 3)
     seen = []
-    from unip_hf import prediction
+    from unip_hf.deploy import predict as prediction
 
     real = prediction.load_infrared_image
     monkeypatch.setattr(prediction, "load_infrared_image", lambda path, **kw: seen.append(kw) or real(path))

@@ -1,4 +1,4 @@
-"""Tests of the NMI-HAD pre-training recipe (`unip_hf.pretraining.run_pretraining`, `recipes/pretrain.py`): the three
+"""Tests of the NMI-HAD pre-training recipe (`unip_hf.pretraining.nmi_had.run_pretraining`, `recipes/pretrain.py`): the three
 targets, outputs loadable with AutoModel, exact resume, two processes, patched Hub push and bad input."""
 
 import json
@@ -14,15 +14,15 @@ import transformers as T
 from PIL import Image
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.pretraining import (
+from unip_hf.pretraining.nmi_had import (
     DistillationArguments,
     PretrainDataArguments,
     PretrainingArguments,
     parse_pretraining_args,
     run_pretraining,
 )
-from unip_hf.training_checkpoints import list_checkpoints
-from unip_hf.training_nan_guard import NonFiniteLossError
+from unip_hf.training.checkpoints import list_checkpoints
+from unip_hf.training.nan_guard import NonFiniteLossError
 
 from conftest import data_path
 
@@ -175,7 +175,7 @@ def test_push_to_hub_patched(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, **kw: calls.setdefault("create", kw))
 
     def fake_upload(self, **kw):
-        from unip_hf.hub_upload import list_upload_files
+        from unip_hf.hub.upload import list_upload_files
 
         calls["upload"] = kw
         calls["files"] = list_upload_files(kw["folder_path"], kw.get("allow_patterns"), kw.get("ignore_patterns"))
@@ -219,7 +219,7 @@ def test_bad_input(assets, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
-    import unip_hf.pretraining as pretraining
+    import unip_hf.pretraining.nmi_had as pretraining
 
     real = pretraining.nmi_had_loss
     count = {"n": 0}

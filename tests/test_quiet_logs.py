@@ -46,7 +46,7 @@ def checkpoint(tmp_path):
 def test_stock_pipeline_does_not_list_the_supported_models(checkpoint, monkeypatch):
     from transformers import pipeline
 
-    from unip_hf.pipeline_unip import _RegisteredModelCheckFilter
+    from unip_hf.models.pipeline_unip import _RegisteredModelCheckFilter
 
     base = logging.getLogger("transformers.pipelines.base")
     collect = _Collect()
@@ -69,9 +69,9 @@ def test_stock_pipeline_does_not_list_the_supported_models(checkpoint, monkeypat
 def test_log_records_do_not_cut_the_progress_bar(tmp_path, capsys, fresh_accelerate_state):
     from accelerate import Accelerator
 
-    from unip_hf.training import train_loop
-    from unip_hf.training_optimization import create_optimizer, create_scheduler
-    from unip_hf.training_sampler import EpochSampler
+    from unip_hf.training.loop import train_loop
+    from unip_hf.training.optimization import create_optimizer, create_scheduler
+    from unip_hf.training.sampler import EpochSampler
 
     accelerator = Accelerator(cpu=True)
     model = nn.Linear(4, 1)

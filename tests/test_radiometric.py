@@ -12,7 +12,7 @@ from conftest import data_path
 from PIL import Image
 
 from unip_hf import UnipImageProcessor
-from unip_hf.infrared_decoding import InfraredImageError, decode_intensity, load_infrared_image, to_intensity_image
+from unip_hf.models.infrared_decoding import InfraredImageError, decode_intensity, load_infrared_image, to_intensity_image
 
 pytest.importorskip("flyr", reason="the `radiometric` extra (flyr) is not installed: pip install 'unip-hf[radiometric]'")
 
@@ -53,17 +53,17 @@ def test_raw_counts_and_celsius_from_real_flir_files(name):
 
 
 def test_default_reads_the_preview_and_warns_once(caplog, monkeypatch):
-    import unip_hf.infrared_decoding as ipu
+    import unip_hf.models.infrared_decoding as ipu
 
     monkeypatch.setattr(ipu, "_PREVIEW_WARNED", [])
-    with caplog.at_level(logging.WARNING, logger="unip_hf.infrared_decoding"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.models.infrared_decoding"):
         first = load_infrared_image(flir("flir_example.jpg"))
         load_infrared_image(flir("ax8.jpg"))
     assert first.mode == "RGB" and first.size == (480, 640)  # today's behaviour, whatever is installed
     warnings = [r.getMessage() for r in caplog.records if "FLIR radiometric JPEG" in r.getMessage()]
     assert len(warnings) == 1 and "flir_example.jpg" in warnings[0] and "radiometric='raw'" in warnings[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="unip_hf.infrared_decoding"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.models.infrared_decoding"):
         monkeypatch.setattr(ipu, "_PREVIEW_WARNED", [])
         load_infrared_image(flir("ax8.jpg"), radiometric="preview")  # asked for: no warning
     assert "FLIR radiometric JPEG" not in caplog.text
@@ -141,7 +141,7 @@ def test_genuine_16bit_thermal_frame_through_both_pipelines_and_unip_predict(tmp
     from transformers import pipeline
 
     from unip_hf import UnipConfig, UnipForSemanticSegmentation
-    from unip_hf.pipeline_unip import UnipImageSegmentationPipeline
+    from unip_hf.models.pipeline_unip import UnipImageSegmentationPipeline
 
     counts = np.asarray(load_infrared_image(flir("flir_example.jpg"), radiometric="raw"))
     frame = tmp_path / "flir_raw16.png"

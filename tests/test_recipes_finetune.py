@@ -17,9 +17,9 @@ from huggingface_hub import parse_eval_result_entries
 from PIL import Image
 
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.evaluation import EvaluationArguments, evaluate_main, parse_evaluation_args, run_evaluation
-from unip_hf.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, parse_finetuning_args
-from unip_hf.hub_results import BenchmarkResult, write_eval_results
+from unip_hf.evaluation.evaluator import EvaluationArguments, evaluate_main, parse_evaluation_args, run_evaluation
+from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, finetune_main, parse_finetuning_args
+from unip_hf.hub.results import BenchmarkResult, write_eval_results
 from conftest import reset_accelerate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "src" / "unip_hf").rglob("*.py"))
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "recipes").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py")),
-             *SOURCES, *sorted((ROOT / "src" / "unip_hf" / "hub_cards").glob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "recipes").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py")),
+             *SOURCES, *sorted((ROOT / "src" / "unip_hf" / "hub" / "card_templates").glob("*.md"))]
 #: Repository paths written in prose: `src/...`, `tests/...`, `recipes/...`, `benchmarks/...`, `hub_cards/...`.
 PATH_PATTERN = re.compile(r"(?<![\w/.])((?:src|tests|recipes|benchmarks|hub_cards)/[\w./-]*\w)")
 

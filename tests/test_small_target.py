@@ -18,7 +18,7 @@ from transformers import AutoModelForSemanticSegmentation, pipeline
 
 import unip_hf  # noqa: F401  (registers the Auto classes)
 from unip_hf import UnipConfig, UnipForSmallTargetSegmentation, UnipSmallTargetConfig, UnipViTModel
-from unip_hf.losses import (
+from unip_hf.models.losses import (
     attention_transfer_loss,
     binary_cross_entropy_loss,
     deep_supervision_loss,
@@ -27,8 +27,8 @@ from unip_hf.losses import (
     small_target_loss,
     soft_iou_loss_binary,
 )
-from unip_hf.pipeline_unip import UnipImageSegmentationPipeline
-from unip_hf.segmentation_saving import make_processor
+from unip_hf.models.pipeline_unip import UnipImageSegmentationPipeline
+from unip_hf.hub.model_saving import make_processor
 
 
 def tiny_config(**overrides):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from unip_hf import UnipForSemanticSegmentation, UnipForSmallTargetSegmentation
-from unip_hf.evaluation import EvaluationArguments, run_evaluation
-from unip_hf.finetuning import (
+from unip_hf.evaluation.evaluator import EvaluationArguments, run_evaluation
+from unip_hf.training.finetuning import (
     DataArguments,
     FinetuningArguments,
     ModelArguments,
@@ -19,7 +19,7 @@ from unip_hf.finetuning import (
     resolve_architecture,
     run_finetuning,
 )
-from unip_hf.small_target_distillation import SmallTargetDistiller, target_logits_of
+from unip_hf.training.small_target_distillation import SmallTargetDistiller, target_logits_of
 from conftest import data_path, reset_accelerate
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "detail_channels": [4, 8]}

@@ -13,9 +13,9 @@ from PIL import Image
 import unip_hf
 from conftest import data_path
 from unip_hf.cli import main as unip_main
-from unip_hf.hub import make_model_card
-from unip_hf.metrics.irstd.irstd import components
-from unip_hf.space import GRADIO_VERSION, create_space, push_space
+from unip_hf.hub.cards import make_model_card
+from unip_hf.evaluation.metrics.irstd.irstd import components
+from unip_hf.deploy.space import GRADIO_VERSION, create_space, push_space
 
 
 def _save_tiny(folder, labels=("background", "target"), **processor_kwargs):

@@ -63,7 +63,7 @@ def _tiny_model(folder: Path) -> None:
 def test_space_app_in_headless_chromium(tmp_path):
     sync_api = _requirements()
     image_path = data_path("sirst", "images", "Misc_1.png")
-    from unip_hf.space import create_space
+    from unip_hf.deploy.space import create_space
 
     _tiny_model(tmp_path / "model")
     space = create_space(str(tmp_path / "model"), tmp_path / "space", title="UNIP tiny SIRST",

@@ -1,4 +1,4 @@
-"""Tests of the generic accelerate training machinery (`unip_hf.training`) used by the UNIP recipes."""
+"""Tests of the generic accelerate training machinery (`unip_hf.training.loop`) used by the UNIP recipes."""
 
 import json
 import math
@@ -10,12 +10,12 @@ from conftest import reset_accelerate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unip_hf.training import train_loop
-from unip_hf.training_checkpoints import CheckpointManager, list_checkpoints
-from unip_hf.training_step_log import StepLog, resolve_report_to
-from unip_hf.training_optimization import create_optimizer, create_scheduler, param_groups, resolve_learning_rate, schedule_factor
-from unip_hf.training_sampler import EpochSampler, sample_seed
-from unip_hf.training_nan_guard import NonFiniteLossError
+from unip_hf.training.loop import train_loop
+from unip_hf.training.checkpoints import CheckpointManager, list_checkpoints
+from unip_hf.training.step_log import StepLog, resolve_report_to
+from unip_hf.training.optimization import create_optimizer, create_scheduler, param_groups, resolve_learning_rate, schedule_factor
+from unip_hf.training.sampler import EpochSampler, sample_seed
+from unip_hf.training.nan_guard import NonFiniteLossError
 
 
 def fresh_accelerator(**kwargs):

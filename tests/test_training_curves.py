@@ -13,11 +13,11 @@ import transformers as T
 from PIL import Image
 
 from unip_hf import UnipConfig
-from unip_hf import training_curves
+from unip_hf.training import curves as training_curves
 from unip_hf.cli import main
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.training_checkpoints import list_checkpoints
-from unip_hf.training_curves import plot_training_curves, read_run_logs, write_training_curves
+from unip_hf.training.checkpoints import list_checkpoints
+from unip_hf.training.curves import plot_training_curves, read_run_logs, write_training_curves
 from conftest import reset_accelerate
 
 TINY = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "decoder_hidden_size": 16, "auxiliary_channels": 8}'
@@ -63,7 +63,7 @@ def test_without_matplotlib_the_run_warns_once_and_goes_on(tmp_path, monkeypatch
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     monkeypatch.setattr(training_curves, "_warned_missing", False)
-    with caplog.at_level(logging.WARNING, logger="unip_hf.training_curves"):
+    with caplog.at_level(logging.WARNING, logger="unip_hf.training.curves"):
         assert write_training_curves(str(run)) is None and write_training_curves(str(run)) is None
     warnings = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
     assert len(warnings) == 1 and 'pip install "unip-hf[plots]"' in warnings[0]

@@ -1,4 +1,4 @@
-"""Tests of transferability-aware fine-tuning (TMT, `unip_hf.transferability` and the TMA bias of `modeling_unip`):
+"""Tests of transferability-aware fine-tuning (TMT, `unip_hf.training.transferability` and the TMA bias of `modeling_unip`):
 ACTE's clustering on constructed features, the map's shape and range, the attention bias (off: identical outputs; on:
 logits shifted by `strength * (1 - T)`, checked against a hand computation), save/load with TMT on, vanilla
 equivalence of the both-off ablation, and the recipe end to end on real buffalo-udder images with both decode heads.
@@ -14,9 +14,9 @@ from PIL import Image
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.data import write_synthetic_dataset
-from unip_hf.finetuning import ModelArguments, finetune_main, parse_tmt_blocks, run_finetuning
-from unip_hf.modeling_unip import transferability_attention_bias
-from unip_hf.transferability import (
+from unip_hf.training.finetuning import ModelArguments, finetune_main, parse_tmt_blocks, run_finetuning
+from unip_hf.models.modeling_unip import transferability_attention_bias
+from unip_hf.training.transferability import (
     TransferabilityEstimator,
     adaptive_kmeans,
     clustering_points,

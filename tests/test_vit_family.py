@@ -1,4 +1,4 @@
-"""Tests of the ViT-family adapters (`unip_hf.vit_family`) that the attention analysis and the NMI-HAD teacher share:
+"""Tests of the ViT-family adapters (`unip_hf.models.vit_family`) that the attention analysis and the NMI-HAD teacher share:
 which module takes the pixel values, the special tokens before the patches, and the two readers agreeing."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import transformers as T
 from torch import nn
 
-from unip_hf.distillation import AttentionTeacher
-from unip_hf.vit_family import eager_attention, model_attentions, num_prefix_tokens, select_tokens, vision_tower
+from unip_hf.pretraining.distillation import AttentionTeacher
+from unip_hf.models.vit_family import eager_attention, model_attentions, num_prefix_tokens, select_tokens, vision_tower
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
               patch_size=8)

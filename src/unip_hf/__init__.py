@@ -5,8 +5,8 @@ Importing the package registers the UNIP classes with the transformers Auto clas
 `from unip_hf import UnipConfig` imports only what that name needs.
 
 One exception keeps `unip --help` fast: when the package is imported on the way to the light command-line modules
-(`unip_hf.cli`, `unip_hf.commands.*`, `unip_hf.recipe_arguments`, which load no torch / transformers / datasets /
-accelerate), the registration waits until a command runs (`unip_hf.commands.load`) or an exported name is used.
+(`unip_hf.cli`, `unip_hf.cli.commands.*`, `unip_hf.training.arguments`, which load no torch / transformers / datasets /
+accelerate), the registration waits until a command runs (`unip_hf.cli.commands.load`) or an exported name is used.
 `register_auto_classes()` does it at any time (it is idempotent).
 """
 
@@ -19,24 +19,24 @@ __version__ = "0.1.0"
 
 # exported name -> the submodule that defines it (imported on first access)
 _EXPORTS = {
-    "UnipConfig": "configuration_unip",
-    "UNIP_PRESETS": "configuration_unip",
-    "UnipPreTrainedModel": "modeling_unip",
-    "UnipViTModel": "modeling_unip",
-    "UnipForSemanticSegmentation": "modeling_unip_segmentation",
-    "UnipForSmallTargetSegmentation": "modeling_unip_small_target",
-    "UnipSmallTargetConfig": "configuration_unip",
-    "UnipBackbone": "modeling_unip",
-    "UnipModelOutput": "modeling_unip",
-    "UnipImageProcessor": "image_processing_unip",
-    "UnipImageSegmentationPipeline": "pipeline_unip",
-    "register_pipeline": "pipeline_unip",
-    "AttentionTeacher": "distillation",
-    "nmi_had_loss": "distillation",
-    "run_pretraining": "pretraining",
+    "UnipConfig": "models.configuration_unip",
+    "UNIP_PRESETS": "models.configuration_unip",
+    "UnipPreTrainedModel": "models.modeling_unip",
+    "UnipViTModel": "models.modeling_unip",
+    "UnipForSemanticSegmentation": "models.modeling_unip_segmentation",
+    "UnipForSmallTargetSegmentation": "models.modeling_unip_small_target",
+    "UnipSmallTargetConfig": "models.configuration_unip",
+    "UnipBackbone": "models.modeling_unip",
+    "UnipModelOutput": "models.modeling_unip",
+    "UnipImageProcessor": "models.image_processing_unip",
+    "UnipImageSegmentationPipeline": "models.pipeline_unip",
+    "register_pipeline": "models.pipeline_unip",
+    "AttentionTeacher": "pretraining.distillation",
+    "nmi_had_loss": "pretraining.distillation",
+    "run_pretraining": "pretraining.nmi_had",
 }
 # modules whose import must stay light (see the module docstring and README "Architecture")
-_LIGHT_MODULES = ("unip_hf.cli", "unip_hf.commands", "unip_hf.recipe_arguments")
+_LIGHT_MODULES = ("unip_hf.cli", "unip_hf.cli.commands", "unip_hf.training.arguments")
 _registered = False
 
 
@@ -48,12 +48,12 @@ def register_auto_classes() -> None:
         return
     from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
-    from .configuration_unip import UnipConfig, UnipSmallTargetConfig
-    from .image_processing_unip import UnipImageProcessor
-    from .modeling_unip import UnipBackbone, UnipViTModel
-    from .modeling_unip_segmentation import UnipForSemanticSegmentation
-    from .modeling_unip_small_target import UnipForSmallTargetSegmentation
-    from .pipeline_unip import register_pipeline
+    from unip_hf.models.configuration_unip import UnipConfig, UnipSmallTargetConfig
+    from unip_hf.models.image_processing_unip import UnipImageProcessor
+    from unip_hf.models.modeling_unip import UnipBackbone, UnipViTModel
+    from unip_hf.models.modeling_unip_segmentation import UnipForSemanticSegmentation
+    from unip_hf.models.modeling_unip_small_target import UnipForSmallTargetSegmentation
+    from unip_hf.models.pipeline_unip import register_pipeline
 
     AutoConfig.register("unip", UnipConfig, exist_ok=True)
     AutoModel.register(UnipConfig, UnipViTModel, exist_ok=True)

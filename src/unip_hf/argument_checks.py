@@ -19,7 +19,7 @@ from typing import Any
 from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .choices import EVAL_MODES, TASKS
+from unip_hf.choices import EVAL_MODES, TASKS
 
 __all__: list[str] = []  # nothing here is documented API; the package's own modules import what they need
 

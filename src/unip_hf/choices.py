@@ -12,7 +12,7 @@ remote-code file that imports only torch, transformers and its siblings), the me
 
 from __future__ import annotations
 
-#: `--distill_target` of NMI-HAD pre-training (`unip_hf.distillation`).
+#: `--distill_target` of NMI-HAD pre-training (`unip_hf.pretraining.distillation`).
 DISTILL_TARGETS = ("attention", "features", "none")
 #: `--feature_loss` of the `features` distillation target.
 FEATURE_LOSSES = ("cosine", "smooth_l1")
@@ -26,7 +26,7 @@ ARCHITECTURES = ("auto", "small_target", "semantic")
 TASKS = ("auto", "semantic", "irstd")
 #: `--eval_mode`.
 EVAL_MODES = ("whole", "slide")
-#: `--tmt_regions` (TMT's region proposals, `unip_hf.transferability`).
+#: `--tmt_regions` (TMT's region proposals, `unip_hf.training.transferability`).
 REGION_MODES = ("acte", "windows")
 
 # values that a command and the library module doing its work both need (the library imports them from here)
@@ -41,7 +41,7 @@ INSTALL_HINT = 'pip install -e ".[onnx]" (from the repository folder)'
 #: `unip convert --from`.
 CONVERT_SOURCES = ("auto", "unip", "timm", "mmseg", "transformers")
 #: The transformers `model_type`s that `--from transformers` converts (ViT, ViT-MAE, DeiT, DINOv2, and CLIP: a CLIP
-#: model's vision tower or a CLIP vision model); read by `unip_hf.convert`, `unip convert` and `unip benchmark`.
+#: model's vision tower or a CLIP vision model); read by `unip_hf.models.convert`, `unip convert` and `unip benchmark`.
 TRANSFORMERS_FAMILIES = ("vit", "vit_mae", "deit", "dinov2", "clip", "clip_vision_model")
 
 
@@ -61,7 +61,7 @@ def unsupported_family(model_type: str | None) -> str | None:
 PRESET_NAMES = ("unip-tiny", "unip-small", "unip-base", "unip-large")
 #: `LOSS_TYPES` of `configuration_unip`: `--semantic_loss_type` (besides `auto`).
 LOSS_TYPES = ("cross_entropy", "cross_entropy+soft_iou")
-#: `RANKED_METRICS` of `unip_hf.metrics`: `--metric_for_best_model` per task.
+#: `RANKED_METRICS` of `unip_hf.evaluation.metrics`: `--metric_for_best_model` per task.
 RANKED_METRICS = {"mean_iou": ("mean_iou", "mean_accuracy", "overall_accuracy"), "irstd": ("iou", "niou", "pd")}
 #: `FA_RULES` of the IRSTD metric: `--fa_rule`.
 FA_RULES = ("correct", "reference")

@@ -5,9 +5,9 @@ read SODA, MFNet, SCUT-Seg, SIRST, NUDT-SIRST / IRSTD-1K, split folders, MassMIN
 """
 
 # `__all__` holds what the README documents; the other names stay importable from here.
-from .export import export_parquet, push_to_hub, write_dataset_readme
-from .infmix import InfMix, InfMixConfig, derive_config_name, discover_sources, format_report_table, read_report
-from .segmentation import (
+from unip_hf.data.export import export_parquet, push_to_hub, write_dataset_readme
+from unip_hf.data.infmix import InfMix, InfMixConfig, derive_config_name, discover_sources, format_report_table, read_report
+from unip_hf.data.segmentation import (
     IGNORE_INDEX,
     SEGMENTATION_BUILDERS,
     SEGMENTATION_SPECS,
@@ -25,8 +25,8 @@ from .segmentation import (
     load_segmentation_dataset,
     segmentation_metadata,
 )
-from .synthetic import SYNTHETIC_CLASSES, make_thermal_scene, write_synthetic_dataset
-from .transforms import (
+from unip_hf.data.synthetic import SYNTHETIC_CLASSES, make_thermal_scene, write_synthetic_dataset
+from unip_hf.data.transforms import (
     UNIP_MEAN,
     UNIP_STD,
     IndexedTransformDataset,

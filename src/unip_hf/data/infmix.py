@@ -1,7 +1,7 @@
 """InfMix, the UNIP pre-training mix (Zhang et al., "UNIP", ICLR 2025), as a `datasets` builder.
 
 Many infrared sources plus grayscale-converted RGB images, with configurable composition. Files are found by
-the package's one walker (`unip_hf.files`) and decoded by its one decoding path
+the package's one walker (`unip_hf.data.files`) and decoded by its one decoding path
 (`infrared_decoding.load_infrared_image` / `to_intensity_image`: EXIF orientation, pixel limit, NaN refused);
 PyYAML, a dependency of `datasets` itself, is imported lazily for YAML manifests.
 
@@ -28,8 +28,8 @@ from typing import Any, Iterator, Optional
 import datasets
 import yaml
 
-from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
-from ..infrared_decoding import load_infrared_image, to_intensity_image
+from unip_hf.data.files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name
+from unip_hf.models.infrared_decoding import load_infrared_image, to_intensity_image
 
 __all__ = ["InfMix", "format_report_table"]
 
@@ -164,7 +164,7 @@ def discover_sources(root_or_manifest: str) -> list[dict[str, Any]]:
 
     Returns:
         One dict per source: ``name``, ``modality``, ``root`` (for relative file names), ``files``
-        (sorted absolute paths after sampling) and ``skipped`` (`unip_hf.files.SkippedFile` items), ordered by
+        (sorted absolute paths after sampling) and ``skipped`` (`unip_hf.data.files.SkippedFile` items), ordered by
         modality then name.
 
     Raises:

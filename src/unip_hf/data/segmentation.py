@@ -21,8 +21,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
-from ..infrared_decoding import InfraredImageError, load_infrared_image, to_intensity_image
+from unip_hf.data.files import IMAGE_EXTENSIONS, FileScan, data_fingerprint, read_text, require_utf8_name, scan_files
+from unip_hf.models.infrared_decoding import InfraredImageError, load_infrared_image, to_intensity_image
 
 __all__ = ["load_segmentation_dataset", "segmentation_metadata"]
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 METADATA_MARKER = "Segmentation metadata (JSON):"
-_EXTS = IMAGE_EXTENSIONS  # one list of image file extensions for the package (unip_hf.files)
+_EXTS = IMAGE_EXTENSIONS  # one list of image file extensions for the package (unip_hf.data.files)
 #: Bumped when the rows built from the same files change (e.g. 0/255 masks of the ``folder`` layout), so that
 #: caches written by older code are not reused.
 _CACHE_FORMAT = "segmentation-3"  # 3: the original files' modes in the metadata

@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .segmentation import load_segmentation_dataset
+from unip_hf.data.segmentation import load_segmentation_dataset
 
 __all__ = ["write_synthetic_dataset"]
 

@@ -2,7 +2,7 @@
 
 Pre-training view (RandomResizedCrop 224, scale 0.2-1, flip, RGB->L->3 channels, normalise), segmentation
 training (random resize 0.5-2.0, crop with a max single-class ratio, flip, photometric distortion, pad with
-ignore 255), evaluation (resize; the sliding windows are inference, in `unip_hf.inference`). Randomness comes from a
+ignore 255), evaluation (resize; the sliding windows are inference, in `unip_hf.evaluation.inference`). Randomness comes from a
 generator per (seed, epoch, index).
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_processing_unip import INFRARED_MEAN as UNIP_MEAN
-from ..image_processing_unip import INFRARED_STD as UNIP_STD
-from ..infrared_decoding import decode_intensity, load_infrared_image
+from unip_hf.models.image_processing_unip import INFRARED_MEAN as UNIP_MEAN
+from unip_hf.models.image_processing_unip import INFRARED_STD as UNIP_STD
+from unip_hf.models.infrared_decoding import decode_intensity, load_infrared_image
 
 __all__ = ["PretrainTransform", "SegmentationTrainTransform", "SegmentationEvalTransform", "IndexedTransformDataset"]
 

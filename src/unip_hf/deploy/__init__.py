@@ -1,0 +1,1 @@
+"""Deployment: prediction on your images, ONNX export and the Gradio Space."""

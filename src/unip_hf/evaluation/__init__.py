@@ -1,0 +1,1 @@
+"""Evaluation: the evaluator, whole-image / sliding-window inference and the metric modules."""

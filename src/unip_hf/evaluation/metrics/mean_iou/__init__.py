@@ -1,0 +1,1 @@
+"""UNIP mean IoU `evaluate` module (load it by path: `unip_hf.evaluation.metrics.load_metric("mean_iou")`)."""

@@ -1,1 +1,0 @@
-"""UNIP IRSTD `evaluate` module (load it by path: `unip_hf.metrics.load_metric("irstd")`)."""

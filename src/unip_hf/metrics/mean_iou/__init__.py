@@ -1,1 +1,0 @@
-"""UNIP mean IoU `evaluate` module (load it by path: `unip_hf.metrics.load_metric("mean_iou")`)."""

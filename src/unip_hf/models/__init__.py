@@ -1,0 +1,1 @@
+"""The UNIP models: configuration, modeling (ViT, backbone, segmenters), image processing, pipelines and weight conversion."""

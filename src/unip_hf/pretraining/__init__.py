@@ -1,0 +1,1 @@
+"""Pre-training: NMI-guided hybrid attention distillation (NMI-HAD) and the MAE teacher."""

@@ -1,0 +1,1 @@
+"""Training machinery: the accelerate loop, optimisation, checkpoints, recipe arguments, fine-tuning."""
