@@ -37,7 +37,7 @@ from unip_hf import (  # noqa: E402
     UnipSmallTargetConfig,
 )
 from unip_hf.deploy.onnx_export import export_onnx, require_onnx  # noqa: E402
-from unip_hf.hub.model_saving import make_processor  # noqa: E402
+from unip_hf.evaluation.model_saving import make_processor  # noqa: E402
 
 NUM_LABELS = 2
 #: model kind -> (class, what it is)

@@ -713,7 +713,7 @@ def test_a_run_holds_a_lock_and_a_second_run_into_its_output_dir_is_refused(tmp_
 
     import unip_hf.training.finetuning as finetuning
     from test_finetuning import arguments, reset_accelerate
-    from unip_hf.training.arguments import TrainingLoopArguments
+    from unip_hf.recipe_arguments import TrainingLoopArguments
     from unip_hf.training.loop import create_accelerator, finish_run, run_recipe
     from unip_hf.training.output_dir import LOCK_NAME, OutputDirError
 
@@ -789,7 +789,7 @@ def test_pretraining_resumed_with_more_steps_runs_its_first_step_on_the_new_sche
 
     from test_finetuning import reset_accelerate
     from unip_hf.pretraining.nmi_had import run_pretraining
-    from unip_hf.training.arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
+    from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
     from unip_hf.training.optimization import schedule_factor
 
     torch.manual_seed(0)

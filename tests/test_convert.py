@@ -10,8 +10,8 @@ from transformers import AutoModel, DeiTConfig, DeiTModel, ViTConfig, ViTMAEConf
 
 from unip_hf import UnipConfig, UnipViTModel
 from unip_hf.cli import main as cli_main
-from unip_hf.models.convert import convert_checkpoint, convert_transformers_model
-from unip_hf.models.checkpoint_reading import ConversionError, convert_timm_state_dict, infer_config_from_timm
+from unip_hf.conversion.convert import convert_checkpoint, convert_transformers_model
+from unip_hf.conversion.checkpoint_reading import ConversionError, convert_timm_state_dict, infer_config_from_timm
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
 HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)

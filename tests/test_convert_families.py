@@ -10,8 +10,8 @@ import torch
 import transformers as T
 
 from unip_hf import UnipConfig, UnipViTModel
-from unip_hf.models.convert import convert_checkpoint, convert_transformers_model
-from unip_hf.models.checkpoint_reading import ConversionError
+from unip_hf.conversion.convert import convert_checkpoint, convert_transformers_model
+from unip_hf.conversion.checkpoint_reading import ConversionError
 from unip_hf.models.vit_family import eager_attention, model_attentions
 
 COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)

@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation, UnipViTModel
 from unip_hf.cli import main as cli_main
-from unip_hf.models.convert import Conversion, conversion_card, convert, convert_checkpoint
-from unip_hf.models.convert_mmseg import to_mmseg_checkpoint
-from unip_hf.models.checkpoint_reading import ConversionError, read_checkpoint, to_timm_state_dict
+from unip_hf.conversion.convert import Conversion, conversion_card, convert, convert_checkpoint
+from unip_hf.conversion.mmseg import to_mmseg_checkpoint
+from unip_hf.conversion.checkpoint_reading import ConversionError, read_checkpoint, to_timm_state_dict
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_convert import TINY, to_timm_layout  # noqa: E402
@@ -348,6 +348,6 @@ def test_to_timm_state_dict_is_the_inverse(pixels):
 
 
 def convert_checkpoint_state(state):
-    from unip_hf.models.checkpoint_reading import convert_timm_state_dict
+    from unip_hf.conversion.checkpoint_reading import convert_timm_state_dict
 
     return convert_timm_state_dict(state, num_attention_heads=2, last_layer_num_attention_heads=4)

@@ -14,9 +14,9 @@ from transformers import AutoModelForSemanticSegmentation, ViTConfig, ViTModel
 
 from unip_hf import UnipConfig, UnipForSemanticSegmentation, UnipViTModel
 from unip_hf.cli import main as cli_main
-from unip_hf.models.convert import convert, detect_source_format
-from unip_hf.models.convert_mmseg import parse_mmseg_config, to_mmseg_checkpoint, to_mmseg_state_dict
-from unip_hf.models.checkpoint_reading import ConversionError
+from unip_hf.conversion.convert import convert, detect_source_format
+from unip_hf.conversion.mmseg import parse_mmseg_config, to_mmseg_checkpoint, to_mmseg_state_dict
+from unip_hf.conversion.checkpoint_reading import ConversionError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_convert import TINY, to_timm_layout  # noqa: E402

@@ -97,3 +97,26 @@ def test_no_source_file_over_the_limit():
     long = sorted(f"{p.relative_to(PACKAGE)}: {n}" for p in PACKAGE.rglob("*.py")
                   if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES)
     assert not long, f"files over {MAX_LINES} lines (split them by job): {long}"
+
+
+def test_no_circle_between_subpackages():
+    """Subpackages form layers (models and data at the bottom, cli on top): no two of them import each other, directly
+    or through others."""
+    def room(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 else module  # top-level modules are rooms of their own
+
+    rooms: dict[str, set[str]] = {}
+    for module, targets in graph().items():
+        for target in targets:
+            if room(module) != room(target) and target != f"unip_hf.{room(module)}":
+                rooms.setdefault(room(module), set()).add(room(target))
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in rooms.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    circles = sorted({tuple(sorted((a, b))) for a in rooms for b in rooms[a] if reaches(b, a, {b})})
+    assert not circles, f"subpackages that import each other (directly or through others): {circles}"

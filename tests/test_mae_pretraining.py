@@ -12,7 +12,7 @@ import torch
 import transformers as T
 
 from unip_hf.pretraining.mae import run_mae_pretraining
-from unip_hf.training.arguments import MaeArguments, PretrainDataArguments, PretrainingArguments
+from unip_hf.recipe_arguments import MaeArguments, PretrainDataArguments, PretrainingArguments
 from unip_hf.training.checkpoints import list_checkpoints
 
 from conftest import data_path

@@ -40,7 +40,7 @@ from unip_hf.deploy.onnx_export import (
     require_onnx,
     settings_path,
 )
-from unip_hf.hub.model_saving import make_processor
+from unip_hf.evaluation.model_saving import make_processor
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ID2LABEL = {0: "background", 1: "target"}

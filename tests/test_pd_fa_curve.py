@@ -8,7 +8,7 @@ import torch
 from unip_hf.evaluation.evaluator import SegmentationEvaluator
 from unip_hf.hub.results import BenchmarkResult
 from unip_hf.evaluation.metrics import pd_fa_curve, save_pd_fa_plot
-from unip_hf.hub.model_saving import PD_FA_PLOT_NAME, write_pd_fa_plot
+from unip_hf.evaluation.model_saving import PD_FA_PLOT_NAME, write_pd_fa_plot
 
 
 def hand_made_images():

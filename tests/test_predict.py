@@ -14,7 +14,7 @@ from PIL import Image
 from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.cli import main
 from unip_hf.deploy.predict import TARGET_COLUMNS, collect_images, find_targets, predict_images
-from unip_hf.hub.model_saving import make_processor
+from unip_hf.evaluation.model_saving import make_processor
 from conftest import data_path
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,

@@ -1,4 +1,4 @@
-"""The recipes' arguments (issue 15, items 1 and 3): one definition in `unip_hf.training.arguments`, parsed by the
+"""The recipes' arguments (issue 15, items 1 and 3): one definition in `unip_hf.recipe_arguments`, parsed by the
 recipes and by `unip pretrain / finetune / evaluate` into the same options as `transformers.HfArgumentParser`
 (compared here), `--help` showing every default and which learning rate wins, underscores with dashed aliases."""
 
@@ -9,7 +9,7 @@ from transformers import HfArgumentParser
 
 from unip_hf import cli
 from unip_hf.models.image_processing_unip import INFRARED_MEAN, INFRARED_STD
-from unip_hf.training.arguments import (
+from unip_hf.recipe_arguments import (
     EVALUATION_ARGUMENTS,
     FINETUNING_ARGUMENTS,
     PRETRAINING_ARGUMENTS,
@@ -124,7 +124,7 @@ def test_every_command_option_has_an_underscore_name():
 
 
 def test_defaults_shared_with_the_image_processor():
-    from unip_hf.training.arguments import PretrainDataArguments
+    from unip_hf.recipe_arguments import PretrainDataArguments
 
     defaults = PretrainDataArguments.__dataclass_fields__
     assert defaults["image_mean"].default == INFRARED_MEAN and defaults["image_std"].default == INFRARED_STD
@@ -187,7 +187,7 @@ def test_crop_is_checked_against_a_checkpoint_patch_size(scenes, tmp_path):
     pads its input, and a batch of 1 for it, are not refused."""
     from unip_hf import UnipConfig, UnipViTModel
     from unip_hf.training.finetuning import check_finetuning_args
-    from unip_hf.training.arguments import DataArguments, ModelArguments
+    from unip_hf.recipe_arguments import DataArguments, ModelArguments
 
     UnipViTModel(UnipConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=40,
                             patch_size=10)).save_pretrained(tmp_path / "backbone")

@@ -28,7 +28,7 @@ from unip_hf.models.losses import (
     soft_iou_loss_binary,
 )
 from unip_hf.models.pipeline_unip import UnipImageSegmentationPipeline
-from unip_hf.hub.model_saving import make_processor
+from unip_hf.evaluation.model_saving import make_processor
 
 
 def tiny_config(**overrides):

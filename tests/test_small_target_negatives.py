@@ -68,7 +68,7 @@ def test_tiled_inference_checks_its_inputs():
 def test_predict_tiles_large_frames_with_the_same_result():
     """`class_probabilities` (what `unip predict` runs) tiles a small-target model's large frames automatically
     only where the result is exact; forced tiling gives the whole-frame probabilities."""
-    from unip_hf.hub.model_saving import make_processor
+    from unip_hf.evaluation.model_saving import make_processor
 
     model = tiny_model()
     processor = make_processor(model.config)
@@ -96,7 +96,7 @@ def test_saved_threshold_is_used_by_predict_and_the_pipeline(tmp_path):
     predict` (an explicit --threshold still wins) and of the infrared pipeline's masks."""
     from transformers import pipeline
 
-    from unip_hf.hub.model_saving import make_processor
+    from unip_hf.evaluation.model_saving import make_processor
 
     model = tiny_model(detail_channels=(4, 8))
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_space_starts_at_the_saved_operating_point(tmp_path):
     """The Space's `predict` without a threshold applies the model's `target_threshold` (the slider starts there)."""
     import importlib.util
 
-    from unip_hf.hub.model_saving import make_processor
+    from unip_hf.evaluation.model_saving import make_processor
     from unip_hf.deploy.space import create_space
 
     model = tiny_model(detail_channels=(4, 8))

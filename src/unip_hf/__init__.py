@@ -5,7 +5,7 @@ Importing the package registers the UNIP classes with the transformers Auto clas
 `from unip_hf import UnipConfig` imports only what that name needs.
 
 One exception keeps `unip --help` fast: when the package is imported on the way to the light command-line modules
-(`unip_hf.cli`, `unip_hf.cli.commands.*`, `unip_hf.training.arguments`, which load no torch / transformers / datasets /
+(`unip_hf.cli`, `unip_hf.cli.commands.*`, `unip_hf.recipe_arguments`, which load no torch / transformers / datasets /
 accelerate), the registration waits until a command runs (`unip_hf.cli.commands.load`) or an exported name is used.
 `register_auto_classes()` does it at any time (it is idempotent).
 """
@@ -36,7 +36,7 @@ _EXPORTS = {
     "run_pretraining": "pretraining.nmi_had",
 }
 # modules whose import must stay light (see the module docstring and README "Architecture")
-_LIGHT_MODULES = ("unip_hf.cli", "unip_hf.cli.commands", "unip_hf.training.arguments")
+_LIGHT_MODULES = ("unip_hf.cli", "unip_hf.cli.commands", "unip_hf.recipe_arguments")
 _registered = False
 
 

@@ -41,7 +41,7 @@ INSTALL_HINT = 'pip install -e ".[onnx]" (from the repository folder)'
 #: `unip convert --from`.
 CONVERT_SOURCES = ("auto", "unip", "timm", "mmseg", "transformers")
 #: The transformers `model_type`s that `--from transformers` converts (ViT, ViT-MAE, DeiT, DINOv2, and CLIP: a CLIP
-#: model's vision tower or a CLIP vision model); read by `unip_hf.models.convert`, `unip convert` and `unip benchmark`.
+#: model's vision tower or a CLIP vision model); read by `unip_hf.conversion.convert`, `unip convert` and `unip benchmark`.
 TRANSFORMERS_FAMILIES = ("vit", "vit_mae", "deit", "dinov2", "clip", "clip_vision_model")
 
 

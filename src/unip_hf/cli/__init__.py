@@ -11,9 +11,9 @@ Every module in `COMMAND_MODULES` follows one convention:
   of the same module taking the parsed `argparse.Namespace` and returning the exit status (`int`);
 
 - the module is light: importing it loads no torch, transformers, datasets or accelerate (nor numpy or PIL); the
-  handler imports the module that does the work when the command runs (`unip_hf.cli.commands.load("unip_hf.models.convert")`), so
+  handler imports the module that does the work when the command runs (`unip_hf.cli.commands.load("unip_hf.conversion.convert")`), so
   `unip --help` and every `unip X --help` start in a fraction of a second. Argument dataclasses of the training
-  recipes live in the light `unip_hf.training.arguments`.
+  recipes live in the light `unip_hf.recipe_arguments`.
 
 `main` calls `args.func(args)` and returns its status; a `unip_hf.argument_checks.UsageError` raised by a handler (a bad
 path, choice or number, checked before anything heavy loads) becomes one line `unip X: error: ...` and status 2; `tests/test_cli.py` checks the convention for every module and

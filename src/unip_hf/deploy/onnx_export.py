@@ -43,7 +43,7 @@ from unip_hf.models.image_processing_unip import UnipImageProcessor
 from unip_hf.models.infrared_decoding import LUMA_WEIGHTS, load_infrared_image
 from unip_hf.models.modeling_unip_small_target import UnipForSmallTargetSegmentation
 from unip_hf.models.modeling_unip_segmentation import UnipForSemanticSegmentation
-from unip_hf.hub.model_saving import make_processor
+from unip_hf.evaluation.model_saving import make_processor
 
 __all__ = ["check_onnx", "export_onnx"]  # the README documents these; the rest stays importable
 

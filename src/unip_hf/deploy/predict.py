@@ -39,7 +39,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from unip_hf.studies.demo import _palette, overlay_panels
 from unip_hf.data.files import IMAGE_EXTENSIONS, find_images
 from unip_hf.models.infrared_decoding import InfraredImageError, load_infrared_image
-from unip_hf.hub.model_saving import MissingTaskHeadError, load_segmentation_model, make_processor, task_head_problem
+from unip_hf.evaluation.model_saving import MissingTaskHeadError, load_segmentation_model, make_processor, task_head_problem
 
 TARGETS_NAME = "targets.csv"
 TARGET_COLUMNS = ("image", "target", "centroid_x", "centroid_y", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",

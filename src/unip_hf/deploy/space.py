@@ -29,7 +29,7 @@ from transformers import AutoConfig
 from unip_hf.studies.demo import _palette
 from unip_hf.hub.upload import list_upload_files, missing_remote_code, push_to_hub
 from unip_hf.models.infrared_decoding import load_infrared_image
-from unip_hf.hub.model_saving import task_head_problem
+from unip_hf.evaluation.model_saving import task_head_problem
 
 __all__: list[str] = []  # the command is registered by unip_hf.cli.commands
 

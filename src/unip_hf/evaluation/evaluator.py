@@ -47,8 +47,8 @@ from unip_hf.evaluation.metrics import (
     to_builtin,
 )
 from unip_hf.evaluation.metrics.irstd.pd_fa_curve import DEFAULT_THRESHOLDS, PdFaCurveAccumulator
-from unip_hf.training.arguments import EvaluationArguments
-from unip_hf.hub.model_saving import (
+from unip_hf.recipe_arguments import EvaluationArguments
+from unip_hf.evaluation.model_saving import (
     MissingTaskHeadError,
     benchmark_result,
     card_for,
@@ -58,7 +58,7 @@ from unip_hf.hub.model_saving import (
     task_head_problem,
     write_pd_fa_plot,
 )
-from unip_hf.training.arguments import parse_recipe_args
+from unip_hf.recipe_arguments import parse_recipe_args
 
 
 class SegmentationEvaluator:

@@ -23,9 +23,9 @@ from typing import Callable
 import torch
 
 from unip_hf.models.configuration_unip import respect_umask
-from unip_hf.training.arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
+from unip_hf.recipe_arguments import MAE_PRETRAINING_ARGUMENTS, MaeArguments, PretrainDataArguments, PretrainingArguments
 from unip_hf.training.loop import create_accelerator, finish_run, run_recipe, train_loop
-from unip_hf.training.arguments import parse_recipe_args
+from unip_hf.recipe_arguments import parse_recipe_args
 from unip_hf.training.output_dir import check_output_dir
 from unip_hf.training.curves import write_training_curves
 

@@ -33,9 +33,9 @@ from unip_hf.hub.results import PretrainingSummary
 from unip_hf.models.image_processing_unip import UnipImageProcessor
 from unip_hf.models.modeling_unip import UnipViTModel
 from unip_hf.data.pretraining_data import PretrainImageDataset, load_training_sources
-from unip_hf.training.arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
+from unip_hf.recipe_arguments import DistillationArguments, PretrainDataArguments, PretrainingArguments
 from unip_hf.training.loop import create_accelerator, finish_run, run_recipe, train_loop
-from unip_hf.training.arguments import parse_recipe_args
+from unip_hf.recipe_arguments import parse_recipe_args
 from unip_hf.training.output_dir import check_output_dir
 from unip_hf.training.optimization import checked_total_batch, create_optimizer, create_scheduler, num_warmup_steps, resolve_learning_rate
 from unip_hf.training.sampler import EpochSampler

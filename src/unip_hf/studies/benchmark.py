@@ -249,7 +249,7 @@ def resolve_model(spec: str, out_dir: str) -> ModelSource:
         raise ValueError(f"--models {spec!r}: {reason}")
     target = os.path.join(out_dir, "converted", slug)
     if not os.path.isfile(os.path.join(target, "config.json")):
-        from unip_hf.models.convert import convert_checkpoint
+        from unip_hf.conversion.convert import convert_checkpoint
 
         tmp = f"{target}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,13 +50,13 @@ from unip_hf.models.modeling_unip_small_target import UnipForSmallTargetSegmenta
 from unip_hf.models.modeling_unip_segmentation import UnipForSemanticSegmentation
 from unip_hf.training.small_target_distillation import SmallTargetDistiller
 from unip_hf.models.vit_family import load_reported
-from unip_hf.hub.model_saving import (
+from unip_hf.evaluation.model_saving import (
     BEST_MODEL_DIR,
     benchmark_result,
     push_saved_model,
     save_segmentation_model,
 )
-from unip_hf.training.arguments import DataArguments, FinetuningArguments, ModelArguments
+from unip_hf.recipe_arguments import DataArguments, FinetuningArguments, ModelArguments
 from unip_hf.training.transferability import (
     REGION_MODES,
     TRANSFERABILITY_SCORES,
@@ -66,7 +66,7 @@ from unip_hf.training.transferability import (
     transferability_contact_sheet,
 )
 from unip_hf.training.loop import create_accelerator, finish_run, run_recipe, train_loop
-from unip_hf.training.arguments import parse_recipe_args
+from unip_hf.recipe_arguments import parse_recipe_args
 from unip_hf.training.output_dir import check_output_dir
 from unip_hf.training.checkpoints import on_lineage, read_run_lineage
 from unip_hf.training.optimization import checked_total_batch, create_optimizer, create_scheduler, num_warmup_steps

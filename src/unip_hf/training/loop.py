@@ -91,7 +91,7 @@ from unip_hf.training.state_files import (
 )
 from unip_hf.training.step_log import STEP_LOG_NAME, StepLog, _jsonable, resolve_report_to
 
-from unip_hf.training.arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
+from unip_hf.recipe_arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
     MIXED_PRECISION_TYPES,
     SCHEDULER_TYPES,
     TRACKER_PACKAGES,

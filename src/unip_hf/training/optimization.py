@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unip_hf.training.arguments import (
+from unip_hf.recipe_arguments import (
     TrainingLoopArguments,
 )
 

@@ -14,7 +14,7 @@ from unip_hf.training.checkpoints import (
     list_checkpoints,
 )
 
-from unip_hf.training.arguments import (
+from unip_hf.recipe_arguments import (
     TrainingLoopArguments,
 )
 

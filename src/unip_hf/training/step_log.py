@@ -13,7 +13,7 @@ import torch
 
 from unip_hf.training.state_files import write_json_atomic
 
-from unip_hf.training.arguments import (
+from unip_hf.recipe_arguments import (
     TRACKER_PACKAGES,
 )
 

@@ -3,7 +3,7 @@
 
 The rule: importing a module of this package loads no torch, transformers, datasets or accelerate (nor numpy or
 PIL), so that `unip --help` and every `unip X --help` start in a fraction of a second. Argument definitions live here
-(or in `unip_hf.training.arguments` for the training recipes); each handler imports the module that does the work when
+(or in `unip_hf.recipe_arguments` for the training recipes); each handler imports the module that does the work when
 the command runs, through `load`. `tests/test_cli_startup.py` checks the rule for every registered module.
 """
 
@@ -80,7 +80,7 @@ def set_thread_policy(args: argparse.Namespace) -> None:
 
 
 def load(module_name: str) -> ModuleType:
-    """Import the module that does a command's work (`"unip_hf.models.convert"`, ...), once the command runs, after
+    """Import the module that does a command's work (`"unip_hf.conversion.convert"`, ...), once the command runs, after
     registering UNIP with the transformers Auto classes (which the light start of `unip` skipped), and apply the
     command's thread policy (`set_thread_policy`; printed in the run header of the training commands)."""
     import unip_hf

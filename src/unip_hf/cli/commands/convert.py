@@ -1,6 +1,6 @@
 """`unip convert`: official UNIP / timm / transformers ViT weights -> a UnipViTModel checkpoint, mmsegmentation UNIP
 segmenters -> a UnipForSemanticSegmentation checkpoint (the work is in
-`unip_hf.models.convert`, imported when the command runs)."""
+`unip_hf.conversion.convert`, imported when the command runs)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _block_list(text: str) -> list[int]:
 
 def _run_convert(args: argparse.Namespace) -> int:
     check_model_source("SOURCE", args.source, hub_file=None, folder=False)  # a checkpoint file is fine here
-    module = load("unip_hf.models.convert")
+    module = load("unip_hf.conversion.convert")
     try:
         return module.command_convert(args)
     except (ValueError, FileNotFoundError) as err:  # ConversionError and bad files: "error: ...", exit status 2

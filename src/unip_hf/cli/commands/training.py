@@ -1,5 +1,5 @@
 """`unip pretrain`, `unip pretrain-mae`, `unip finetune`, `unip evaluate` and `unip plot`: the training recipes as commands. The options
-are the recipes' argument dataclasses (`unip_hf.training.arguments`, one definition for both); the work is in
+are the recipes' argument dataclasses (`unip_hf.recipe_arguments`, one definition for both); the work is in
 `unip_hf.pretraining.nmi_had` / `finetuning` / `evaluation` / `training_curves`, imported when the command runs. The recipes
 in `recipes/` stay the entry points for `accelerate launch`."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from unip_hf.training.arguments import (
+from unip_hf.recipe_arguments import (
     EVALUATION_ARGUMENTS,
     FINETUNING_ARGUMENTS,
     MAE_PRETRAINING_ARGUMENTS,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel
 
-from unip_hf.models.checkpoint_reading import (
+from unip_hf.conversion.checkpoint_reading import (
     CHECKPOINT_SUFFIXES,
     STATE_DICT_KEYS,
     TIMM_NON_BACKBONE,
@@ -35,7 +35,7 @@ from unip_hf.models.checkpoint_reading import (
     state_dict_entry,
     unwrap_state_dict,
 )
-from unip_hf.models.convert_mmseg import convert_mmseg_state_dict, is_mmseg_checkpoint, parse_mmseg_config
+from unip_hf.conversion.mmseg import convert_mmseg_state_dict, is_mmseg_checkpoint, parse_mmseg_config
 
 from unip_hf.choices import CONVERT_SOURCES, unsupported_family
 from unip_hf.models.configuration_unip import UnipConfig
@@ -43,7 +43,7 @@ from unip_hf.hub.cards import make_model_card
 from unip_hf.hub.upload import push_to_hub
 from unip_hf.models.image_processing_unip import UnipImageProcessor
 from unip_hf.models.modeling_unip import UnipViTModel
-from unip_hf.hub.model_saving import make_processor
+from unip_hf.evaluation.model_saving import make_processor
 from unip_hf.models.vit_family import vision_config, vision_tower
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ start at once.
   `transformers.HfArgumentParser` would (the same `--name` / `--name-with-dashes` options, types, defaults, `nargs`,
   `--no_<flag>` negations; `tests/test_recipe_arguments.py` compares the two), without importing transformers, and
   `dataclasses_from_namespace` / `dataclasses_from_dict` build the dataclasses from what was parsed. The recipes
-  (`unip_hf.training.arguments.parse_recipe_args`) and `unip pretrain / finetune / evaluate` use them, so both accept the same
+  (`unip_hf.recipe_arguments.parse_recipe_args`) and `unip pretrain / finetune / evaluate` use them, so both accept the same
   arguments and show the same `--help`, with every default.
 """
 
@@ -650,7 +650,7 @@ __all__: list[str] = []  # the README documents the arguments as command-line op
 def parse_recipe_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                       check: Callable[..., None] | None = None) -> tuple:
     """Parse a recipe's command line (`argv`, default `sys.argv[1:]`) into its argument dataclasses (the options
-    `transformers.HfArgumentParser` would give them, built by `unip_hf.training.arguments` without importing
+    `transformers.HfArgumentParser` would give them, built by `unip_hf.recipe_arguments` without importing
     transformers); a single `.json` / `.yaml` / `.yml` argument is read as a file of arguments.
 
     A `ValueError` (or `FileNotFoundError`) from a dataclass's `__post_init__` or from `check(*parsed)` (checks

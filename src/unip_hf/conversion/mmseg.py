@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from unip_hf.models.checkpoint_reading import (
+from unip_hf.conversion.checkpoint_reading import (
     TIMM_NON_BACKBONE,
     ConversionError,
     check_finite,
