@@ -18,7 +18,8 @@ from unip_hf import UnipConfig, UnipForSemanticSegmentation
 from unip_hf.data import write_synthetic_dataset
 from unip_hf.evaluation.evaluator import SegmentationEvaluator
 from unip_hf.training.finetuning import DataArguments, FinetuningArguments, ModelArguments, build_model, run_finetuning
-from unip_hf.data.finetuning_data import dataset_task, parse_img_scale, rescale_size
+from unip_hf.argument_checks import parse_img_scale
+from unip_hf.data.finetuning_data import dataset_task, rescale_size
 from unip_hf.evaluation.inference import predict_logits
 from unip_hf.training.layer_decay import layer_decay_groups, layer_decay_scale, layer_id
 from unip_hf.evaluation.metrics import compute_irstd, compute_mean_iou

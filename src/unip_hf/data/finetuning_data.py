@@ -18,8 +18,6 @@ from unip_hf.data import IndexedTransformDataset, load_segmentation_dataset
 from unip_hf.data.segmentation import available_splits
 from unip_hf.models.image_processing_unip import INFRARED_MEAN, INFRARED_STD, UnipImageProcessor, keep_ratio_size
 from unip_hf.models.infrared_decoding import load_infrared_image
-from unip_hf.argument_checks import parse_img_scale  # noqa: F401  (re-exported: the evaluation resolution)
-from unip_hf.choices import TASKS
 
 
 #: Data sets evaluated with the small-target metrics (IoU, nIoU, Pd, Fa).

@@ -24,20 +24,18 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from unip_hf.argument_checks import check_choice, check_eval_protocol, check_range  # noqa: F401
+from unip_hf.argument_checks import parse_img_scale
 from unip_hf.data import segmentation_metadata
 from unip_hf.data.finetuning_data import (
-    TASKS,
     EvalSegmentationDataset,
     check_split,
     dataset_task,
     load_split,
-    parse_img_scale,
     resolve_eval_split,
 )
 from unip_hf.hub.results import METRIC_DISPLAY, headline_metrics, read_eval_results, write_eval_results
 from unip_hf.models.infrared_decoding import load_infrared_image
-from unip_hf.evaluation.inference import EVAL_MODES, predict_logits
+from unip_hf.evaluation.inference import predict_logits
 from unip_hf.evaluation.metrics import (
     MAIN_METRIC,
     confusion_matrix,

@@ -26,8 +26,8 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader
 from transformers import AutoConfig
 
-from unip_hf.argument_checks import check_choice, check_multiple_of, check_range
-from unip_hf.choices import ARCHITECTURES, DECODE_HEAD_CHOICES, MODES
+from unip_hf.argument_checks import check_choice, check_multiple_of, parse_img_scale
+from unip_hf.choices import DECODE_HEAD_CHOICES, MODES
 from unip_hf.models.configuration_unip import UNIP_PRESETS, UnipConfig, UnipSmallTargetConfig
 from unip_hf.data import SegmentationTrainTransform, segmentation_metadata
 from unip_hf.evaluation.evaluator import SegmentationEvaluator, evaluate_model, format_metric, format_metrics_table
@@ -40,8 +40,7 @@ from unip_hf.data.finetuning_data import (
     dataset_task,
     load_negative_frames,
     load_split,
-    parse_img_scale,
-    resolve_eval_split,
+        resolve_eval_split,
 )
 from unip_hf.training.layer_decay import layer_decay_scale
 from unip_hf.evaluation.metrics import RANKED_METRICS, to_builtin
@@ -58,7 +57,6 @@ from unip_hf.evaluation.model_saving import (
 )
 from unip_hf.recipe_arguments import DataArguments, FinetuningArguments, ModelArguments
 from unip_hf.training.transferability import (
-    REGION_MODES,
     TRANSFERABILITY_SCORES,
     TransferabilityAwareSegmenter,
     TransferabilityEstimator,

@@ -91,15 +91,8 @@ from unip_hf.training.state_files import (
 )
 from unip_hf.training.step_log import STEP_LOG_NAME, StepLog, _jsonable, resolve_report_to
 
-from unip_hf.recipe_arguments import (  # noqa: F401  (the shared arguments and their choices, defined where importing is cheap)
-    MIXED_PRECISION_TYPES,
-    SCHEDULER_TYPES,
-    TRACKER_PACKAGES,
+from unip_hf.recipe_arguments import (
     TrainingLoopArguments,
-    build_parser,
-    dataclasses_from_dict,
-    dataclasses_from_namespace,
-    read_arguments_file,
 )
 
 logger = logging.getLogger(__name__)
