@@ -1,6 +1,7 @@
 """The `unip` command starts light (issue 15, item 2): building its parser, or importing any module that registers
 commands, loads none of torch, transformers, datasets, accelerate (nor numpy or PIL); the package's exported names
-load on first use; a plain `import unip_hf` still registers the Auto classes. Correctness checks (what is in
+load on first use; a plain `import unip_hf` is light too, and the Auto classes and pipeline task are registered as
+soon as transformers' Auto modules are imported, in either order (issue 21). Correctness checks (what is in
 `sys.modules`), not timings: `benchmarks/bench_cli_startup.py` measures the time."""
 
 import json
@@ -58,6 +59,41 @@ def test_import_unip_hf_registers_the_auto_classes():
     code = ("import unip_hf\nfrom transformers import CONFIG_MAPPING\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
             "print('unip' in CONFIG_MAPPING, 'infrared-image-segmentation' in PIPELINE_REGISTRY.supported_tasks)")
     assert _python(code).split() == ["True", "True"]
+
+
+def test_import_unip_hf_imports_no_heavy_package():
+    assert _loaded_after("import unip_hf") == []
+
+
+AUTO_CHECK = (
+    "from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation, AutoBackbone, "
+    "AutoImageProcessor\n"
+    "from transformers.pipelines import PIPELINE_REGISTRY\n"
+    "from unip_hf.models.configuration_unip import UnipConfig, UnipSmallTargetConfig\n"
+    "config = UnipConfig.from_preset('unip-tiny', num_hidden_layers=2)\n"
+    "print(type(AutoModel.from_config(config)).__name__, type(AutoBackbone.from_config(config)).__name__,\n"
+    "      type(AutoModelForSemanticSegmentation.from_config(config)).__name__,\n"
+    "      AutoConfig.for_model('unip_small_target').__class__.__name__,\n"
+    "      'infrared-image-segmentation' in PIPELINE_REGISTRY.supported_tasks)\n"
+)
+AUTO_EXPECTED = ["UnipViTModel", "UnipBackbone", "UnipForSemanticSegmentation", "UnipSmallTargetConfig", "True"]
+
+
+@pytest.mark.parametrize("first", [
+    "import unip_hf",  # the package first, transformers' Auto modules later
+    "from transformers import AutoModel, AutoConfig, pipeline\nimport unip_hf",  # transformers first
+    "import unip_hf\nfrom unip_hf import UnipViTModel",  # an exported name first (imports modeling_utils)
+    "import transformers.modeling_utils\nimport unip_hf",  # modeling_utils first (it imports AutoModel itself)
+])
+def test_auto_classes_are_registered_in_either_import_order(first):
+    assert _python(first + "\n" + AUTO_CHECK).split()[-5:] == AUTO_EXPECTED
+
+
+def test_register_auto_classes_registers_everything_at_once():
+    code = ("import sys, unip_hf\nunip_hf.register_auto_classes()\n"
+            "from unip_hf import auto_registration\n"
+            "print(auto_registration.is_registered(), auto_registration._finder in sys.meta_path)")
+    assert _python(code).split() == ["True", "False"]
 
 
 def test_exported_names_load_on_first_use():
