@@ -21,7 +21,7 @@ def to_timm_layout(model: UnipViTModel) -> dict[str, torch.Tensor]:
     """Write a UNIP backbone's weights with timm / official-UNIP key names (the inverse of the converter)."""
     out = {}
     for key, value in model.state_dict().items():
-        if key.endswith("head_count"):
+        if key.endswith("head_index"):
             continue
         key = key.replace("embeddings.cls_token", "cls_token").replace("embeddings.position_embeddings", "pos_embed")
         key = key.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")

@@ -37,7 +37,7 @@ def segmenter(decode_head: str = "ll_fpn", **overrides) -> UnipForSemanticSegmen
         for name, tensor in model.state_dict().items():
             if "running_var" in name:
                 tensor.uniform_(0.5, 2.0)
-            elif tensor.is_floating_point() and "head_count" not in name:
+            elif tensor.is_floating_point() and "head_index" not in name:
                 tensor.normal_(0, 0.2)
     return model
 

@@ -372,7 +372,7 @@ class TestUnipViTModel(ModelTesterMixin):
         attention = model.encoder.layer[0].attention
         hidden = torch.randn(2, tester.seq_len, 32)
         state = set(vars(attention))
-        output, probs, logits = attention(hidden, output_attentions=True, output_logits=True)
+        output, probs, logits = attention(hidden, output_attentions=True, output_attention_logits=True)
         assert set(vars(attention)) == state
         torch.testing.assert_close(probs, logits.softmax(-1))
         assert attention(hidden, logits_only=True)[:2] == (None, None)
@@ -559,13 +559,39 @@ class TestUnipViTModel(ModelTesterMixin):
         )
 
     def test_head_count_mismatch_is_an_error(self, tmp_path, tester):
+        """The head count travels with the weights as the length of each block's `head_index` buffer: loading into a
+        block built with another count is a size mismatch that transformers and torch refuse, naming the key (no
+        `from_pretrained` override)."""
         backbone = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4))
+        assert backbone.state_dict()["encoder.layer.3.attention.head_index"].tolist() == [0, 1, 2, 3]
         backbone.save_pretrained(tmp_path)
-        with pytest.raises(ValueError, match="saved with 4 heads but the configuration builds it with 2"):
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # after a load report naming the key
             AutoModel.from_pretrained(tmp_path, last_layer_num_attention_heads=2)
         other = UnipViTModel(tester.get_config(last_layer_num_attention_heads=2))
-        with pytest.raises(ValueError, match="saved with 4 heads"):
+        with pytest.raises(RuntimeError, match=r"size mismatch for encoder\.layer\.3\.attention\.head_index"):
             other.load_state_dict(backbone.state_dict())
+
+    def test_checkpoint_with_the_older_scalar_head_count_loads(self, tmp_path, tester):
+        """Checkpoints saved before `head_index` carry a scalar `head_count` per block: they still load (that key
+        ignored, `head_index` filled from the configuration) with identical weights and outputs."""
+        from safetensors.torch import load_file, save_file
+
+        model = UnipViTModel(tester.get_config(last_layer_num_attention_heads=4)).eval()
+        model.save_pretrained(tmp_path)
+        weights = load_file(tmp_path / "model.safetensors")
+        old = {}
+        for key, value in weights.items():
+            if key.endswith(".head_index"):
+                old[key.replace(".head_index", ".head_count")] = torch.tensor(len(value))
+            else:
+                old[key] = value
+        save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        loaded, info = UnipViTModel.from_pretrained(tmp_path, output_loading_info=True)
+        assert not info["unexpected_keys"] and not info["mismatched_keys"], info
+        assert loaded.encoder.layer[3].attention.head_index.tolist() == [0, 1, 2, 3]
+        pixels = tester.pixel_values()
+        with torch.no_grad():
+            assert torch.equal(loaded(pixels).last_hidden_state, model(pixels).last_hidden_state)
 
 
 class TestUnipBackbone(ModelTesterMixin):
@@ -676,29 +702,44 @@ class TestUnipForSemanticSegmentation(ModelTesterMixin):
         torch.testing.assert_close(loss, expected)
 
     def test_linear_probe_freezes_backbone(self, tester):
-        model = UnipForSemanticSegmentation(tester.get_config(decode_head="linear_probe", drop_path_rate=0.5))
+        """The recipe freezes a probe's backbone (`freeze_probe_backbone`): only the 1x1 head trains, and the backbone
+        computes in training mode what it computes in eval mode (no dropout or drop path left in it)."""
+        from unip_hf.training.finetuning import freeze_probe_backbone
+
+        model = UnipForSemanticSegmentation(tester.get_config(decode_head="linear_probe", drop_path_rate=0.5,
+                                                              hidden_dropout_prob=0.3))
+        assert freeze_probe_backbone(model)
         assert not any(p.requires_grad for p in model.unip.parameters())
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
-        model.train()
-        assert not model.unip.training  # no drop path in the frozen backbone
+        pixels = tester.pixel_values()
+        with torch.no_grad():
+            evaluated = model.eval().unip(pixels).last_hidden_state
+            trained = model.train().unip(pixels).last_hidden_state
+        assert torch.equal(trained, evaluated)
         before = {k: v.clone() for k, v in model.unip.state_dict().items()}
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-        model(tester.pixel_values(), labels=tester.labels()).loss.backward()
+        model(pixels, labels=tester.labels()).loss.backward()
         optimizer.step()
         for key, value in model.unip.state_dict().items():
             torch.testing.assert_close(value, before[key])
+        assert not freeze_probe_backbone(UnipForSemanticSegmentation(tester.get_config()))  # not a probe: untouched
 
-    def test_linear_probe_backbone_stays_frozen_after_from_pretrained(self, tmp_path, tester):
+    def test_linear_probe_from_pretrained_is_frozen_by_the_recipe(self, tmp_path, tester):
+        """The model no longer overrides `from_pretrained`: a loaded probe is a plain model until the recipe freezes
+        it, also when a fine-tuning checkpoint (or a backbone) is re-used for a probe."""
+        from unip_hf.training.finetuning import freeze_probe_backbone
+
         model = UnipForSemanticSegmentation(tester.get_config(decode_head="linear_probe"))
         model.save_pretrained(tmp_path)
         loaded = UnipForSemanticSegmentation.from_pretrained(tmp_path)
+        freeze_probe_backbone(loaded)
         trainable = [n for n, p in loaded.named_parameters() if p.requires_grad]
         assert trainable == ["decode_head.classifier.weight", "decode_head.classifier.bias"]
-        # also when a fine-tuning checkpoint (or a backbone) is re-used for a probe
         UnipForSemanticSegmentation(tester.get_config()).save_pretrained(tmp_path / "ft")
         probe = UnipForSemanticSegmentation.from_pretrained(tmp_path / "ft", decode_head="linear_probe",
                                                             ignore_mismatched_sizes=True)
+        freeze_probe_backbone(probe)
         assert [n for n, p in probe.named_parameters() if p.requires_grad] == trainable
 
     def test_segmentation_outputs_hidden_states_and_attentions(self, tester):
@@ -711,8 +752,45 @@ class TestUnipForSemanticSegmentation(ModelTesterMixin):
         loss, logits = model(pixels, labels=tester.labels(), return_dict=False)[:2]
         assert loss.ndim == 0 and logits.shape == plain.shape
 
+    def test_uper_heads_match_transformers(self, tester):
+        """UnipUperHead / UnipFCNHead are copies of transformers' UperNetHead / UperNetFCNHead (plus mmseg's dropout,
+        inactive in eval): with the weights moved over by a key map, the logits are identical."""
+        from types import SimpleNamespace
+
+        from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
+
+        config = tester.get_config(decoder_hidden_size=24)
+        model = UnipForSemanticSegmentation(config).eval()
+        for module in model.modules():  # non-trivial batch-norm statistics
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+        theirs_config = SimpleNamespace(pool_scales=config.pool_scales, hidden_size=24, num_labels=config.num_labels,
+                                        auxiliary_in_channels=None, auxiliary_channels=config.auxiliary_channels,
+                                        auxiliary_num_convs=1, auxiliary_concat_input=False)
+        width = config.hidden_size
+        uper, fcn = UperNetHead(theirs_config, [width] * 4).eval(), UperNetFCNHead(theirs_config, [width] * 4).eval()
+
+        def mapped(state):
+            out = {}
+            for key, value in state.items():
+                key = re.sub(r"^psp\.stages\.", "psp_modules.", key)
+                key = re.sub(r"^conv\.", "convs.0.", key)
+                key = re.sub(r"\.0\.(weight|bias)$", r".conv.\1", key)
+                key = re.sub(r"\.1\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r".batch_norm.\1",
+                             key)
+                out[key] = value
+            return out
+
+        uper.load_state_dict(mapped(model.decode_head.state_dict()))
+        fcn.load_state_dict(mapped(model.auxiliary_head.state_dict()))
+        maps = [torch.randn(2, width, size, size) for size in (16, 8, 4, 2)]
+        with torch.no_grad():
+            assert torch.equal(model.decode_head(maps), uper(maps))
+            assert torch.equal(model.auxiliary_head(maps[2]), fcn(maps))
+
     def test_soft_iou_loss(self, tester):
-        from unip_hf.models.modeling_unip_segmentation import soft_iou_loss
+        from unip_hf.models.losses import soft_iou_loss
 
         labels = torch.zeros(1, 4, 4, dtype=torch.long)
         labels[0, 1:3, 1:3] = 1

@@ -224,8 +224,8 @@ def _timm_to_unip_keys(state: Mapping[str, torch.Tensor], ignore_prefixes: Itera
 
 def unip_to_timm_key(key: str) -> str | None:
     """The timm / official-UNIP name of a `UnipViTModel` state-dict key (the inverse of the timm conversion); `None`
-    for the saved head counts, which the timm layout does not store."""
-    if key.endswith(".head_count"):
+    for the saved head-count buffers (`head_index`), which the timm layout does not store."""
+    if key.endswith(".head_index"):
         return None
     fixed = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed"}
     if key in fixed:
@@ -274,7 +274,7 @@ def load_into_unip(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) ->
             state[kernel_key] = state[kernel_key].sum(dim=1, keepdim=True)
     # the saved head counts are ours to fill: the source format has none
     for key in target:
-        if key.endswith(".head_count") and key not in state:
+        if key.endswith(".head_index") and key not in state:
             state[key] = target[key]
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))

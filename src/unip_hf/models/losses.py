@@ -1,8 +1,9 @@
-"""Losses of infrared small-target segmentation (the IRSTD literature: ACM, DNANet, SCTransNet, SimIRSTD) and of
-distilling a small-target model: soft IoU with batch-level sums, binary cross-entropy or focal pixel terms, their
-sum with optional deep supervision, and logit / attention-map distillation.
+"""The UNIP losses beyond a plain cross-entropy, outside the modeling files: the semantic segmenter's cross-entropy
+with an optional soft-IoU term and per-pixel weights; infrared small-target segmentation (the IRSTD literature: ACM,
+DNANet, SCTransNet, SimIRSTD): soft IoU with batch-level sums, binary cross-entropy or focal pixel terms, their sum
+with optional deep supervision; and logit / attention-map distillation.
 
-This file imports only torch, so that it travels with saved checkpoints as remote code (the modeling file uses it).
+This file imports only torch, so that it travels with saved checkpoints as remote code (the modeling files use it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,49 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
+    """`1 - soft IoU` between the softmax probabilities of the classes 1..K-1 and their one-hot labels, with the sums
+    taken over the whole batch (ignored pixels excluded), averaged over those classes. Class 0 is the background.
+
+    Batch-level sums, as in the infrared small-target literature: a per-image IoU would, on the many crops that hold
+    no target, reward predicting no target anywhere.
+    """
+    valid = (labels != ignore_index).unsqueeze(1)
+    probs = logits.softmax(dim=1)[:, 1:] * valid
+    onehot = F.one_hot(labels.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
+    onehot = onehot.to(probs.dtype) * valid
+    intersection = (probs * onehot).sum(dim=(0, 2, 3))
+    union = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) - intersection
+    return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
+
+
+def semantic_segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, loss_type: str = "cross_entropy",
+    loss_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of [`UnipForSemanticSegmentation`] (its `loss_function`): `logits` upsampled (bilinear) to the label
+    size, cross-entropy ignoring `ignore_index`, plus `1 - soft IoU` of the non-background classes
+    ([`soft_iou_loss`]) when `loss_type` is `"cross_entropy+soft_iou"`.
+
+    With `loss_weights` `(batch, h, w)` (resized bilinearly to the labels), the cross-entropy is the weighted mean
+    `sum(w * ce) / sum(w)` over the pixels that are not ignored (the soft IoU term stays unweighted)."""
+    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).float()
+    labels = labels.long()
+    if loss_weights is None:
+        loss = F.cross_entropy(upsampled, labels, ignore_index=ignore_index)
+    else:
+        if loss_weights.ndim != 3 or loss_weights.shape[0] != labels.shape[0]:
+            raise ValueError(f"loss_weights must have shape (batch, h, w) with batch {labels.shape[0]}, got "
+                             f"{tuple(loss_weights.shape)}")
+        weights = F.interpolate(loss_weights[:, None].float(), size=labels.shape[-2:], mode="bilinear",
+                                align_corners=False)[:, 0] * (labels != ignore_index)
+        per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="none")
+        loss = (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
+    if loss_type == "cross_entropy+soft_iou" and upsampled.shape[1] > 1:
+        loss = loss + soft_iou_loss(upsampled, labels, ignore_index)
+    return loss
 
 
 def _valid_and_target(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,9 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_unip import UnipConfig, write_remote_code
 
@@ -171,16 +174,9 @@ def attention_scores(
     return logits
 
 
-def attend(
-    module: nn.Module, logits: torch.Tensor, value: torch.Tensor, dropout: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax of `logits` (in float32), dropout, weighted sum of `value`: the second half of
-    [`eager_attention_forward`]. Returns the output as `(batch, seq, heads, head_dim)` and the probabilities
-    `(batch, heads, seq, seq)` (before dropout)."""
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(value.dtype)
-    probs_dropped = F.dropout(probs, p=dropout, training=module.training)
-    output = torch.matmul(probs_dropped, value).transpose(1, 2).contiguous()
-    return output, probs
+def attention_probabilities(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Softmax of the logits over the keys, computed in float32 and returned in `dtype`."""
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(dtype)
 
 
 def eager_attention_forward(
@@ -191,12 +187,18 @@ def eager_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    return_logits: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit attention with transformers' attention-function signature: softmax(q k^T * scaling) v, the softmax in
-    float32. Returns the output as `(batch, seq, heads, head_dim)` and the attention probabilities
-    `(batch, heads, seq, seq)`."""
-    return attend(module, attention_scores(query, key, scaling, attention_mask), value, dropout)
+    """Explicit attention with transformers' attention-function signature: softmax(q k^T * scaling + mask) v, the
+    softmax in float32. Returns the output as `(batch, seq, heads, head_dim)` and the attention probabilities
+    `(batch, heads, seq, seq)` (before dropout), or with `return_logits` the pre-softmax logits instead: the scores
+    NMI-HAD distils come out of the same computation as the output."""
+    logits = attention_scores(query, key, scaling, attention_mask)
+    probs = attention_probabilities(logits, value.dtype)
+    probs_dropped = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs_dropped, value).transpose(1, 2).contiguous()
+    return output, (logits if return_logits else probs)
 
 
 def transferability_attention_bias(
@@ -215,15 +217,6 @@ def transferability_attention_bias(
     bias = strength * (1.0 - transferability.detach().float())
     bias = torch.cat([bias.new_zeros(bias.shape[0], 1), bias], dim=1)
     return bias[:, None, None, :].to(dtype or bias.dtype)
-
-
-def head_count_error(where: str, saved: int, configured: int) -> str:
-    return (
-        f"Attention block '{where.rstrip('.')}' was saved with {saved} heads but the configuration builds it with "
-        f"{configured}. The weights would be silently reinterpreted; set num_attention_heads / "
-        f"last_layer_num_attention_heads to match the checkpoint (the distilled last block keeps the teacher's head "
-        f"count)."
-    )
 
 
 class UnipSelfAttention(nn.Module):
@@ -245,15 +238,11 @@ class UnipSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
-        # The head count is saved with the weights: the qkv/proj shapes do not depend on it, so without it a checkpoint
-        # distilled with (say) 16 heads in its last block would load silently into a 3-head block.
-        self.register_buffer("head_count", torch.tensor(num_heads, dtype=torch.long), persistent=True)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        saved = state_dict.get(prefix + "head_count")
-        if saved is not None and int(saved) != self.num_heads:
-            raise ValueError(head_count_error(prefix, int(saved), self.num_heads))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # The weights carry the head count: the qkv/proj shapes do not depend on it, so without it a checkpoint
+        # distilled with (say) 16 heads in its last block would load silently into a 3-head block. The buffer's
+        # length is the head count, so loading it into a block built with another count is a size mismatch, which
+        # transformers' `from_pretrained` and torch's `load_state_dict` both refuse, naming this key.
+        self.register_buffer("head_index", torch.arange(num_heads), persistent=True)
 
     def project(
         self, hidden_states: torch.Tensor, values: bool = True
@@ -273,41 +262,42 @@ class UnipSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        output_attentions: bool = False,
-        output_logits: bool = False,
-        logits_only: bool = False,
         attention_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_attention_logits: bool = False,
+        logits_only: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Returns `(output, probabilities or None, logits or None)`.
 
-        `attention_bias` (broadcastable to `(batch, heads, seq, seq)`, e.g. [`transferability_attention_bias`]) is
-        added to the logits (SDPA receives it as `attn_mask`); the returned logits include it.
-
-        When neither probabilities nor logits are asked for, the configured attention function runs (SDPA by
-        default, [`eager_attention_forward`] for `"eager"`) and no `N x N` matrix is kept. Otherwise the scores are
-        computed once ([`attention_scores`]), returned, and attended to ([`attend`]) on the same explicit path.
-        `logits_only` returns `(None, None, logits)` after applying only the query/key rows of the projection.
+        One attention call: the configured attention function (`config._attn_implementation` through transformers'
+        `ALL_ATTENTION_FUNCTIONS`: SDPA by default, or any registered one), except when the probabilities or the
+        logits are asked for: those come from [`eager_attention_forward`] (`return_logits` for the logits; with both,
+        the probabilities are the softmax of those logits). `attention_bias` (broadcastable to
+        `(batch, heads, seq, seq)`, e.g. [`transferability_attention_bias`]) is the additive mask, included in the
+        returned logits. `logits_only` returns `(None, None, logits)` after applying only the query/key rows of the
+        projection (what NMI-HAD needs of the student's last block).
         """
         batch, seq_len, _ = hidden_states.shape
-        dropout = self.dropout_prob if self.training else 0.0
         query, key, value = self.project(hidden_states, values=not logits_only)
-        logits = probs = None
-        if output_attentions or output_logits or logits_only:
-            logits = attention_scores(query, key, self.scaling, attention_bias)
-            if logits_only:
-                return None, None, logits
-            output, probs = attend(self, logits, value, dropout)
-        else:
-            implementation = self.config._attn_implementation or "sdpa"
-            attention: Callable = (
-                eager_attention_forward
-                if implementation == "eager"
-                else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-            )
-            mask = attention_bias.to(query.dtype) if attention_bias is not None else None
-            output, _ = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)
+        mask = attention_bias.to(query.dtype) if attention_bias is not None else None
+        if logits_only:
+            return None, None, attention_scores(query, key, self.scaling, mask)
+        implementation = self.config._attn_implementation or "sdpa"
+        explicit = output_attentions or output_attention_logits or implementation == "eager"
+        attention: Callable = (
+            eager_attention_forward if explicit
+            else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        )
+        dropout = self.dropout_prob if self.training else 0.0
+        extra = {"return_logits": True} if output_attention_logits else {}
+        output, weights = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout, **extra)
+        logits = weights if output_attention_logits else None
+        probs = None
+        if output_attentions:
+            probs = attention_probabilities(logits, value.dtype) if output_attention_logits else weights
         output = self.proj_dropout(self.proj(output.reshape(batch, seq_len, -1)))
-        return output, (probs if output_attentions else None), (logits if output_logits else None)
+        return output, probs, logits
 
 
 class UnipMLP(nn.Module):
@@ -370,12 +360,11 @@ class UnipLayer(GradientCheckpointingLayer):
         self.drop_path = UnipDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_logits: bool = False,
-        attention_bias: torch.Tensor | None = None,
+        self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, probs, logits = self.attention(
-            self.norm1(hidden_states), output_attentions, output_logits, attention_bias=attention_bias
-        )
+        """Returns `(hidden_states, attention probabilities or None, attention logits or None)`; `kwargs` go to the
+        attention (`output_attentions`, `output_attention_logits`)."""
+        attended, probs, logits = self.attention(self.norm1(hidden_states), attention_bias, **kwargs)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attended))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, probs, logits
@@ -398,21 +387,19 @@ class UnipEncoder(nn.Module):
         hidden_states: torch.Tensor,
         last_layer: int,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
         attention_logits_layers: Sequence[int] = (),
         keep_layers: Sequence[int] = (),
         keep_fn: Callable[[torch.Tensor], object] | None = None,
         transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> UnipEncoderOutput:
         """Run blocks `0..last_layer` (none when `last_layer` is -1); this loop is the only place blocks run. The
-        outputs of `keep_layers` are kept (through `keep_fn` as soon as each is computed, when given).
+        outputs of `keep_layers` are kept (through `keep_fn` as soon as each is computed, when given). Hidden states,
+        attention probabilities and the logits of `attention_logits_layers` are not collected here: the blocks
+        return them and [`UnipViTModel`] records them (transformers' `capture_outputs`).
 
         With `config.tmt_blocks` and a `transferability` map `(batch, num_patches)` (or a function returning it from
         the detached patch tokens `(batch, num_patches, hidden)` that enter the first TMT block), those blocks attend
         with [`transferability_attention_bias`]. Without either, nothing is added."""
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        logits_by_layer: dict[int, torch.Tensor] = {}
         kept: dict[int, object] = {}
         wanted, keep = set(attention_logits_layers), set(keep_layers)
         tmt_blocks = set(self.config.tmt_blocks) if transferability is not None else set()
@@ -423,32 +410,28 @@ class UnipEncoder(nn.Module):
                                        else transferability)
                 bias = transferability_attention_bias(
                     transferability_map, self.config.tmt_strength, hidden_states.shape[1], hidden_states.dtype)
-            hidden_states, probs, logits = self.layer[index](
-                hidden_states, output_attentions, index in wanted, bias if index in tmt_blocks else None
-            )
-            if output_hidden_states:
-                all_hidden = all_hidden + (hidden_states,)
-            if output_attentions:
-                all_attentions = all_attentions + (probs,)
-            if logits is not None:
-                logits_by_layer[index] = logits
+            hidden_states = self.layer[index](
+                hidden_states, bias if index in tmt_blocks else None, output_attentions=output_attentions,
+                output_attention_logits=index in wanted,
+            )[0]
             if index in keep:
                 kept[index] = keep_fn(hidden_states) if keep_fn is not None else hidden_states
-        return UnipEncoderOutput(hidden_states, all_hidden, all_attentions, logits_by_layer, kept, last_layer + 1,
-                                 transferability_map)
+        return UnipEncoderOutput(last_hidden_state=hidden_states, kept=kept, num_layers_run=last_layer + 1,
+                                 transferability_map=transferability_map)
 
 
 @dataclass
-class UnipEncoderOutput:
-    """What [`UnipEncoder`] computed: the last block's output, the per-layer tuples asked for, the logits and kept
-    block outputs by block index, and the number of blocks run."""
+class UnipEncoderOutput(ModelOutput):
+    """What the blocks computed: the last block's output, the kept block outputs by block index, the number of blocks
+    run, the TMT map; `hidden_states`, `attentions` and `attention_logits` (in block order) are filled in by
+    transformers' `capture_outputs` when asked for."""
 
-    last_hidden_state: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None
-    attentions: tuple[torch.Tensor, ...] | None
-    logits_by_layer: dict[int, torch.Tensor]
-    kept: dict[int, object]
-    num_layers_run: int
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    attention_logits: tuple[torch.Tensor, ...] | None = None
+    kept: dict[int, object] | None = None
+    num_layers_run: int | None = None
     transferability_map: torch.Tensor | None = None
 
 
@@ -470,6 +453,17 @@ class UnipPreTrainedModel(PreTrainedModel):
     # False: flex attention (which needs torch.compile) is not tested.
     _supports_flex_attn = False
     _supports_attention_backend = True
+    # the `auto_map` `save_pretrained` writes (None: every Auto class of the UNIP files, `AUTO_MAP`)
+    remote_code_auto_map: dict[str, str] | None = None
+    # checkpoints written before the head count became the length of `head_index` saved it as a scalar `head_count`
+    _keys_to_ignore_on_load_unexpected = [r"attention\.head_count$"]
+    # what transformers' `capture_outputs` records while `UnipViTModel._encode` runs: every block's output (after the
+    # embeddings), and the probabilities and logits the attention modules return (`None` entries are skipped)
+    _can_record_outputs = {
+        "hidden_states": UnipLayer,
+        "attentions": OutputRecorder(UnipSelfAttention, index=1),
+        "attention_logits": OutputRecorder(UnipSelfAttention, index=2),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -495,33 +489,21 @@ class UnipPreTrainedModel(PreTrainedModel):
         elif isinstance(module, UnipLayerScale):
             init.constant_(module.lambda1, self.config.layer_scale_init_value)
         elif isinstance(module, UnipSelfAttention):
-            init.constant_(module.head_count, module.num_heads)
-
-    def freeze_fixed_parts(self) -> None:
-        """Set `requires_grad=False` on the parameters the configuration says never train (the backbone of a linear
-        probe). Run on construction and again after `from_pretrained`, which re-creates every loaded parameter as
-        trainable."""
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then a check that every attention block has the head count it was
-        saved with (a mismatch is an error, never a silent reinterpretation of the weights), and the freezing the
-        configuration asks for restored (`freeze_fixed_parts`)."""
-        model = super().from_pretrained(*args, **kwargs)
-        result = model[0] if isinstance(model, tuple) else model
-        for name, module in result.named_modules():
-            if isinstance(module, UnipSelfAttention) and int(module.head_count) != module.num_heads:
-                raise ValueError(head_count_error(name, int(module.head_count), module.num_heads))
-        result.freeze_fixed_parts()
-        return model
+            init.copy_(module.head_index, torch.arange(module.num_heads))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the remote code: the three UNIP files are copied next to the
-        weights and `config.json` gets an `auto_map` naming all four Auto classes, so the checkpoint loads with
-        `trust_remote_code=True` where `unip_hf` is not installed."""
+        """`PreTrainedModel.save_pretrained`, plus the remote code: the UNIP files (`REMOTE_CODE_FILES`) are copied
+        next to the weights and `config.json` gets an `auto_map` naming every Auto class they provide, so the
+        checkpoint loads with `trust_remote_code=True` where `unip_hf` is not installed.
+
+        The one override kept: transformers' own route (`register_for_auto_class`, then `custom_object_save` inside
+        `save_pretrained`) names one Auto class per saved class and copies only that class's import closure, so a
+        segmentation checkpoint would lose `AutoModel` / `AutoBackbone` / `AutoImageProcessor` and the decoding
+        file, and registering the classes would mark them as custom code even where the package is installed."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_remote_code(save_directory)
+            write_remote_code(save_directory, auto_map=None if self.remote_code_auto_map is None
+                              else dict(self.remote_code_auto_map))
         return result
 
 
@@ -546,7 +528,8 @@ class UnipViTModel(UnipPreTrainedModel):
     ```
     """
 
-    _keys_to_ignore_on_load_unexpected = [r"^decode_head\.", r"^neck\.", r"^auxiliary_head\."]
+    _keys_to_ignore_on_load_unexpected = UnipPreTrainedModel._keys_to_ignore_on_load_unexpected + [
+        r"^decode_head\.", r"^neck\.", r"^auxiliary_head\."]
 
     def __init__(self, config: UnipConfig):
         super().__init__(config)
@@ -564,20 +547,44 @@ class UnipViTModel(UnipPreTrainedModel):
             raise ValueError(f"{what}={index} is out of range for a model with {depth} blocks (0-based indices)")
         return index % depth
 
-    def _resolve_flags(
-        self, pixel_values: torch.Tensor | None, output_attentions, output_hidden_states, return_dict
-    ) -> tuple[bool, bool, bool]:
-        """`output_attentions`, `output_hidden_states`, `return_dict`, the configuration's where not given."""
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None) -> None:
         if pixel_values is None:
             raise ValueError("pixel_values is required")
-        config = self.config
-        return (
-            bool(output_attentions if output_attentions is not None else config.output_attentions),
-            bool(output_hidden_states if output_hidden_states is not None else config.output_hidden_states),
-            bool(return_dict if return_dict is not None else config.return_dict),
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        last_layer: int,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        output_attention_logits: bool = False,
+        attention_logits_layers: Sequence[int] = (),
+        **kwargs,
+    ) -> UnipEncoderOutput:
+        """Embed and run blocks `0..last_layer` ([`UnipEncoder`]), with the hidden states, attention probabilities and
+        the logits of `attention_logits_layers` (one per distinct block, in block order) recorded by
+        `capture_outputs` (which reads the `output_*` flags); `kwargs`: `keep_layers`, `keep_fn`, `transferability`."""
+        return self.encoder(
+            self.embeddings(pixel_values), last_layer, output_attentions=output_attentions,
+            attention_logits_layers=attention_logits_layers, **kwargs,
         )
 
-    def _model_output(self, encoded: UnipEncoderOutput, logits_layers: Sequence[int]) -> UnipModelOutput:
+    def _run(self, pixel_values: torch.Tensor, last_layer: int, output_attentions: bool = False,
+             output_hidden_states: bool = False, attention_logits_layers: Sequence[int] = (), **kwargs
+             ) -> tuple[UnipEncoderOutput, dict[int, torch.Tensor]]:
+        """`_encode` with the recording switched on exactly for what is asked; returns its output and the recorded
+        logits by block index."""
+        encoded = self._encode(
+            pixel_values, last_layer, output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states), output_attention_logits=bool(attention_logits_layers),
+            attention_logits_layers=attention_logits_layers, return_dict=True, **kwargs,
+        )
+        recorded = encoded.attention_logits or ()
+        return encoded, dict(zip(sorted(set(attention_logits_layers)), recorded))
+
+    def _model_output(self, encoded: UnipEncoderOutput, logits_by_layer: dict[int, torch.Tensor],
+                      logits_layers: Sequence[int]) -> UnipModelOutput:
         """The final norm and pooling when every block ran (the norm on the pooled CLS token only with
         `config.layernorm_pooled_only`); the raw output of the last block run otherwise."""
         if encoded.num_layers_run == self.config.num_hidden_layers and self.config.layernorm_pooled_only:
@@ -588,7 +595,7 @@ class UnipViTModel(UnipPreTrainedModel):
             pooled = sequence_output[:, 0]
         else:
             sequence_output, pooled = encoded.last_hidden_state, None
-        attention_logits = tuple(encoded.logits_by_layer[i] for i in logits_layers) if logits_layers else None
+        attention_logits = tuple(logits_by_layer[i] for i in logits_layers) if logits_layers else None
         return UnipModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=pooled,
@@ -599,26 +606,27 @@ class UnipViTModel(UnipPreTrainedModel):
             transferability_map=encoded.transferability_map,
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         attention_logits_layers: Sequence[int] | None = None,
         stop_after_layer: int | None = None,
         transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         **kwargs,
-    ) -> UnipModelOutput | tuple:
+    ) -> UnipModelOutput:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
                 Normalised images; height and width must be multiples of the patch size.
             output_attentions (`bool`, *optional*):
                 Return the attention probabilities of every computed layer (computed explicitly, whatever the
-                attention implementation).
+                attention implementation). Defaults to `config.output_attentions`.
             output_hidden_states (`bool`, *optional*):
-                Return the embeddings and the output of every computed block.
+                Return the embeddings and the output of every computed block. Defaults to
+                `config.output_hidden_states`.
             return_dict (`bool`, *optional*):
                 Return a [`UnipModelOutput`] instead of a tuple (its `to_tuple()`: the fields that are not `None`, in
                 order, so `pooler_output` is left out after `stop_after_layer` and `num_layers_run` comes last).
@@ -633,9 +641,7 @@ class UnipViTModel(UnipPreTrainedModel):
                 from the patch tokens entering the first block of `config.tmt_blocks`; those blocks then attend with
                 the TMA bias (see [`UnipConfig`]). Ignored when `config.tmt_blocks` is empty.
         """
-        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
-            pixel_values, output_attentions, output_hidden_states, return_dict
-        )
+        self._check_pixel_values(pixel_values)
         logits_layers = [self._resolve_layer(i, "attention_logits_layers") for i in (attention_logits_layers or ())]
         last = self.config.num_hidden_layers - 1
         if stop_after_layer is not None:
@@ -644,12 +650,14 @@ class UnipViTModel(UnipPreTrainedModel):
                 raise ValueError(
                     f"attention_logits_layers {logits_layers} asks for layers after stop_after_layer={last}"
                 )
-        encoded = self.encoder(
-            self.embeddings(pixel_values), last, output_attentions, output_hidden_states, logits_layers,
-            transferability=transferability,
+        encoded, logits_by_layer = self._run(
+            pixel_values, last,
+            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=(self.config.output_hidden_states if output_hidden_states is None
+                                  else output_hidden_states),
+            attention_logits_layers=logits_layers, transferability=transferability,
         )
-        output = self._model_output(encoded, logits_layers)
-        return output if return_dict else output.to_tuple()  # the fields that are not None, in order
+        return self._model_output(encoded, logits_by_layer, logits_layers)
 
     def forward_intermediates(
         self,
@@ -708,14 +716,14 @@ class UnipViTModel(UnipPreTrainedModel):
             return (tokens, hidden[:, :1]) if return_prefix_tokens else tokens
 
         last = max(indices) if stop_early else depth - 1
-        encoded = self.encoder(
-            self.embeddings(pixel_values), last, output_attentions, output_hidden_states,
+        encoded, _ = self._run(
+            pixel_values, last, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             keep_layers=indices, keep_fn=features, transferability=transferability,
         )
         intermediates = [encoded.kept[index] for index in indices]
         if intermediates_only:
             return intermediates
-        return self._model_output(encoded, ()), intermediates
+        return self._model_output(encoded, {}, ()), intermediates
 
     def attention_logits(self, pixel_values: torch.Tensor, layers: Sequence[int] = (-1,)) -> tuple[torch.Tensor, ...]:
         """Pre-softmax attention logits of the given blocks (all heads, CLS first), computing nothing that they do not
@@ -735,9 +743,8 @@ class UnipViTModel(UnipPreTrainedModel):
         if not indices:
             raise ValueError("attention_logits needs at least one layer index")
         deepest = max(indices)
-        encoded = self.encoder(self.embeddings(pixel_values), deepest - 1, attention_logits_layers=indices)
+        encoded, found = self._run(pixel_values, deepest - 1, attention_logits_layers=[i for i in indices if i < deepest])
         block = self.encoder.layer[deepest]
-        found = dict(encoded.logits_by_layer)
         found[deepest] = block.attention(block.norm1(encoded.last_hidden_state), logits_only=True)[2]
         return tuple(found[i] for i in indices)
 
@@ -764,14 +771,14 @@ class UnipBackbone(BackboneMixin, UnipViTModel):
         super().__init__(config)
         self.num_features = [config.hidden_size] * config.num_hidden_layers
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BackboneOutput | tuple:
+    ) -> BackboneOutput:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): normalised images.
@@ -779,9 +786,9 @@ class UnipBackbone(BackboneMixin, UnipViTModel):
             output_attentions (`bool`, *optional*): also return every layer's attention (all blocks then run).
             return_dict (`bool`, *optional*): return a `BackboneOutput` instead of a tuple.
         """
-        output_attentions, output_hidden_states, return_dict = self._resolve_flags(
-            pixel_values, output_attentions, output_hidden_states, return_dict
-        )
+        self._check_pixel_values(pixel_values)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         outputs, maps = self.forward_intermediates(
             pixel_values,
             self.out_indices,
@@ -790,10 +797,8 @@ class UnipBackbone(BackboneMixin, UnipViTModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        hidden_states, attentions = outputs.hidden_states, outputs.attentions  # None unless asked for
-        if not return_dict:
-            return (tuple(maps),) + tuple(x for x in (hidden_states, attentions) if x is not None)
-        return BackboneOutput(feature_maps=tuple(maps), hidden_states=hidden_states, attentions=attentions)
+        return BackboneOutput(feature_maps=tuple(maps), hidden_states=outputs.hidden_states,
+                              attentions=outputs.attentions)
 
 
 __all__ = ["UnipPreTrainedModel", "UnipViTModel", "UnipBackbone"]

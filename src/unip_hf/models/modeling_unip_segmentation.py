@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_unip import UnipConfig
+from .losses import semantic_segmentation_loss
 from .modeling_unip import UnipPreTrainedModel, UnipViTModel
 
 
@@ -66,7 +68,13 @@ class UnipPyramidPooling(nn.Module):
 
 
 class UnipUperHead(nn.Module):
-    """UPerNet decode head (pyramid pooling on the coarsest map + top-down FPN fusion), logits at the finest scale."""
+    """UPerNet decode head (pyramid pooling on the coarsest map + top-down FPN fusion), logits at the finest scale.
+
+    A copy, kept on purpose, of transformers' `UperNetHead` (`models/upernet/modeling_upernet.py`, itself from
+    mmseg's `UPerHead`): the same computation, pinned by `tests/test_modeling.py::test_uper_heads_match_transformers`
+    (identical logits through a key map), plus mmseg's `Dropout2d` before the classifier that UNIP's configurations
+    train with and transformers' copy leaves out. Reusing transformers' class would drop that dropout (changing
+    training) and rename every head key of the checkpoints already saved and of the mmseg converter."""
 
     def __init__(self, config: UnipConfig, in_channels: int):
         super().__init__()
@@ -94,7 +102,8 @@ class UnipUperHead(nn.Module):
 
 
 class UnipFCNHead(nn.Module):
-    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier."""
+    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier: transformers' `UperNetFCNHead` with one
+    convolution and no input concatenation, plus mmseg's dropout (a copy for the reasons given at `UnipUperHead`)."""
 
     def __init__(self, config: UnipConfig):
         super().__init__()
@@ -166,36 +175,25 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
             self.decode_head = UnipUperHead(config, config.hidden_size)
             if config.use_auxiliary_head:
                 self.auxiliary_head = UnipFCNHead(config)
+        self.loss_function = semantic_segmentation_loss
         self.post_init()
-        self.freeze_fixed_parts()
-
-    def freeze_fixed_parts(self) -> None:
-        """A linear probe's backbone is frozen: only the 1x1 head trains (and only it is seen by optimizers and DDP)."""
-        if self.config.decode_head == "linear_probe":
-            self.unip.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.config.decode_head == "linear_probe":
-            self.unip.eval()  # frozen backbone: no dropout or drop path
-        return self
 
     def _tapped_layers(self) -> list[int]:
         if self.config.decode_head == "ll_fpn":
             return [self.config.num_hidden_layers - 1]
         return self.config.feature_indices
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         transferability: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         loss_weights: torch.Tensor | None = None,
         **kwargs,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> UnipSemanticSegmenterOutput:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
@@ -211,7 +209,6 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
             loss_weights (`torch.Tensor` of shape `(batch_size, h, w)`, *optional*): per-pixel weights of the
                 cross-entropy at any resolution (bilinearly resized to the labels); see [`~UnipForSemanticSegmentation.compute_loss`].
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None and self.config.num_labels < 1:
             raise ValueError("num_labels must be at least 1 to compute a segmentation loss")
         backbone_outputs = None
@@ -249,52 +246,17 @@ class UnipForSemanticSegmentation(UnipPreTrainedModel):
         hidden_states = backbone_outputs.hidden_states if (backbone_outputs is not None and output_hidden_states) else None
         attentions = backbone_outputs.attentions if backbone_outputs is not None else None
         transferability_map = backbone_outputs.transferability_map if backbone_outputs is not None else None
-        if not return_dict:
-            output = (logits,) + tuple(x for x in (hidden_states, attentions) if x is not None)
-            return ((loss,) + output) if loss is not None else output
         return UnipSemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states,
                                            attentions=attentions, transferability_map=transferability_map)
+
 
     def compute_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Loss of `logits` upsampled (bilinear) to the label size, ignoring the configured index: cross-entropy,
-        plus `1 - soft IoU` of the non-background classes when `config.semantic_loss_type` asks for it.
-
-        With `loss_weights` `(batch, h, w)` (resized bilinearly to the labels), the cross-entropy is the weighted mean
-        `sum(w * ce) / sum(w)` over the pixels that are not ignored (the soft IoU term stays unweighted)."""
-        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False).float()
-        labels = labels.long()
-        ignore = self.config.semantic_loss_ignore_index
-        if loss_weights is None:
-            loss = F.cross_entropy(upsampled, labels, ignore_index=ignore)
-        else:
-            if loss_weights.ndim != 3 or loss_weights.shape[0] != labels.shape[0]:
-                raise ValueError(f"loss_weights must have shape (batch, h, w) with batch {labels.shape[0]}, got "
-                                 f"{tuple(loss_weights.shape)}")
-            weights = F.interpolate(loss_weights[:, None].float(), size=labels.shape[-2:], mode="bilinear",
-                                    align_corners=False)[:, 0] * (labels != ignore)
-            per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore, reduction="none")
-            loss = (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12)
-        if self.config.semantic_loss_type == "cross_entropy+soft_iou" and upsampled.shape[1] > 1:
-            loss = loss + soft_iou_loss(upsampled, labels, ignore)
-        return loss
-
-
-def soft_iou_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
-    """`1 - soft IoU` between the softmax probabilities of the classes 1..K-1 and their one-hot labels, with the sums
-    taken over the whole batch (ignored pixels excluded), averaged over those classes. Class 0 is the background.
-
-    Batch-level sums, as in the infrared small-target literature: a per-image IoU would, on the many crops that hold
-    no target, reward predicting no target anywhere.
-    """
-    valid = (labels != ignore_index).unsqueeze(1)
-    probs = logits.softmax(dim=1)[:, 1:] * valid
-    onehot = F.one_hot(labels.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
-    onehot = onehot.to(probs.dtype) * valid
-    intersection = (probs * onehot).sum(dim=(0, 2, 3))
-    union = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) - intersection
-    return 1.0 - ((intersection + smooth) / (union + smooth)).mean()
+        """[`~unip_hf.models.losses.semantic_segmentation_loss`] with this configuration's ignore index and loss
+        type (`self.loss_function`, transformers' hook for a model's loss)."""
+        return self.loss_function(logits, labels, ignore_index=self.config.semantic_loss_ignore_index,
+                                  loss_type=self.config.semantic_loss_type, loss_weights=loss_weights)
 
 
 __all__ = ["UnipForSemanticSegmentation"]

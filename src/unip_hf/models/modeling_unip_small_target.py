@@ -4,18 +4,17 @@ tiled full-resolution inference that equals the whole-frame result. Travels with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_unip import SMALL_TARGET_AUTO_MAP, UnipSmallTargetConfig, write_remote_code
+from .configuration_unip import SMALL_TARGET_AUTO_MAP, UnipSmallTargetConfig
 from .losses import deep_supervision_loss
 from .modeling_unip import UnipPreTrainedModel, UnipViTModel
 from .modeling_unip_segmentation import UnipConvModule
@@ -90,6 +89,7 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
 
     config_class = UnipSmallTargetConfig
     config: UnipSmallTargetConfig
+    remote_code_auto_map = SMALL_TARGET_AUTO_MAP
 
     def __init__(self, config: UnipSmallTargetConfig):
         super().__init__(config)
@@ -124,13 +124,6 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
 
     def _tapped_layers(self) -> list[int]:
         return [self.config.context_block]
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained` plus the remote code, with the small-target `auto_map`."""
-        result = PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            write_remote_code(save_directory, auto_map=dict(SMALL_TARGET_AUTO_MAP))
-        return result
 
     @property
     def tile_multiple(self) -> int:
@@ -242,14 +235,14 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
                 output[..., top:bottom, left:right] = logits[..., top - y0:bottom - y0, left - x0:right - x0]
         return output
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> UnipSmallTargetOutput | tuple:
+    ) -> UnipSmallTargetOutput:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
@@ -257,9 +250,8 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 0 background, > 0 target, `config.semantic_loss_ignore_index` (255) ignored.
             output_hidden_states (`bool`, *optional*): also return the decoder maps (`decoder_hidden_states`).
-            return_dict (`bool`, *optional*): return a `UnipSmallTargetOutput` instead of a tuple.
+            return_dict (`bool`, *optional*): return a `UnipSmallTargetOutput` instead of a tuple (its `to_tuple()`).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is None or pixel_values.dim() != 4:
             raise ValueError("pixel_values must be a (batch, channels, height, width) tensor")
         target_logits, decoder_maps = self._decode(pixel_values, self.coarse_context(pixel_values))
@@ -272,9 +264,6 @@ class UnipForSmallTargetSegmentation(UnipPreTrainedModel):
         if labels is not None:
             loss = self.compute_loss(target_logits, labels, auxiliary or ())
         hidden = tuple(decoder_maps) if output_hidden_states else None
-        if not return_dict:
-            output = (logits, target_logits) + ((hidden,) if hidden is not None else ())
-            return ((loss,) + output) if loss is not None else output
         return UnipSmallTargetOutput(loss=loss, logits=logits, target_logits=target_logits,
                                      auxiliary_logits=auxiliary, decoder_hidden_states=hidden)
 

@@ -46,6 +46,7 @@ from unip_hf.training.layer_decay import layer_decay_scale
 from unip_hf.evaluation.metrics import RANKED_METRICS, to_builtin
 from unip_hf.evaluation.metrics.irstd.pd_fa_curve import OPERATING_THRESHOLDS, choose_threshold
 from unip_hf.models.modeling_unip_small_target import UnipForSmallTargetSegmentation
+from unip_hf.models.modeling_unip import UnipDropPath, UnipSelfAttention
 from unip_hf.models.modeling_unip_segmentation import UnipForSemanticSegmentation
 from unip_hf.training.small_target_distillation import SmallTargetDistiller
 from unip_hf.models.vit_family import load_reported
@@ -227,7 +228,8 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
     """A `UnipForSmallTargetSegmentation` when `--architecture` resolves to `small_target` (`build_small_target_model`),
     else a `UnipForSemanticSegmentation` for the data set's classes: from scratch (`--model_name_or_path none`), from a
     backbone checkpoint (heads newly initialised) or from a segmentation checkpoint (classifier re-initialised when
-    the classes differ). `task` ("semantic" or "irstd") resolves `--semantic_loss_type auto`."""
+    the classes differ); a linear probe's backbone frozen (`freeze_probe_backbone`). `task` ("semantic" or "irstd")
+    resolves `--semantic_loss_type auto`."""
 
     if model_args.mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {model_args.mode!r}")
@@ -266,7 +268,9 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         patch = overrides.get("patch_size", UnipConfig.from_preset(model_args.preset).patch_size)
         overrides.setdefault("image_size", max(patch, crop_size // patch * patch))
         config = UnipConfig.from_preset(model_args.preset, **labels, **overrides)
-        return UnipForSemanticSegmentation(config)
+        model = UnipForSemanticSegmentation(config)
+        freeze_probe_backbone(model)
+        return model
     source = model_args.model_name_or_path
     saved = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     if getattr(saved, "model_type", None) != "unip":
@@ -278,9 +282,11 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str], crop_size:
         {int(k): v for k, v in (getattr(saved, "id2label", None) or {}).items()} == labels["id2label"])
     # a new class list or another head re-initialises the mismatched head weights (reported by transformers)
     same_head = getattr(saved, "decode_head", decode_head) == decode_head
-    return _load_segmenter(UnipForSemanticSegmentation, source, **labels, **overrides,
-                           ignore_mismatched_sizes=not (same_labels and same_head),
-                           trust_remote_code=model_args.trust_remote_code)
+    model = _load_segmenter(UnipForSemanticSegmentation, source, **labels, **overrides,
+                            ignore_mismatched_sizes=not (same_labels and same_head),
+                            trust_remote_code=model_args.trust_remote_code)
+    freeze_probe_backbone(model)
+    return model
 
 
 def _load_segmenter(model_class: type, source: str, **kwargs: Any):
@@ -290,6 +296,25 @@ def _load_segmenter(model_class: type, source: str, **kwargs: Any):
     if line and PartialState().is_main_process:
         print(f"{source}: {line}")
     return model
+
+
+def freeze_probe_backbone(model) -> bool:
+    """A linear probe (`decode_head="linear_probe"`) trains only its 1x1 head: its backbone gets `requires_grad=False`
+    (before the optimizer and DDP see it) and no randomness (dropout, attention dropout and drop path set to 0), so
+    that in training mode it computes exactly what it computes in eval mode (a ViT has no batch norm). Returns
+    whether the model is a probe. The recipe's job, not the model's: a probe's checkpoint loads as a plain model."""
+    if getattr(model.config, "decode_head", None) != "linear_probe":
+        return False
+    backbone = model.unip
+    backbone.requires_grad_(False)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, UnipDropPath):
+            module.drop_prob = 0.0
+        elif isinstance(module, UnipSelfAttention):
+            module.dropout_prob = 0.0
+    return True
 
 
 def freeze_unused_backbone_parameters(model) -> list[str]:
@@ -378,8 +403,7 @@ def run_finetuning(
     # refused before any model is built
     check_small_target_options(data, resolve_architecture(model_args, task) == "small_target",
                                bool(model_args.distill_from))
-    model = build_model(model_args, id2label, data.crop_size, task)
-    model.freeze_fixed_parts()  # a probe's backbone: requires_grad False before the optimizer and DDP see it
+    model = build_model(model_args, id2label, data.crop_size, task)  # a probe's backbone comes frozen
     frozen = freeze_unused_backbone_parameters(model) if model_args.mode == "finetune" else []
     config = model.config
     small_target = isinstance(model, UnipForSmallTargetSegmentation)
