@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Issue 23, prepared (not yet run in full): the SIRST small-target model trained to stay quiet on clutter, 3 seeds,
+# Issue 23: the SIRST small-target model trained to stay quiet on clutter, 3 seeds,
 # each within the 2-core CPU budget (<= 30 min of training per seed, alone on the machine), against the README's
 # command (the "before" arm), evaluated on SIRST test at the operating point chosen on val, plus the label-free
-# false-alarm density on target-free frames (benchmarks/small_target_negative_frames.tsv: check the frames by eye
-# first and mark them "ok"; the frames under NEG_DIR below must be the checked ones too).
+# false-alarm density on target-free frames (benchmarks/small_target_negative_frames.tsv: the frames marked "ok" there
+# were checked by eye; training negatives must be other checked frames, see TRAIN_NEGATIVES below).
 #
 # Usage: bash recipes/small_target_experiment.sh [STEPS] [SEEDS...]      (defaults: 2500 steps, seeds 0 1 2)
-# Pilot: ARMS=after INCLUDE_UNCHECKED=1 EVAL_STEPS=30 bash recipes/small_target_experiment.sh 30 0   (every option end to end)
+# Pilot: ARMS=after EVAL_STEPS=30 bash recipes/small_target_experiment.sh 30 0   (every option end to end)
+# TRAIN_NEGATIVES=1 links the checked frames of benchmarks/small_target_training_negatives.tsv into NEG_DIR (the
+# "after" arm then trains with --negative_data NEG_DIR); without it NEG_DIR is used only if you filled it.
 set -euo pipefail
 STEPS=${1:-2500}; shift || true
 SEEDS=${*:-0 1 2}
@@ -15,6 +17,11 @@ OUT=${OUT:-runs/issue23}
 NEG_DIR=${NEG_DIR:-$OUT/negative_frames}
 EVAL_STEPS=${EVAL_STEPS:-$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))}
 mkdir -p "$OUT" "$NEG_DIR"
+if [ "${TRAIN_NEGATIVES:-0}" = 1 ]; then
+  grep -v '^#' benchmarks/small_target_training_negatives.tsv | awk -F'\t' '$3 == "ok" {print $1}' | while read -r FRAME; do
+    ln -sf "$(realpath "$DATA/$FRAME")" "$NEG_DIR/$(echo "$FRAME" | tr / _)"
+  done
+fi
 # the target-free training frames: the manifest's frames marked "ok", linked into one folder; keep them apart from the
 # frames the false-alarm density is measured on (the manifest's "ok" frames are used for measurement here, so pass a
 # different folder of checked frames as NEG_DIR to train on negatives without measuring on training frames)

@@ -1,1 +1,1 @@
-"""The UNIP models: configuration, modeling (ViT, backbone, segmenters), image processing, pipelines and weight conversion."""
+"""The UNIP models: configuration, modeling (ViT, backbone, segmenter, small-target model), losses, infrared decoding, image processing and pipelines; the files a saved checkpoint carries as remote code."""

@@ -455,8 +455,10 @@ class UnipPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # the `auto_map` `save_pretrained` writes (None: every Auto class of the UNIP files, `AUTO_MAP`)
     remote_code_auto_map: dict[str, str] | None = None
-    # checkpoints written before the head count became the length of `head_index` saved it as a scalar `head_count`
+    # checkpoints written before the head count became the length of `head_index` saved it as a scalar `head_count`;
+    # a checkpoint without `head_index` (those, or converted weights) gets it from the configuration: not a weight
     _keys_to_ignore_on_load_unexpected = [r"attention\.head_count$"]
+    _keys_to_ignore_on_load_missing = [r"attention\.head_index$"]
     # what transformers' `capture_outputs` records while `UnipViTModel._encode` runs: every block's output (after the
     # embeddings), and the probabilities and logits the attention modules return (`None` entries are skipped)
     _can_record_outputs = {
@@ -552,23 +554,14 @@ class UnipViTModel(UnipPreTrainedModel):
             raise ValueError("pixel_values is required")
 
     @capture_outputs(tie_last_hidden_states=False)
-    def _encode(
-        self,
-        pixel_values: torch.Tensor,
-        last_layer: int,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        output_attention_logits: bool = False,
-        attention_logits_layers: Sequence[int] = (),
-        **kwargs,
-    ) -> UnipEncoderOutput:
+    def _encode(self, pixel_values: torch.Tensor, last_layer: int, output_attentions: bool = False,
+                output_hidden_states: bool = False, output_attention_logits: bool = False,
+                attention_logits_layers: Sequence[int] = (), **kwargs) -> UnipEncoderOutput:
         """Embed and run blocks `0..last_layer` ([`UnipEncoder`]), with the hidden states, attention probabilities and
         the logits of `attention_logits_layers` (one per distinct block, in block order) recorded by
         `capture_outputs` (which reads the `output_*` flags); `kwargs`: `keep_layers`, `keep_fn`, `transferability`."""
-        return self.encoder(
-            self.embeddings(pixel_values), last_layer, output_attentions=output_attentions,
-            attention_logits_layers=attention_logits_layers, **kwargs,
-        )
+        return self.encoder(self.embeddings(pixel_values), last_layer, output_attentions=output_attentions,
+                            attention_logits_layers=attention_logits_layers, **kwargs)
 
     def _run(self, pixel_values: torch.Tensor, last_layer: int, output_attentions: bool = False,
              output_hidden_states: bool = False, attention_logits_layers: Sequence[int] = (), **kwargs

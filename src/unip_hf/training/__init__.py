@@ -1,1 +1,1 @@
-"""Training machinery: the accelerate loop, optimisation, checkpoints, recipe arguments, fine-tuning."""
+"""Training machinery: the accelerate loop, optimisation, sampling, NaN guard, checkpoints and run state, fine-tuning, TMT and small-target distillation."""
